@@ -1,0 +1,3 @@
+"""compress: make fine-tuned transformer models smaller and faster, measured."""
+
+__version__ = "0.1.0"

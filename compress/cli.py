@@ -1,0 +1,125 @@
+"""Command line: argument parsing and printing only; the work lives in the modules."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from compress.errors import CompressError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Compress fine-tuned transformer models.")
+# Tables stay readable when output goes to a file or CI log (rich assumes 80 columns there).
+console = Console(width=None if sys.stdout.isatty() else 120)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
+
+
+def _setup(verbose: bool) -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # compress never downloads weights or data
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from rich.logging import RichHandler
+
+    # Libraries log chatty INFO lines through the root logger (ORT's quantizer and
+    # fusion passes): keep the root at WARNING and let compress itself speak at INFO.
+    logging.basicConfig(
+        level=logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=err_console, show_path=False, show_time=False)],
+        force=True,
+    )
+    logging.getLogger("compress").setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _load(recipe: Path):
+    from compress.recipe import load_recipe
+
+    try:
+        return load_recipe(recipe)
+    except CompressError as e:
+        raise _fail(str(e), e.exit_code) from None
+
+
+@app.command()
+def run(
+    recipe: Path = typer.Argument(..., help="Recipe YAML file."),
+    out: Path = typer.Option(Path("runs"), "--out", "-o", help="Output root; the run goes to OUT/<recipe name>/."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved plan and exit."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Run a recipe: every stage in order, each measured on the same eval split."""
+    _setup(verbose)
+    spec = _load(recipe)
+    if dry_run:
+        _print_plan(spec, out)
+        return
+    from compress.pipeline import run_recipe
+    from compress.report import markdown_summary, print_summary
+
+    run_dir = out / spec.name
+    try:
+        ctx = run_recipe(spec, out, recipe_path=recipe.resolve())
+    except KeyboardInterrupt:
+        raise _fail(f"interrupted; completed stages are kept in {run_dir}", 130) from None
+    except CompressError as e:
+        raise _fail(f"{e} (completed stages are kept in {run_dir}; see manifest.json)", e.exit_code) from None
+    except Exception as e:  # a bug or an environment problem: one line here, the traceback in a file
+        log_path = run_dir / "error.log"
+        log_path.write_text(traceback.format_exc(), encoding="utf-8")
+        raise _fail(f"{type(e).__name__}: {e} (traceback in {log_path}; completed stages kept)", 1) from None
+    (ctx.run_dir / "summary.md").write_text(markdown_summary(ctx.run_dir), encoding="utf-8")
+    print_summary(ctx.run_dir, console)
+    console.print(f"run directory: {ctx.run_dir}  (manifest.json, summary.md)")
+
+
+def _print_plan(spec, out: Path) -> None:
+    from compress.data import load_splits
+    from compress.models import resolve_model_dir
+
+    try:
+        splits = load_splits(spec.data)
+    except CompressError as e:
+        raise _fail(str(e), e.exit_code) from None
+    run_dir = out / spec.name
+    console.print(f"[bold]{spec.name}[/] ({spec.task})")
+    console.print(f"model: {spec.model} -> {resolve_model_dir(spec.model)}")
+    console.print(
+        f"data: train {len(splits.train)} / eval {len(splits.eval)} examples, labels {splits.label_names}, "
+        f"seed {spec.data.seed}, max_length {spec.data.max_length}"
+    )
+    artifact = "torch model"
+    for i, stage in enumerate(spec.stages):
+        artifact = stage.produces.description.removeprefix("a ").removeprefix("an ")
+        options = ", ".join(f"{k}={v}" for k, v in stage.model_dump(exclude={"kind"}).items())
+        console.print(f"  {i + 1:02d}. {stage.kind:<14} -> {artifact:<12} {run_dir / f'{i + 1:02d}-{stage.kind}'}")
+        console.print(f"      {options}", style="dim", highlight=False)
+    console.print(f"manifest: {run_dir / 'manifest.json'}")
+
+
+@app.command()
+def validate(recipe: Path = typer.Argument(..., help="Recipe YAML file.")) -> None:
+    """Check a recipe (fields, stage order, model and data files) without running it."""
+    spec = _load(recipe)
+    console.print(f"{recipe}: ok ({len(spec.stages)} stages: {' -> '.join(s.kind for s in spec.stages)})")
+
+
+@app.command()
+def schema() -> None:
+    """Print the recipe JSON schema (for editor completion and validation)."""
+    from compress.recipe import recipe_json_schema
+
+    sys.stdout.write(json.dumps(recipe_json_schema(), indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,190 @@
+"""Run and stage directories, the per-stage record (stage.json) and manifest.json.
+
+A stage writes into a hidden `.NN-kind.partial/` directory that is renamed into
+place only after the stage and its measurements finished, so a directory named
+`NN-kind/` is always complete. manifest.json says which stages ran and how."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from compress.artifacts import Artifact, artifact_kind
+from compress.recipe import MeasureSpec, Recipe
+
+log = logging.getLogger(__name__)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write via a temporary file and rename, so a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def environment() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for pkg in ("compress", "torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime", "nncf"):
+        try:
+            versions[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "packages": versions,
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+@dataclass
+class StageContext:
+    run: RunContext
+    index: int
+    kind: str
+    artifact_dir: Path  # where the stage writes its artifact (the .partial directory)
+    info: dict = field(default_factory=dict)
+
+    @property
+    def recipe(self) -> Recipe:
+        return self.run.recipe
+
+    @property
+    def measure(self) -> MeasureSpec:
+        return self.run.recipe.measure
+
+    @property
+    def splits(self):
+        return self.run.splits
+
+    def encoded_eval(self, artifact: Artifact) -> list[dict]:
+        return self.run.encoded_eval(artifact)
+
+    def record(self, **values: Any) -> None:
+        """Add entries to this stage's stage.json."""
+        self.info.update(values)
+
+
+class RunContext:
+    def __init__(self, recipe: Recipe, run_dir: Path, recipe_path: Path | None = None):
+        self.recipe = recipe
+        self.run_dir = run_dir
+        self.recipe_path = recipe_path
+        self.manifest: dict[str, Any] = {}
+        self._encoded: dict[Path, list[dict]] = {}
+
+    @classmethod
+    def create(cls, recipe: Recipe, run_dir: Path, recipe_path: Path | None = None) -> RunContext:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        ctx = cls(recipe, run_dir, recipe_path)
+        resolved = recipe.model_dump(mode="json")
+        (run_dir / "recipe.resolved.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8")
+        ctx.manifest = {
+            "name": recipe.name,
+            "status": "running",
+            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "recipe": str(recipe_path) if recipe_path else None,
+            "model": recipe.model,
+            "task": recipe.task,
+            "environment": environment(),
+            "stages": [],
+        }
+        ctx.write_manifest()
+        return ctx
+
+    @cached_property
+    def splits(self):
+        from compress.data import load_splits
+
+        splits = load_splits(self.recipe.data)
+        self.manifest["data"] = splits.record
+        write_json(self.run_dir / "data_split.json", {
+            **splits.record, "train_rows": splits.train.rows, "eval_rows": splits.eval.rows,
+        })
+        self.write_manifest()
+        return splits
+
+    def encoded_eval(self, artifact: Artifact) -> list[dict]:
+        """The eval split tokenized with the artifact's own tokenizer (cached per tokenizer files)."""
+        from compress.data import encode
+        from compress.models import load_tokenizer
+
+        key = artifact.path / "tokenizer.json"
+        key = key if key.exists() else artifact.path / "vocab.txt"
+        sig = (key.read_bytes() if key.exists() else str(artifact.path).encode()).__hash__()
+        if sig not in self._encoded:
+            tokenizer = load_tokenizer(artifact.path, self.recipe.trust_remote_code)
+            self._encoded[sig] = encode(tokenizer, self.splits.eval, self.recipe.data.max_length)
+        return self._encoded[sig]
+
+    def write_manifest(self) -> None:
+        write_json(self.run_dir / "manifest.json", self.manifest)
+
+    def stage_dir_name(self, index: int, kind: str) -> str:
+        return f"{index + 1:02d}-{kind}"
+
+    @contextmanager
+    def stage(self, index: int, kind: str, config: dict):
+        name = self.stage_dir_name(index, kind)
+        final, partial = self.run_dir / name, self.run_dir / f".{name}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        sctx = StageContext(self, index, kind, partial)
+        entry = {"name": name, "kind": kind, "status": "running", "config": config}
+        self.manifest["stages"].append(entry)
+        self.write_manifest()
+        started = time.perf_counter()
+        try:
+            yield sctx
+        except BaseException as e:
+            entry.update(status="failed", error=str(e) or type(e).__name__,
+                         wall_seconds=round(time.perf_counter() - started, 2))
+            self.finish("failed", error=f"stage {name}: {e or type(e).__name__}")
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        record = {"name": name, "kind": kind, "config": config, **sctx.info,
+                  "wall_seconds": round(time.perf_counter() - started, 2)}
+        write_json(partial / "stage.json", record)
+        if final.exists():  # a directory from an earlier run of the same recipe
+            shutil.rmtree(final)
+        os.replace(partial, final)
+        entry.update(status="completed", path=name, wall_seconds=record["wall_seconds"],
+                     artifact=sctx.info.get("artifact"), accuracy=sctx.info.get("accuracy"))
+
+    def record_input(self, record: dict) -> None:
+        self.manifest["input"] = record
+        self.write_manifest()
+
+    def finish(self, status: str, final: Artifact | None = None, error: str | None = None) -> None:
+        self.manifest["status"] = status
+        self.manifest["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        if final is not None:
+            self.manifest["final_artifact"] = {"kind": artifact_kind(final), "path": str(final.path.relative_to(self.run_dir))}
+        if error:
+            self.manifest["error"] = error
+        self.write_manifest()

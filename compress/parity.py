@@ -1,0 +1,34 @@
+"""Output parity between two artifacts on real eval inputs: the check that an export
+or a graph rewrite did not change the model."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from compress.artifacts import Artifact
+from compress.errors import StageError
+from compress.evaluate import predict_logits
+from compress.runtimes import open_session
+
+
+def compare_logits(reference: np.ndarray, candidate: np.ndarray) -> dict:
+    diff = np.abs(reference.astype(np.float64) - candidate.astype(np.float64))
+    return {
+        "max_abs_diff": float(diff.max()),
+        "mean_abs_diff": float(diff.mean()),
+        "label_agreement": round(float((reference.argmax(-1) == candidate.argmax(-1)).mean()), 5),
+    }
+
+
+def check_parity(reference: Artifact, candidate: Artifact, ctx, atol: float, samples: int) -> dict:
+    encoded = ctx.encoded_eval(reference)[:samples]
+    threads = ctx.measure.threads
+    ref = predict_logits(open_session(reference, threads), encoded, 16, "parity (reference)")
+    cand = predict_logits(open_session(candidate, threads), encoded, 16, "parity (candidate)")
+    result = {**compare_logits(ref, cand), "atol": atol, "examples": len(encoded)}
+    if result["max_abs_diff"] > atol:
+        raise StageError(
+            f"parity check failed: max |logit difference| {result['max_abs_diff']:.3g} > atol {atol:g} "
+            f"on {len(encoded)} eval examples (label agreement {result['label_agreement']:.2%})"
+        )
+    return result

@@ -1,0 +1,184 @@
+"""The recipe: YAML → a validated, frozen pydantic model. Every user mistake becomes
+a RecipeError naming the recipe file and the field, before anything heavy runs."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from compress.artifacts import TorchModel
+from compress.errors import CompressError, RecipeError
+from compress.stages import STAGE_CLASSES, STAGE_KINDS, Stage
+
+BUILTIN_PREFIX = "builtin:"
+TASKS_IMPLEMENTED = ("text-classification",)
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataSpec(_Spec):
+    train: str = Field(description="'builtin:<name>' or a CSV/TSV/JSONL file (relative to the recipe file).")
+    eval: str | None = Field(None, description="Separate eval file; if absent, eval is split off train.")
+    format: Literal["csv", "tsv", "jsonl"] | None = Field(None, description="Default: from the file suffix.")
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    label_column: str = "label"
+    labels: list[str] | None = Field(
+        None, min_length=2, description="Label names in id order; default: sorted labels found in train."
+    )
+    eval_fraction: float = Field(0.1, gt=0, lt=1, description="Share of train held out for eval (no eval file).")
+    seed: int = Field(42, description="Seeds the split, subsampling and training.")
+    max_train_samples: int | None = Field(None, ge=1)
+    max_eval_samples: int | None = Field(None, ge=1)
+    max_length: int = Field(128, ge=8, le=8192, description="Tokens per example (longer ones are truncated).")
+
+
+class MeasureSpec(_Spec):
+    """How every stage's artifact is measured after it is written."""
+
+    threads: int = Field(2, ge=1, le=1024, description="Intra-op threads for torch and ONNX Runtime.")
+    eval_batch_size: int = Field(64, ge=1, le=65536)
+    latency_iterations: int = Field(50, ge=0, description="Batch-1 timed runs per stage (0: skip latency).")
+    warmup: int = Field(5, ge=0)
+
+
+class Recipe(_Spec):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
+    model: str = Field(description="A local Hugging Face checkpoint directory or 'builtin:minilm-l6'.")
+    task: Literal["text-classification", "token-classification", "question-answering", "causal-lm"]
+    trust_remote_code: bool = False
+    data: DataSpec
+    stages: list[Stage] = Field(min_length=1)
+    measure: MeasureSpec = MeasureSpec()
+
+    @field_validator("task")
+    @classmethod
+    def _task_implemented(cls, task: str) -> str:
+        if task not in TASKS_IMPLEMENTED:
+            raise ValueError(f"task '{task}' is not supported yet (supported: {', '.join(TASKS_IMPLEMENTED)})")
+        return task
+
+    @field_validator("stages")
+    @classmethod
+    def _stages_chain(cls, stages: list) -> list:
+        check_stage_chain(stages)
+        return stages
+
+
+def check_stage_chain(stages: list) -> None:
+    """Each stage must accept what the one before it produces (the model is a torch model)."""
+    current, source = TorchModel, "the input model"
+    for i, stage in enumerate(stages):
+        if current not in stage.accepts:
+            wanted = " or ".join(a.description for a in stage.accepts)
+            raise ValueError(f"stages[{i}] ({stage.kind}) takes {wanted} but gets {current.description} from {source}")
+        current, source = stage.produces, f"stages[{i}] ({stage.kind})"
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def load_recipe(path: str | Path, check_files: bool = True) -> Recipe:
+    """Parse, validate and resolve a recipe file. Relative paths resolve against the
+    recipe's directory. Raises RecipeError with a one-line message."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"{path}: recipe file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise RecipeError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise RecipeError(f"{path}: invalid YAML: {where}{problem}") from None
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{path}: expected a mapping of recipe fields at the top level, got {type(raw).__name__}")
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as e:
+        raise RecipeError(f"{path}: {describe_validation_error(e)}") from None
+    recipe = resolve_paths(recipe, path.parent)
+    if check_files:
+        check_inputs(recipe, path)
+    return recipe
+
+
+def resolve_paths(recipe: Recipe, base: Path) -> Recipe:
+    def resolve(p: str | None) -> str | None:
+        if p is None or p.startswith(BUILTIN_PREFIX):
+            return p
+        return str((base / Path(p).expanduser()).resolve())
+
+    data = recipe.data.model_copy(update={"train": resolve(recipe.data.train), "eval": resolve(recipe.data.eval)})
+    return recipe.model_copy(update={"model": resolve(recipe.model), "data": data})
+
+
+def check_inputs(recipe: Recipe, recipe_path: Path) -> None:
+    """Cheap existence checks on the model and the data (headers only)."""
+    from compress.data import check_data_spec
+    from compress.models import check_model_spec
+
+    try:
+        check_model_spec(recipe.model, recipe.trust_remote_code)
+    except CompressError as e:
+        raise RecipeError(f"{recipe_path}: model: {e}") from None
+    try:
+        check_data_spec(recipe.data)
+    except CompressError as e:
+        raise RecipeError(f"{recipe_path}: data.{e}") from None
+
+
+def recipe_json_schema() -> dict:
+    return Recipe.model_json_schema()
+
+
+# ---------------------------------------------------------------------------- errors
+
+_ALL_FIELDS = sorted(
+    {name for cls in (Recipe, DataSpec, MeasureSpec, *STAGE_CLASSES) for name in cls.model_fields}
+)
+
+
+def describe_validation_error(err: ValidationError) -> str:
+    """The first pydantic error as 'field.path: what is wrong', plus a count of the rest."""
+    errors = err.errors(include_url=False)
+    first = errors[0]
+    loc = _format_loc(first["loc"])
+    kind, msg, value = first["type"], first["msg"], first.get("input")
+    if kind == "union_tag_invalid":
+        loc = f"{loc}.kind"
+        msg = f"unknown stage kind {first['ctx']['tag']!r} (expected one of: {', '.join(STAGE_KINDS)})"
+    elif kind == "union_tag_not_found":
+        msg = f"stage has no 'kind' (expected one of: {', '.join(STAGE_KINDS)})"
+    elif kind == "extra_forbidden":
+        name = str(first["loc"][-1])
+        close = difflib.get_close_matches(name, _ALL_FIELDS, n=1)
+        msg = "unknown field" + (f" (did you mean '{close[0]}'?)" if close else "")
+    elif kind == "missing":
+        msg = "required field is missing"
+    elif kind.startswith("value_error"):
+        msg = msg.removeprefix("Value error, ")
+    elif value is not None and not isinstance(value, (dict, list)):
+        msg = f"{msg} (got {value!r})"
+    more = f" (and {len(errors) - 1} more error{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+    return f"{loc}: {msg}{more}" if loc else f"{msg}{more}"
+
+
+def _format_loc(loc: tuple) -> str:
+    out = ""
+    for i, part in enumerate(loc):
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif i > 0 and isinstance(loc[i - 1], int) and part in STAGE_KINDS:
+            continue  # the discriminator tag pydantic inserts after a stage index
+        else:
+            out += f".{part}" if out else str(part)
+    return out

@@ -1,0 +1,73 @@
+"""The end-of-run summary: the accuracy ledger with size and latency per stage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def ledger_rows(run_dir: Path) -> list[dict]:
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    rows = []
+    if manifest.get("input"):
+        rows.append({"stage": "input", **manifest["input"]})
+    for entry in manifest["stages"]:
+        if entry["status"] != "completed":
+            rows.append({"stage": entry["name"], "status": entry["status"], "error": entry.get("error")})
+            continue
+        record = json.loads((run_dir / entry["path"] / "stage.json").read_text())
+        rows.append({"stage": entry["name"], **record})
+    return rows
+
+
+def _fmt_size(n: int | None) -> str:
+    return "-" if n is None else f"{n / 1e6:.1f} MB"
+
+
+def summary_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    header = ["stage", "artifact", "accuracy", "Δ acc (pts)", "size", "params", "p50 ms (b1)", "speedup"]
+    base_acc = next((r["accuracy"] for r in rows if "accuracy" in r), None)
+    base_lat = next((r["latency"]["p50_ms"] for r in rows if r.get("latency")), None)
+    body = []
+    for r in rows:
+        if "accuracy" not in r:
+            body.append([r["stage"], r.get("status", "-"), "-", "-", "-", "-", "-", "-"])
+            continue
+        lat = r.get("latency", {}).get("p50_ms")
+        body.append([
+            r["stage"],
+            r["artifact"],
+            f"{r['accuracy']:.4f}",
+            f"{(r['accuracy'] - base_acc) * 100:+.2f}",
+            _fmt_size(r.get("size_bytes")),
+            f"{r['parameters'] / 1e6:.1f}M" if r.get("parameters") else "-",
+            f"{lat:.2f}" if lat is not None else "-",
+            f"{base_lat / lat:.2f}x" if lat and base_lat else "-",
+        ])
+    return header, body
+
+
+def markdown_summary(run_dir: Path) -> str:
+    rows = ledger_rows(run_dir)
+    header, body = summary_table(rows)
+    threads = next((r["latency"]["threads"] for r in rows if r.get("latency")), None)
+    lines = [
+        f"| {' | '.join(header)} |",
+        f"|{'|'.join('---' for _ in header)}|",
+        *(f"| {' | '.join(row)} |" for row in body),
+    ]
+    note = f"\nAccuracy on the eval split; latency: batch 1, real eval lengths, {threads} threads, speedup vs the first row."
+    return "\n".join(lines) + (note if threads else "") + "\n"
+
+
+def print_summary(run_dir: Path, console) -> None:
+    from rich.table import Table
+
+    rows = ledger_rows(run_dir)
+    header, body = summary_table(rows)
+    table = Table(title=f"{run_dir.name}: accuracy ledger", title_justify="left")
+    for i, h in enumerate(header):
+        table.add_column(h, justify="left" if i < 2 else "right")
+    for row in body:
+        table.add_row(*row)
+    console.print(table)

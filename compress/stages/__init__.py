@@ -1,0 +1,20 @@
+"""Stage configs. The discriminated union below is the only registry of stage kinds:
+stage kind = module = class (`export_onnx` ↔ stages/export_onnx.py ↔ ExportONNXStage)."""
+
+from typing import Annotated, Union
+
+from pydantic import Field
+
+from compress.stages.base import StageConfig
+from compress.stages.export_onnx import ExportONNXStage
+from compress.stages.finetune import FinetuneStage
+from compress.stages.optimize_onnx import OptimizeONNXStage
+from compress.stages.ptq import PTQStage
+
+STAGE_CLASSES: tuple[type[StageConfig], ...] = (FinetuneStage, ExportONNXStage, OptimizeONNXStage, PTQStage)
+
+Stage = Annotated[Union[STAGE_CLASSES], Field(discriminator="kind")]  # noqa: UP007
+
+STAGE_KINDS: tuple[str, ...] = tuple(cls.model_fields["kind"].annotation.__args__[0] for cls in STAGE_CLASSES)
+
+__all__ = ["STAGE_CLASSES", "STAGE_KINDS", "Stage", "StageConfig"]

@@ -1,0 +1,24 @@
+"""The stage contract: a frozen pydantic config with a `run` that takes one artifact
+and returns a new one written into the stage's own directory."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from compress.artifacts import Artifact, TorchModel
+
+if TYPE_CHECKING:
+    from compress.context import StageContext
+
+
+class StageConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    accepts: ClassVar[tuple[type[Artifact], ...]] = (TorchModel,)
+    produces: ClassVar[type[Artifact]] = TorchModel
+    trains: ClassVar[bool] = False  # needs the train split
+
+    def run(self, model: Artifact, ctx: StageContext) -> Artifact:  # pragma: no cover - abstract
+        raise NotImplementedError

@@ -1,0 +1,130 @@
+"""Shared fixtures: a tiny BERT built from a config (no download) with the packaged
+MiniLM vocabulary, and a small labelled CSV."""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+POSITIVE = ["good", "great", "wonderful", "moving", "brilliant", "funny", "charming", "superb"]
+NEGATIVE = ["bad", "awful", "boring", "dull", "terrible", "clumsy", "tedious", "weak"]
+FILLER = ["the", "film", "movie", "plot", "story", "acting", "was", "is", "really", "quite", "a", "and"]
+
+
+def pytest_addoption(parser):
+    parser.addoption("--run-slow", action="store_true", help="run tests that use the real packaged models")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="slow: uses the real packaged model; run with --run-slow (make test-slow)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+def make_sentences(n: int, seed: int = 0) -> list[tuple[str, str]]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = "pos" if i % 2 == 0 else "neg"
+        words = rng.sample(FILLER, 5) + rng.sample(POSITIVE if label == "pos" else NEGATIVE, 2)
+        rng.shuffle(words)
+        rows.append((" ".join(words), label))
+    return rows
+
+
+@pytest.fixture(scope="session")
+def minilm_tokenizer_dir() -> Path:
+    from compress.models import builtin_model_dir
+
+    return builtin_model_dir("minilm-l6")
+
+
+def _tiny_bert(path: Path, tokenizer_dir: Path, classifier: bool) -> Path:
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=128,
+    )
+    if classifier:
+        config.num_labels = 2
+        config.id2label = {0: "neg", 1: "pos"}
+        config.label2id = {"neg": 0, "pos": 1}
+        model = BertForSequenceClassification(config)
+    else:
+        model = BertModel(config)
+    model.save_pretrained(path)
+    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_base_dir(tmp_path_factory, minilm_tokenizer_dir) -> Path:
+    """A randomly initialised 2-layer BertModel (no task head) with the MiniLM vocabulary."""
+    return _tiny_bert(tmp_path_factory.mktemp("tiny-base"), minilm_tokenizer_dir, classifier=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier_dir(tmp_path_factory, minilm_tokenizer_dir) -> Path:
+    """A randomly initialised 2-layer BertForSequenceClassification with labels neg/pos."""
+    return _tiny_bert(tmp_path_factory.mktemp("tiny-clf"), minilm_tokenizer_dir, classifier=True)
+
+
+def write_csv(path: Path, rows: list[tuple[str, str]], header=("text", "label")) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+@pytest.fixture
+def tiny_csv(tmp_path) -> Path:
+    return write_csv(tmp_path / "reviews.csv", make_sentences(80))
+
+
+@pytest.fixture
+def recipe_dir(tmp_path, tiny_base_dir, tiny_csv) -> Path:
+    """A directory with a model and data beside where recipe files are written."""
+    shutil.copytree(tiny_base_dir, tmp_path / "model")
+    return tmp_path
+
+
+def tiny_recipe_text(model: str = "model", train: str = "reviews.csv", stages: str | None = None) -> str:
+    stages = stages or """
+  - kind: finetune
+    epochs: 2
+    batch_size: 8
+    learning_rate: 1.0e-3
+  - kind: export_onnx
+  - kind: optimize_onnx
+  - kind: ptq
+"""
+    return f"""
+name: tiny
+model: {model}
+task: text-classification
+data:
+  train: {train}
+  eval_fraction: 0.25
+  seed: 7
+  max_length: 32
+stages:{stages}
+measure:
+  threads: 1
+  latency_iterations: 5
+  warmup: 1
+"""
