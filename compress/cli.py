@@ -16,8 +16,8 @@ from compress.errors import CompressError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Compress fine-tuned transformer models.")
 # Tables stay readable when output goes to a file or CI log (rich assumes 80 columns there).
-console = Console(width=None if sys.stdout.isatty() else 120)
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
+console = Console(width=None if sys.stdout.isatty() else 120, soft_wrap=True)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 120, soft_wrap=True)
 
 
 def _setup(verbose: bool) -> None:
@@ -37,7 +37,7 @@ def _setup(verbose: bool) -> None:
 
 
 def _fail(message: str, code: int) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
     return typer.Exit(code)
 
 

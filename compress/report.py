@@ -56,7 +56,7 @@ def markdown_summary(run_dir: Path) -> str:
         f"|{'|'.join('---' for _ in header)}|",
         *(f"| {' | '.join(row)} |" for row in body),
     ]
-    note = f"\nAccuracy on the eval split; latency: batch 1, real eval lengths, {threads} threads, speedup vs the first row."
+    note = f"\n\nAccuracy on the eval split; latency: batch 1, real eval lengths, {threads} threads, speedup vs the first row."
     return "\n".join(lines) + (note if threads else "") + "\n"
 
 

@@ -13,7 +13,7 @@ from compress.stages.base import StageConfig
 
 class ExportONNXStage(StageConfig):
     kind: Literal["export_onnx"]
-    opset: int = Field(17, ge=14, le=21)
+    opset: int = Field(18, ge=14, le=21)
     atol: float = Field(1e-4, gt=0, description="Max |logit difference| allowed between torch and ONNX.")
     parity_samples: int = Field(128, ge=1, description="Eval examples used for the parity check.")
 

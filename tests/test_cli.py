@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from compress.cli import app
+from tests.conftest import tiny_recipe_text
+
+runner = CliRunner()
+
+
+def write(recipe_dir, text):
+    path = recipe_dir / "recipe.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_validate_ok(recipe_dir):
+    result = runner.invoke(app, ["validate", str(write(recipe_dir, tiny_recipe_text()))])
+    assert result.exit_code == 0, result.output
+    assert "ok (4 stages: finetune -> export_onnx -> optimize_onnx -> ptq)" in result.output
+
+
+def test_validate_error_is_one_line_and_exit_2(recipe_dir):
+    path = write(recipe_dir, tiny_recipe_text(stages="\n  - kind: finetune\n    batch_size: 0\n"))
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith(f"error: {path}: stages[0].batch_size: Input should be greater than or equal to 1")
+    assert "Traceback" not in result.output
+
+
+def test_schema_is_json_with_stage_kinds():
+    result = runner.invoke(app, ["schema"])
+    assert result.exit_code == 0
+    schema = json.loads(result.stdout)
+    assert set(schema["required"]) >= {"name", "model", "task", "data", "stages"}
+    kinds = {d["properties"]["kind"]["const"] for d in schema["$defs"].values() if "kind" in d.get("properties", {})}
+    assert kinds == {"finetune", "export_onnx", "optimize_onnx", "ptq"}
+
+
+def test_dry_run_prints_plan_without_running(recipe_dir, tmp_path):
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", str(write(recipe_dir, tiny_recipe_text())), "--out", str(out), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "train 60 / eval 20 examples" in result.output
+    assert "04-ptq" in result.output and "manifest.json" in result.output
+    assert not out.exists()
+
+
+def test_run_writes_summary(recipe_dir, tmp_path):
+    stages = "\n  - kind: finetune\n    max_steps: 2\n    batch_size: 8\n  - kind: export_onnx\n"
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", str(write(recipe_dir, tiny_recipe_text(stages=stages))), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "accuracy ledger" in result.output and "02-export_onnx" in result.output
+    summary = (out / "tiny" / "summary.md").read_text()
+    assert "| 01-finetune | torch |" in summary and "| 02-export_onnx | onnx |" in summary
+
+
+def test_failing_stage_exits_1_with_one_line(recipe_dir, tmp_path):
+    stages = "\n  - kind: finetune\n    max_steps: 1\n  - kind: export_onnx\n    atol: 1.0e-15\n    parity_samples: 4\n"
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", str(write(recipe_dir, tiny_recipe_text(stages=stages))), "--out", str(out)])
+    manifest = json.loads((out / "tiny" / "manifest.json").read_text())
+    if manifest["status"] == "completed":  # torch and ONNX agreed bit for bit: nothing to fail on
+        return
+    assert result.exit_code == 1
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "parity check failed" in errors[0] and "completed stages are kept" in errors[0]
+    assert (out / "tiny" / "01-finetune" / "model.safetensors").is_file()
+    assert manifest["status"] == "failed"
+
+
+def test_missing_data_exits_2(recipe_dir):
+    result = runner.invoke(app, ["run", str(write(recipe_dir, tiny_recipe_text(train="gone.csv")))])
+    assert result.exit_code == 2
+    assert "data.train: data file not found" in result.output
