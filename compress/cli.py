@@ -55,31 +55,49 @@ def run(
     recipe: Path = typer.Argument(..., help="Recipe YAML file."),
     out: Path = typer.Option(Path("runs"), "--out", "-o", help="Output root; the run goes to OUT/<recipe name>/."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved plan and exit."),
+    force: bool = typer.Option(False, "--force", help="Redo every stage, even unchanged ones."),
+    from_stage: str = typer.Option(None, "--from", help="Redo from this stage (number, NN-kind or kind)."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Run a recipe: every stage in order, each measured on the same eval split."""
     _setup(verbose)
     spec = _load(recipe)
+    if spec.trust_remote_code:
+        err_console.print(f"[bold yellow]warning:[/] {recipe}: trust_remote_code is on: the model directory's "
+                          "own Python code will be executed", highlight=False)
     if dry_run:
         _print_plan(spec, out)
         return
     from compress.pipeline import run_recipe
     from compress.report import markdown_summary, print_summary
+    from compress.resume import resolve_from_stage
 
     run_dir = out / spec.name
     try:
-        ctx = run_recipe(spec, out, recipe_path=recipe.resolve())
+        from_index = resolve_from_stage(spec.stages, from_stage) if from_stage else None
+        ctx = run_recipe(spec, out, recipe_path=recipe.resolve(), force=force, from_index=from_index)
     except KeyboardInterrupt:
-        raise _fail(f"interrupted; completed stages are kept in {run_dir}", 130) from None
+        raise _fail(f"interrupted{_kept(run_dir)}", 130) from None
     except CompressError as e:
-        raise _fail(f"{e} (completed stages are kept in {run_dir}; see manifest.json)", e.exit_code) from None
+        raise _fail(f"{e}{_kept(run_dir)}", e.exit_code) from None
+    except OSError as e:  # disk full, permissions: the user's environment, not a bug
+        where = e.filename or run_dir
+        raise _fail(f"cannot write {where}: {e.strerror or e}{_kept(run_dir)}", 2) from None
     except Exception as e:  # a bug or an environment problem: one line here, the traceback in a file
         log_path = run_dir / "error.log"
-        log_path.write_text(traceback.format_exc(), encoding="utf-8")
-        raise _fail(f"{type(e).__name__}: {e} (traceback in {log_path}; completed stages kept)", 1) from None
+        try:
+            log_path.write_text(traceback.format_exc(), encoding="utf-8")
+        except OSError:
+            log_path = "(not writable)"
+        raise _fail(f"{type(e).__name__}: {e} (traceback in {log_path}){_kept(run_dir)}", 1) from None
     (ctx.run_dir / "summary.md").write_text(markdown_summary(ctx.run_dir), encoding="utf-8")
     print_summary(ctx.run_dir, console)
     console.print(f"run directory: {ctx.run_dir}  (manifest.json, summary.md)")
+
+
+def _kept(run_dir: Path) -> str:
+    done = sorted(p.name for p in run_dir.glob("[0-9][0-9]-*") if (p / "stage.json").is_file())
+    return f" (completed stages kept in {run_dir}: {', '.join(done)})" if done else ""
 
 
 def _print_plan(spec, out: Path) -> None:

@@ -34,6 +34,17 @@ def write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Move a finished directory into place; an older one is moved aside first, so at
+    every instant `dst` is either the old complete output, absent, or the new one."""
+    old = dst.with_name(f".{dst.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if dst.exists():
+        os.replace(dst, old)
+    os.replace(src, dst)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def environment() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -149,10 +160,12 @@ class RunContext:
         return f"{index + 1:02d}-{kind}"
 
     @contextmanager
-    def stage(self, index: int, kind: str, config: dict):
+    def stage(self, index: int, kind: str, config: dict, fingerprint: str):
+        from compress.resume import tree_sha256
+
         name = self.stage_dir_name(index, kind)
         final, partial = self.run_dir / name, self.run_dir / f".{name}.partial"
-        shutil.rmtree(partial, ignore_errors=True)
+        shutil.rmtree(partial, ignore_errors=True)  # left by a killed run
         partial.mkdir(parents=True)
         sctx = StageContext(self, index, kind, partial)
         entry = {"name": name, "kind": kind, "status": "running", "config": config}
@@ -161,6 +174,7 @@ class RunContext:
         started = time.perf_counter()
         try:
             yield sctx
+            sctx.record(fingerprint=fingerprint, artifact_sha256=tree_sha256(partial))
         except BaseException as e:
             entry.update(status="failed", error=str(e) or type(e).__name__,
                          wall_seconds=round(time.perf_counter() - started, 2))
@@ -170,11 +184,21 @@ class RunContext:
         record = {"name": name, "kind": kind, "config": config, **sctx.info,
                   "wall_seconds": round(time.perf_counter() - started, 2)}
         write_json(partial / "stage.json", record)
-        if final.exists():  # a directory from an earlier run of the same recipe
-            shutil.rmtree(final)
-        os.replace(partial, final)
+        _replace_dir(partial, final)
         entry.update(status="completed", path=name, wall_seconds=record["wall_seconds"],
-                     artifact=sctx.info.get("artifact"), accuracy=sctx.info.get("accuracy"))
+                     artifact=record.get("artifact"), accuracy=record.get("accuracy"),
+                     artifact_sha256=record["artifact_sha256"])
+        self.write_manifest()
+
+    def reuse_stage(self, index: int, kind: str, record: dict) -> None:
+        """Record a stage whose earlier output is reused as is (same fingerprint, intact files)."""
+        name = self.stage_dir_name(index, kind)
+        self.manifest["stages"].append({
+            "name": name, "kind": kind, "status": "reused", "config": record.get("config"), "path": name,
+            "wall_seconds": record.get("wall_seconds"), "artifact": record.get("artifact"),
+            "accuracy": record.get("accuracy"), "artifact_sha256": record["artifact_sha256"],
+        })
+        self.write_manifest()
 
     def record_input(self, record: dict) -> None:
         self.manifest["input"] = record

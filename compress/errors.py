@@ -6,6 +6,10 @@ class CompressError(Exception):
 
     exit_code = 2
 
+    def __init__(self, message: str):
+        # One line, always: a path or value with a newline in it must not split the message.
+        super().__init__(message.replace("\r", "\\r").replace("\n", "\\n"))
+
 
 class RecipeError(CompressError):
     """The recipe (or a file it points to) is malformed."""

@@ -73,6 +73,9 @@ def load_classifier(path: Path, label_names: list[str] | None = None, trust_remo
     transformers.logging.set_verbosity_error()  # "newly initialized head" is expected for a base model
     try:
         model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+    except Exception as e:  # corrupt or truncated weights, broken config: the input's fault, not ours
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CompressError(f"cannot load the model in {path}: {reason}") from e
     finally:
         transformers.logging.set_verbosity(verbosity)
     return model.eval()

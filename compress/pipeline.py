@@ -1,35 +1,63 @@
-"""run_recipe: the whole flow. The artifact is the only thing passed between stages."""
+"""run_recipe: the whole flow. The artifact is the only thing passed between stages.
+
+A rerun into the same directory reuses every stage whose fingerprint (recipe up to
+the stage, input artifact content, data split) is unchanged and whose files are
+intact, and runs from the first stage that changed or did not finish."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
-from compress.artifacts import Artifact, TorchModel
+from compress.artifacts import ARTIFACT_KINDS, Artifact, TorchModel
 from compress.context import RunContext
 from compress.evaluate import measure_artifact
 from compress.models import label_names_of, resolve_model_dir
 from compress.recipe import Recipe
+from compress.resume import RunLock, reusable_record, stage_fingerprint, tree_sha256
 
 log = logging.getLogger(__name__)
 
 
-def run_recipe(recipe: Recipe, out_root: Path, recipe_path: Path | None = None) -> RunContext:
-    ctx = RunContext.create(recipe, out_root / recipe.name, recipe_path)
-    try:
-        model: Artifact = TorchModel(resolve_model_dir(recipe.model))
-        if label_names_of(model.path) == ctx.splits.label_names:  # already a classifier for these labels
-            log.info("measuring the input model")
-            ctx.record_input(measure_artifact(model, ctx))
-        for i, stage in enumerate(recipe.stages):
+def run_recipe(
+    recipe: Recipe, out_root: Path, recipe_path: Path | None = None, force: bool = False, from_index: int | None = None
+) -> RunContext:
+    """Run (or resume) a recipe into out_root/<name>/. force: redo every stage;
+    from_index: reuse at most the stages before this index."""
+    run_dir = out_root / recipe.name
+    redo_from = 0 if force else (from_index if from_index is not None else len(recipe.stages))
+    with RunLock(run_dir):
+        ctx = RunContext.create(recipe, run_dir, recipe_path)
+        try:
+            model = _run_stages(recipe, ctx, redo_from)
+        except BaseException as e:
+            if ctx.manifest.get("status") == "running":  # failed outside a stage (e.g. loading data)
+                ctx.finish("failed", error=str(e) or type(e).__name__)
+            raise
+        ctx.finish("completed", final=model)
+    return ctx
+
+
+def _run_stages(recipe: Recipe, ctx: RunContext, redo_from: int) -> Artifact:
+    model: Artifact = TorchModel(resolve_model_dir(recipe.model))
+    input_sha = tree_sha256(model.path)
+    ctx.manifest["model_sha256"] = input_sha
+    if label_names_of(model.path) == ctx.splits.label_names:  # already a classifier for these labels
+        log.info("measuring the input model")
+        ctx.record_input(measure_artifact(model, ctx))
+    for i, stage in enumerate(recipe.stages):
+        name = ctx.stage_dir_name(i, stage.kind)
+        fingerprint = stage_fingerprint(recipe, i, input_sha, ctx.splits.record)
+        record = reusable_record(ctx.run_dir / name, fingerprint) if i < redo_from else None
+        if record is not None:
+            log.info("stage %d/%d: %s unchanged, reusing %s", i + 1, len(recipe.stages), stage.kind, name)
+            ctx.reuse_stage(i, stage.kind, record)
+        else:
             log.info("stage %d/%d: %s", i + 1, len(recipe.stages), stage.kind)
-            with ctx.stage(i, stage.kind, stage.model_dump(mode="json", exclude={"kind"})) as sctx:
+            with ctx.stage(i, stage.kind, stage.model_dump(mode="json", exclude={"kind"}), fingerprint) as sctx:
                 produced = stage.run(model, sctx)
                 sctx.record(**measure_artifact(produced, ctx))
-            model = type(produced)(ctx.run_dir / ctx.stage_dir_name(i, stage.kind))
-    except BaseException as e:
-        if ctx.manifest.get("status") == "running":  # failed outside a stage (e.g. loading data)
-            ctx.finish("failed", error=str(e) or type(e).__name__)
-        raise
-    ctx.finish("completed", final=model)
-    return ctx
+            record = sctx.info
+        model = ARTIFACT_KINDS[record["artifact"]](ctx.run_dir / name)
+        input_sha = record["artifact_sha256"]
+    return model

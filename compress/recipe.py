@@ -22,6 +22,12 @@ class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _check_location(value: str | None) -> str | None:
+    if value is not None and (not value.strip() or "\x00" in value):
+        raise ValueError("must be a file path or a 'builtin:' name (got an empty string or a NUL byte)")
+    return value
+
+
 class DataSpec(_Spec):
     train: str = Field(description="'builtin:<name>' or a CSV/TSV/JSONL file (relative to the recipe file).")
     eval: str | None = Field(None, description="Separate eval file; if absent, eval is split off train.")
@@ -37,6 +43,15 @@ class DataSpec(_Spec):
     max_train_samples: int | None = Field(None, ge=1)
     max_eval_samples: int | None = Field(None, ge=1)
     max_length: int = Field(128, ge=8, le=8192, description="Tokens per example (longer ones are truncated).")
+
+    _locations = field_validator("train", "eval")(_check_location)
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_unique(cls, labels: list[str] | None) -> list[str] | None:
+        if labels is not None and len(set(labels)) != len(labels):
+            raise ValueError(f"label names must be unique (got {labels})")
+        return labels
 
 
 class MeasureSpec(_Spec):
@@ -56,6 +71,8 @@ class Recipe(_Spec):
     data: DataSpec
     stages: list[Stage] = Field(min_length=1)
     measure: MeasureSpec = MeasureSpec()
+
+    _location = field_validator("model")(_check_location)
 
     @field_validator("task")
     @classmethod
@@ -105,20 +122,25 @@ def load_recipe(path: str | Path, check_files: bool = True) -> Recipe:
         recipe = Recipe.model_validate(raw)
     except ValidationError as e:
         raise RecipeError(f"{path}: {describe_validation_error(e)}") from None
-    recipe = resolve_paths(recipe, path.parent)
+    recipe = resolve_paths(recipe, path.parent, path)
     if check_files:
         check_inputs(recipe, path)
     return recipe
 
 
-def resolve_paths(recipe: Recipe, base: Path) -> Recipe:
-    def resolve(p: str | None) -> str | None:
+def resolve_paths(recipe: Recipe, base: Path, recipe_path: Path | None = None) -> Recipe:
+    def resolve(p: str | None, field: str) -> str | None:
         if p is None or p.startswith(BUILTIN_PREFIX):
             return p
-        return str((base / Path(p).expanduser()).resolve())
+        try:
+            return str((base / Path(p).expanduser()).resolve())
+        except (OSError, ValueError, RuntimeError) as e:  # e.g. '~nobody' with no such user
+            raise RecipeError(f"{recipe_path or base}: {field}: cannot resolve path {p!r}: {e}") from None
 
-    data = recipe.data.model_copy(update={"train": resolve(recipe.data.train), "eval": resolve(recipe.data.eval)})
-    return recipe.model_copy(update={"model": resolve(recipe.model), "data": data})
+    data = recipe.data.model_copy(
+        update={"train": resolve(recipe.data.train, "data.train"), "eval": resolve(recipe.data.eval, "data.eval")}
+    )
+    return recipe.model_copy(update={"model": resolve(recipe.model, "model"), "data": data})
 
 
 def check_inputs(recipe: Recipe, recipe_path: Path) -> None:

@@ -12,7 +12,7 @@ def ledger_rows(run_dir: Path) -> list[dict]:
     if manifest.get("input"):
         rows.append({"stage": "input", **manifest["input"]})
     for entry in manifest["stages"]:
-        if entry["status"] != "completed":
+        if entry["status"] not in ("completed", "reused"):
             rows.append({"stage": entry["name"], "status": entry["status"], "error": entry.get("error")})
             continue
         record = json.loads((run_dir / entry["path"] / "stage.json").read_text())

@@ -69,7 +69,7 @@ def test_failing_stage_exits_1_with_one_line(recipe_dir, tmp_path):
         return
     assert result.exit_code == 1
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "parity check failed" in errors[0] and "completed stages are kept" in errors[0]
+    assert len(errors) == 1 and "parity check failed" in errors[0] and "completed stages kept" in errors[0]
     assert (out / "tiny" / "01-finetune" / "model.safetensors").is_file()
     assert manifest["status"] == "failed"
 

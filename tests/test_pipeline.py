@@ -52,17 +52,6 @@ def test_quickstart_in_tiny_form(tmp_path, tiny_base_dir):
     assert table.count("\n| 0") == 4 and "p50 ms (b1)" in table
 
 
-def test_rerun_replaces_stage_directories(tmp_path, tiny_classifier_dir):
-    recipe = tiny_quickstart(tiny_classifier_dir)
-    recipe = recipe.model_copy(update={"stages": recipe.stages[1:2]})  # export only
-    first = run_recipe(recipe, tmp_path).run_dir
-    stamp = (first / "01-export_onnx" / "stage.json").stat().st_mtime_ns
-    second = run_recipe(recipe, tmp_path).run_dir
-    assert first == second
-    assert (second / "01-export_onnx" / "stage.json").stat().st_mtime_ns != stamp
-    assert json.loads((second / "manifest.json").read_text())["status"] == "completed"
-
-
 def test_validate_path_does_not_import_torch():
     code = (
         "import sys; from compress.recipe import load_recipe; "

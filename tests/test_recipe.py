@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from compress.errors import RecipeError
@@ -110,7 +112,7 @@ def test_bad_recipe_gives_one_line_naming_file_and_field(recipe_dir, case):
     message = str(info.value)
     assert "\n" not in message
     assert message.startswith(f"{path}: ")
-    assert pytest.importorskip("re").search(pattern, message), message
+    assert re.search(pattern, message), message
 
 
 def test_missing_recipe_file(tmp_path):

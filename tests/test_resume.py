@@ -1,0 +1,151 @@
+"""Runs that survive: reuse of unchanged stages, --force / --from, integrity checks,
+the run lock, and a kill -9 in the middle of training."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from compress.errors import CompressError
+from compress.pipeline import run_recipe
+from compress.recipe import load_recipe
+from compress.resume import ArtifactIntegrityError, RunLock, resolve_from_stage, verify_artifact
+from tests.conftest import tiny_recipe_text
+
+STAGES = "\n  - kind: export_onnx\n  - kind: optimize_onnx\n"
+
+
+def setup_recipe(recipe_dir: Path, model_dir: Path, stages: str = STAGES) -> Path:
+    import shutil
+
+    shutil.rmtree(recipe_dir / "model", ignore_errors=True)
+    shutil.copytree(model_dir, recipe_dir / "model")
+    path = recipe_dir / "recipe.yaml"
+    path.write_text(tiny_recipe_text(stages=stages))
+    return path
+
+
+def statuses(run_dir: Path) -> list[str]:
+    return [s["status"] for s in json.loads((run_dir / "manifest.json").read_text())["stages"]]
+
+
+def mtime(run_dir: Path, name: str) -> int:
+    return (run_dir / name / "stage.json").stat().st_mtime_ns
+
+
+def test_rerun_reuses_unchanged_stages_and_redoes_changed_ones(recipe_dir, tiny_classifier_dir, tmp_path):
+    path = setup_recipe(recipe_dir, tiny_classifier_dir)
+    out = tmp_path / "out"
+    run_dir = run_recipe(load_recipe(path), out).run_dir
+    first = {n: mtime(run_dir, n) for n in ("01-export_onnx", "02-optimize_onnx")}
+
+    run_recipe(load_recipe(path), out)
+    assert statuses(run_dir) == ["reused", "reused"]
+    assert {n: mtime(run_dir, n) for n in first} == first
+
+    path.write_text(tiny_recipe_text(stages=STAGES + "    atol: 0.01\n"))  # change only stage 2
+    run_recipe(load_recipe(path), out)
+    assert statuses(run_dir) == ["reused", "completed"]
+    assert mtime(run_dir, "01-export_onnx") == first["01-export_onnx"]
+
+    run_recipe(load_recipe(path), out, force=True)
+    assert statuses(run_dir) == ["completed", "completed"]
+
+    recipe = load_recipe(path)
+    run_recipe(recipe, out, from_index=resolve_from_stage(recipe.stages, "optimize_onnx"))
+    assert statuses(run_dir) == ["reused", "completed"]
+    assert json.loads((run_dir / "manifest.json").read_text())["status"] == "completed"
+
+
+def test_from_stage_names():
+    from compress.stages import ExportONNXStage, OptimizeONNXStage
+
+    stages = [ExportONNXStage(kind="export_onnx"), OptimizeONNXStage(kind="optimize_onnx")]
+    assert [resolve_from_stage(stages, v) for v in ("2", "02", "02-optimize_onnx", "optimize_onnx")] == [1] * 4
+    with pytest.raises(CompressError, match=r"--from 'ptq': no such stage \(stages: 01-export_onnx, 02-optimize_onnx\)"):
+        resolve_from_stage(stages, "ptq")
+
+
+def test_corrupted_artifact_is_refused_by_name(recipe_dir, tiny_classifier_dir, tmp_path):
+    path = setup_recipe(recipe_dir, tiny_classifier_dir)
+    run_dir = run_recipe(load_recipe(path), tmp_path).run_dir
+    onnx_file = run_dir / "01-export_onnx" / "model.onnx"
+    data = bytearray(onnx_file.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    onnx_file.write_bytes(bytes(data))
+    with pytest.raises(ArtifactIntegrityError, match=r"01-export_onnx: artifact files changed since the stage wrote"):
+        verify_artifact(run_dir / "01-export_onnx")
+    with pytest.raises(ArtifactIntegrityError, match="01-export_onnx"):
+        run_recipe(load_recipe(path), tmp_path)
+    # a forced rerun rebuilds it
+    run_recipe(load_recipe(path), tmp_path, force=True)
+    verify_artifact(run_dir / "01-export_onnx")
+
+
+def test_live_lock_refuses_and_stale_lock_is_taken_over(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        import socket
+
+        (run_dir / ".lock").write_text(json.dumps({"pid": sleeper.pid, "host": socket.gethostname(), "started": "x"}))
+        with pytest.raises(CompressError, match=rf"in use by another compress run \(pid {sleeper.pid}"):
+            with RunLock(run_dir):
+                pass
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    with RunLock(run_dir):  # the owner is gone: stale
+        assert json.loads((run_dir / ".lock").read_text())["pid"] == os.getpid()
+    assert not (run_dir / ".lock").exists()
+
+
+def test_kill_9_mid_training_then_resume_matches_uninterrupted_run(recipe_dir, tiny_base_dir, tmp_path):
+    stages = """
+  - kind: finetune
+    max_steps: 400
+    batch_size: 8
+    learning_rate: 1.0e-3
+  - kind: export_onnx
+"""
+    path = setup_recipe(recipe_dir, tiny_base_dir, stages)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    cmd = [sys.executable, "-m", "compress.cli", "run", str(path), "--out"]
+
+    killed_out = tmp_path / "killed"
+    proc = subprocess.Popen([*cmd, str(killed_out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    partial = killed_out / "tiny" / ".01-finetune.partial"
+    deadline = time.time() + 120
+    while not partial.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)  # well inside the 400 training steps
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    run_dir = killed_out / "tiny"
+    assert not (run_dir / "01-finetune").exists()  # nothing that looks complete
+    assert json.loads((run_dir / "manifest.json").read_text())["status"] == "running"
+    assert (run_dir / ".lock").exists()  # stale: its process is dead
+
+    resumed = subprocess.run([*cmd, str(killed_out)], env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    clean = subprocess.run([*cmd, str(tmp_path / "clean")], env=env, capture_output=True, text=True)
+    assert clean.returncode == 0, clean.stderr
+
+    def record(out: Path, name: str) -> dict:
+        return json.loads((out / "tiny" / name / "stage.json").read_text())
+
+    for name in ("01-finetune", "02-export_onnx"):
+        a, b = record(killed_out, name), record(tmp_path / "clean", name)
+        assert a["accuracy"] == b["accuracy"]
+        assert a["fingerprint"] == b["fingerprint"]
+    assert record(killed_out, "01-finetune")["training"]["final_loss"] == record(tmp_path / "clean", "01-finetune")["training"]["final_loss"]
+    assert not list(run_dir.glob(".*.partial")) and not (run_dir / ".lock").exists()
