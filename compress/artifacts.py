@@ -43,7 +43,23 @@ class ONNXModel(Artifact):
         return sum(f.stat().st_size for f in self.path.glob("model.onnx*"))
 
 
-ARTIFACT_KINDS: dict[str, type[Artifact]] = {"torch": TorchModel, "onnx": ONNXModel}
+@dataclass(frozen=True)
+class TRTEngine(Artifact):
+    """A directory holding model.engine, engine.json (the GPU, TensorRT version and
+    profiles it was built for), the tokenizer and config.json."""
+
+    description: ClassVar[str] = "a TensorRT engine"
+    filename: ClassVar[str] = "model.engine"
+
+    @property
+    def engine_path(self) -> Path:
+        return self.path / self.filename
+
+    def size_bytes(self) -> int:
+        return self.engine_path.stat().st_size
+
+
+ARTIFACT_KINDS: dict[str, type[Artifact]] = {"torch": TorchModel, "onnx": ONNXModel, "trt": TRTEngine}
 
 
 def artifact_kind(artifact: Artifact) -> str:
@@ -56,5 +72,6 @@ def copy_sidecar_files(src: Path, dst: Path) -> None:
 
     dst.mkdir(parents=True, exist_ok=True)
     for f in src.iterdir():
-        if f.is_file() and not f.name.startswith("model.onnx") and f.suffix not in (".safetensors", ".bin"):
+        weights = f.name.startswith(("model.onnx", "model.engine")) or f.suffix in (".safetensors", ".bin")
+        if f.is_file() and not weights and f.name not in ("stage.json", "engine.json", "inspector.json"):
             shutil.copy2(f, dst / f.name)

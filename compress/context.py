@@ -200,6 +200,11 @@ class RunContext:
         })
         self.write_manifest()
 
+    def skip_stage(self, index: int, kind: str, reason: str) -> None:
+        name = self.stage_dir_name(index, kind)
+        self.manifest["stages"].append({"name": name, "kind": kind, "status": "skipped", "reason": reason})
+        self.write_manifest()
+
     def record_input(self, record: dict) -> None:
         self.manifest["input"] = record
         self.write_manifest()
@@ -208,7 +213,9 @@ class RunContext:
         self.manifest["status"] = status
         self.manifest["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         if final is not None:
-            self.manifest["final_artifact"] = {"kind": artifact_kind(final), "path": str(final.path.relative_to(self.run_dir))}
+            inside = final.path.is_relative_to(self.run_dir)  # not when every stage was skipped
+            path = final.path.relative_to(self.run_dir) if inside else final.path
+            self.manifest["final_artifact"] = {"kind": artifact_kind(final), "path": str(path)}
         if error:
             self.manifest["error"] = error
         self.write_manifest()

@@ -47,6 +47,11 @@ def _run_stages(recipe: Recipe, ctx: RunContext, redo_from: int) -> Artifact:
         ctx.record_input(measure_artifact(model, ctx))
     for i, stage in enumerate(recipe.stages):
         name = ctx.stage_dir_name(i, stage.kind)
+        reason = stage.unavailable_reason()
+        if reason:  # e.g. build_engine without a GPU: never faked, the input passes through
+            log.warning("stage %d/%d: %s skipped: %s", i + 1, len(recipe.stages), stage.kind, reason)
+            ctx.skip_stage(i, stage.kind, reason)
+            continue
         fingerprint = stage_fingerprint(recipe, i, input_sha, ctx.splits.record)
         record = reusable_record(ctx.run_dir / name, fingerprint) if i < redo_from else None
         if record is not None:

@@ -13,7 +13,8 @@ def ledger_rows(run_dir: Path) -> list[dict]:
         rows.append({"stage": "input", **manifest["input"]})
     for entry in manifest["stages"]:
         if entry["status"] not in ("completed", "reused"):
-            rows.append({"stage": entry["name"], "status": entry["status"], "error": entry.get("error")})
+            rows.append({"stage": entry["name"], "status": entry["status"],
+                         "error": entry.get("error") or entry.get("reason")})
             continue
         record = json.loads((run_dir / entry["path"] / "stage.json").read_text())
         rows.append({"stage": entry["name"], **record})
@@ -57,7 +58,8 @@ def markdown_summary(run_dir: Path) -> str:
         *(f"| {' | '.join(row)} |" for row in body),
     ]
     note = f"\n\nAccuracy on the eval split; latency: batch 1, real eval lengths, {threads} threads, speedup vs the first row."
-    return "\n".join(lines) + (note if threads else "") + "\n"
+    skipped = "".join(f"\n- {r['stage']} skipped: {r['error']}" for r in rows if r.get("status") == "skipped")
+    return "\n".join(lines) + (note if threads else "") + ("\n" + skipped if skipped else "") + "\n"
 
 
 def print_summary(run_dir: Path, console) -> None:
@@ -71,3 +73,6 @@ def print_summary(run_dir: Path, console) -> None:
     for row in body:
         table.add_row(*row)
     console.print(table)
+    for r in rows:
+        if r.get("status") == "skipped":
+            console.print(f"{r['stage']} skipped: {r['error']}", style="yellow", highlight=False)

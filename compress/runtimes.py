@@ -7,7 +7,7 @@ from typing import Protocol
 
 import numpy as np
 
-from compress.artifacts import Artifact, ONNXModel, TorchModel
+from compress.artifacts import Artifact, ONNXModel, TorchModel, TRTEngine
 
 
 class Session(Protocol):
@@ -60,9 +60,47 @@ class ORTSession:
         return self.session.run(None, {k: batch[k] for k in self.input_names})[0]
 
 
+class TRTSession:
+    """A TensorRT engine on the GPU: inputs copied to device buffers, one
+    execute_async_v3 on a CUDA stream, synchronised before the logits come back."""
+
+    def __init__(self, model: TRTEngine):
+        import json
+
+        import tensorrt as trt
+        import torch
+
+        from compress.trt_engine import check_engine_compatible, device_fingerprint
+
+        metadata = json.loads((model.path / "engine.json").read_text())
+        check_engine_compatible(metadata, device_fingerprint(), model.engine_path)
+        self._torch = torch
+        self.engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(model.engine_path.read_bytes())
+        self.context = self.engine.create_execution_context()
+        self.stream = torch.cuda.Stream()
+        self.input_names = list(metadata["inputs"])
+        self.output_name = metadata["outputs"][0]
+        self.pad_id = _pad_id(model.path)
+
+    def run(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        torch = self._torch
+        with torch.cuda.stream(self.stream):
+            inputs = {k: torch.from_numpy(batch[k]).to("cuda", non_blocking=True) for k in self.input_names}
+            for name, tensor in inputs.items():
+                self.context.set_input_shape(name, tuple(tensor.shape))
+                self.context.set_tensor_address(name, tensor.data_ptr())
+            out = torch.empty(tuple(self.context.get_tensor_shape(self.output_name)), dtype=torch.float32, device="cuda")
+            self.context.set_tensor_address(self.output_name, out.data_ptr())
+            self.context.execute_async_v3(self.stream.cuda_stream)
+        self.stream.synchronize()
+        return out.cpu().numpy()
+
+
 def open_session(artifact: Artifact, threads: int) -> Session:
     if isinstance(artifact, TorchModel):
         return TorchSession(artifact, threads)
     if isinstance(artifact, ONNXModel):
         return ORTSession(artifact, threads)
+    if isinstance(artifact, TRTEngine):
+        return TRTSession(artifact)
     raise TypeError(f"no runtime for {type(artifact).__name__}")

@@ -23,13 +23,27 @@ def pytest_addoption(parser):
     parser.addoption("--run-slow", action="store_true", help="run tests that use the real packaged models")
 
 
+def _gpu_reasons() -> dict[str, str | None]:
+    from compress.trt_engine import trt_unavailable_reason
+
+    try:
+        import torch
+
+        gpu = None if torch.cuda.is_available() else "no CUDA GPU (torch.cuda.is_available() is False)"
+    except ImportError:
+        gpu = "torch is not installed"
+    return {"gpu": gpu, "trt": trt_unavailable_reason()}
+
+
 def pytest_collection_modifyitems(config, items):
-    if config.getoption("--run-slow"):
-        return
-    skip = pytest.mark.skip(reason="slow: uses the real packaged model; run with --run-slow (make test-slow)")
+    slow = pytest.mark.skip(reason="slow: uses the real packaged model; run with --run-slow (make test-slow)")
+    reasons = _gpu_reasons() if any("gpu" in i.keywords or "trt" in i.keywords for i in items) else {}
     for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(skip)
+        if "slow" in item.keywords and not config.getoption("--run-slow"):
+            item.add_marker(slow)
+        for marker in ("gpu", "trt"):
+            if marker in item.keywords and reasons.get(marker):
+                item.add_marker(pytest.mark.skip(reason=f"{marker}: {reasons[marker]}"))
 
 
 def make_sentences(n: int, seed: int = 0) -> list[tuple[str, str]]:

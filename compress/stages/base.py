@@ -20,5 +20,10 @@ class StageConfig(BaseModel):
     produces: ClassVar[type[Artifact]] = TorchModel
     trains: ClassVar[bool] = False  # needs the train split
 
+    def unavailable_reason(self) -> str | None:
+        """Why this stage cannot run on this machine (missing GPU or package), or None.
+        Such a stage is skipped with the reason and its input passes through unchanged."""
+        return None
+
     def run(self, model: Artifact, ctx: StageContext) -> Artifact:  # pragma: no cover - abstract
         raise NotImplementedError
