@@ -5,6 +5,7 @@ import json
 from typer.testing import CliRunner
 
 from compress.cli import app
+from compress.stages import STAGE_KINDS
 from tests.conftest import tiny_recipe_text
 
 runner = CliRunner()
@@ -38,7 +39,8 @@ def test_schema_is_json_with_stage_kinds():
     schema = json.loads(result.stdout)
     assert set(schema["required"]) >= {"name", "model", "task", "data", "stages"}
     kinds = {d["properties"]["kind"]["const"] for d in schema["$defs"].values() if "kind" in d.get("properties", {})}
-    assert kinds == {"finetune", "export_onnx", "optimize_onnx", "ptq"}
+    assert kinds == set(STAGE_KINDS)
+    assert {"finetune", "export_onnx", "optimize_onnx", "ptq", "build_engine"} <= kinds
 
 
 def test_dry_run_prints_plan_without_running(recipe_dir, tmp_path):
