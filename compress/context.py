@@ -25,6 +25,7 @@ from compress.artifacts import Artifact, artifact_kind
 from compress.recipe import MeasureSpec, Recipe
 
 log = logging.getLogger(__name__)
+CHECKPOINT_DIR = "checkpoint"
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -43,6 +44,23 @@ def _replace_dir(src: Path, dst: Path) -> None:
         os.replace(dst, old)
     os.replace(src, dst)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _clear_partial(partial: Path, fingerprint: str) -> None:
+    """Empty a stage's .partial directory, keeping a training checkpoint written for the
+    same fingerprint (so a rerun after a kill resumes mid-stage instead of from step 0)."""
+    from compress.training import checkpoint_key
+
+    checkpoint = partial / CHECKPOINT_DIR
+    if not partial.exists():
+        return
+    if checkpoint_key(checkpoint) != fingerprint:
+        shutil.rmtree(partial, ignore_errors=True)
+        return
+    log.info("keeping the training checkpoint in %s for resuming", checkpoint)
+    for p in partial.iterdir():
+        if p.name != CHECKPOINT_DIR:
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 
 def environment() -> dict:
@@ -80,6 +98,12 @@ class StageContext:
     kind: str
     artifact_dir: Path  # where the stage writes its artifact (the .partial directory)
     info: dict = field(default_factory=dict)
+    fingerprint: str | None = None  # the stage's input fingerprint: a training checkpoint resumes only on a match
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        """Mid-stage training state; lives in the .partial directory, never in the finished artifact."""
+        return self.artifact_dir / CHECKPOINT_DIR
 
     @property
     def recipe(self) -> Recipe:
@@ -165,21 +189,22 @@ class RunContext:
 
         name = self.stage_dir_name(index, kind)
         final, partial = self.run_dir / name, self.run_dir / f".{name}.partial"
-        shutil.rmtree(partial, ignore_errors=True)  # left by a killed run
-        partial.mkdir(parents=True)
-        sctx = StageContext(self, index, kind, partial)
+        _clear_partial(partial, fingerprint)  # left by a killed run
+        partial.mkdir(parents=True, exist_ok=True)
+        sctx = StageContext(self, index, kind, partial, fingerprint=fingerprint)
         entry = {"name": name, "kind": kind, "status": "running", "config": config}
         self.manifest["stages"].append(entry)
         self.write_manifest()
         started = time.perf_counter()
         try:
             yield sctx
+            shutil.rmtree(sctx.checkpoint_dir, ignore_errors=True)
             sctx.record(fingerprint=fingerprint, artifact_sha256=tree_sha256(partial))
         except BaseException as e:
             entry.update(status="failed", error=str(e) or type(e).__name__,
                          wall_seconds=round(time.perf_counter() - started, 2))
             self.finish("failed", error=f"stage {name}: {e or type(e).__name__}")
-            shutil.rmtree(partial, ignore_errors=True)
+            _clear_partial(partial, fingerprint)  # a training checkpoint survives for the rerun
             raise
         record = {"name": name, "kind": kind, "config": config, **sctx.info,
                   "wall_seconds": round(time.perf_counter() - started, 2)}

@@ -149,3 +149,50 @@ def test_kill_9_mid_training_then_resume_matches_uninterrupted_run(recipe_dir, t
         assert a["fingerprint"] == b["fingerprint"]
     assert record(killed_out, "01-finetune")["training"]["final_loss"] == record(tmp_path / "clean", "01-finetune")["training"]["final_loss"]
     assert not list(run_dir.glob(".*.partial")) and not (run_dir / ".lock").exists()
+
+
+def test_kill_9_after_a_training_checkpoint_resumes_mid_stage(recipe_dir, tiny_base_dir, tmp_path):
+    """checkpoint_every: a rerun after kill -9 resumes from the last checkpoint (not step 0)
+    and ends with exactly the weights and accuracy of an uninterrupted run."""
+    stages = """
+  - kind: finetune
+    max_steps: 240
+    batch_size: 8
+    learning_rate: 1.0e-3
+    checkpoint_every: 40
+"""
+    path = setup_recipe(recipe_dir, tiny_base_dir, stages)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    cmd = [sys.executable, "-m", "compress.cli", "run", str(path), "--out"]
+
+    killed_out = tmp_path / "killed"
+    proc = subprocess.Popen([*cmd, str(killed_out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = killed_out / "tiny" / ".01-finetune.partial" / "checkpoint" / "state.json"
+    deadline = time.time() + 180
+    while not state.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before a checkpoint could be caught"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    saved_step = json.loads(state.read_text())["step"]
+    assert saved_step % 40 == 0 and 0 < saved_step < 240
+    assert not (killed_out / "tiny" / "01-finetune").exists()
+
+    resumed = subprocess.run([*cmd, str(killed_out)], env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    resumed_log = " ".join(resumed.stderr.split())  # rich may wrap long log lines
+    assert "keeping the training checkpoint" in resumed_log
+    resumed_at = int(resumed_log.split("finetune: resuming from step ")[1].split()[0])
+    assert resumed_at >= saved_step  # the newest checkpoint (a later one may land before the kill)
+    clean = subprocess.run([*cmd, str(tmp_path / "clean")], env=env, capture_output=True, text=True)
+    assert clean.returncode == 0, clean.stderr
+    assert "resuming" not in clean.stderr
+
+    a = json.loads((killed_out / "tiny" / "01-finetune" / "stage.json").read_text())
+    b = json.loads((tmp_path / "clean" / "tiny" / "01-finetune" / "stage.json").read_text())
+    assert a["training"]["resumed_from_step"] == resumed_at and b["training"]["resumed_from_step"] is None
+    assert a["training"]["steps"] == b["training"]["steps"] == 240
+    assert a["training"]["final_loss"] == b["training"]["final_loss"]
+    assert a["accuracy"] == b["accuracy"]
+    assert a["artifact_sha256"] == b["artifact_sha256"]  # bit-identical weights, no checkpoint left inside
+    assert not (killed_out / "tiny" / "01-finetune" / "checkpoint").exists()

@@ -3,9 +3,9 @@ and returns a new one written into the stage's own directory."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from compress.artifacts import Artifact, TorchModel
 
@@ -27,3 +27,31 @@ class StageConfig(BaseModel):
 
     def run(self, model: Artifact, ctx: StageContext) -> Artifact:  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+class TrainingSchedule(BaseModel):
+    """Schedule fields shared by every stage that trains (finetune, distill, prune, qat)."""
+
+    epochs: float = Field(1.0, gt=0, le=1000, description="Passes over the train split (fractions allowed).")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
+    learning_rate: float = Field(5e-5, gt=0, lt=1)
+    lr_scheduler: Literal["linear", "cosine", "constant_with_warmup"] = Field(
+        "linear", description="LR decay after the warm-up.")
+    batch_size: int = Field(32, ge=1, le=65536, description="Examples per process per micro-batch.")
+    gradient_accumulation_steps: int = Field(1, ge=1, le=4096)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    weight_decay: float = Field(0.01, ge=0, lt=1)
+    max_grad_norm: float = Field(1.0, gt=0)
+    seed: int | None = Field(None, description="Training seed; defaults to data.seed.")
+    eval_every: int | None = Field(
+        None, ge=1, description="Evaluate every N optimizer steps on a validation slice held out of train.")
+    validation_fraction: float = Field(0.1, gt=0, lt=1, description="Share of train held out when eval_every is set.")
+    keep_best: bool = Field(False, description="Return the weights of the best evaluation (needs eval_every).")
+    checkpoint_every: int | None = Field(
+        None, ge=1, description="Save the training state every N steps; a rerun after a crash resumes from it.")
+
+    @model_validator(mode="after")
+    def _keep_best_needs_eval(self):
+        if self.keep_best and not self.eval_every:
+            raise ValueError("keep_best needs eval_every (how often to evaluate)")
+        return self

@@ -4,27 +4,36 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
-
 from compress.artifacts import Artifact, TorchModel
-from compress.stages.base import StageConfig
+from compress.stages.base import StageConfig, TrainingSchedule
 
 
-class FinetuneStage(StageConfig):
+class FinetuneStage(StageConfig, TrainingSchedule):
     kind: Literal["finetune"]
-    epochs: float = Field(1.0, gt=0, le=1000, description="Passes over the train split (fractions allowed).")
-    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
-    learning_rate: float = Field(5e-5, gt=0, lt=1)
-    batch_size: int = Field(32, ge=1, le=65536)
-    gradient_accumulation_steps: int = Field(1, ge=1, le=4096)
-    warmup_ratio: float = Field(0.1, ge=0, lt=1)
-    weight_decay: float = Field(0.01, ge=0, lt=1)
-    max_grad_norm: float = Field(1.0, gt=0)
-    seed: int | None = Field(None, description="Training seed; defaults to data.seed.")
 
     trains = True
 
     def run(self, model: Artifact, ctx) -> TorchModel:
-        from compress.training import finetune_classifier
+        import torch
+        from accelerate.utils import set_seed
 
-        return finetune_classifier(model, self, ctx)
+        from compress.models import load_classifier, load_tokenizer
+        from compress.training import (accuracy_eval, classification_collate, classification_examples,
+                                       save_trained, split_validation, train_loop)
+
+        seed = self.seed if self.seed is not None else ctx.recipe.data.seed
+        set_seed(seed)  # the new head's initialisation
+        torch.set_num_threads(ctx.measure.threads)
+        net = load_classifier(model.path, ctx.splits.label_names, ctx.recipe.trust_remote_code)
+        tokenizer = load_tokenizer(model.path, ctx.recipe.trust_remote_code)
+        collate = classification_collate(tokenizer)
+        examples = classification_examples(tokenizer, ctx.splits.train, ctx.recipe.data.max_length)
+        train, validation = split_validation(examples, self, seed)
+        result = train_loop(
+            net, train, collate, self, loss_fn=lambda m, batch: m(**batch).loss,
+            eval_fn=accuracy_eval(validation, collate) if validation else None,
+            checkpoint_dir=ctx.checkpoint_dir, resume_key=ctx.fingerprint, seed=seed, desc="finetune",
+        )
+        out = save_trained(result, ctx.artifact_dir, tokenizer)
+        ctx.record(training=result.record(self.batch_size, self.gradient_accumulation_steps, seed))
+        return out
