@@ -155,7 +155,7 @@ def bench(
 
     try:  # every input error surfaces here, before any cell runs
         settings = load_bench_spec(spec)
-        models = resolve_models(settings)
+        models = resolve_models(settings, str(spec))
         build_plan(models, settings, str(spec))
     except CompressError as e:
         raise _fail(str(e), e.exit_code) from None

@@ -167,7 +167,7 @@ def recipe_json_schema() -> dict:
 # ---------------------------------------------------------------------------- errors
 
 _ALL_FIELDS = sorted(
-    {name for cls in (Recipe, DataSpec, MeasureSpec, *STAGE_CLASSES) for name in cls.model_fields}
+    {name for cls in (Recipe, DataSpec, MeasureSpec, BenchSettings, ShapeSpec, *STAGE_CLASSES) for name in cls.model_fields}
 )
 
 

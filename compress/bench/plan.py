@@ -149,22 +149,22 @@ def _single_model(path: Path, data: dict | None) -> BenchModel:
     return BenchModel(path.name if path.is_dir() else f"{path.parent.name}/{path.name}", artifact, data=data)
 
 
-def resolve_models(spec: BenchSpec) -> list[BenchModel]:
+def resolve_models(spec: BenchSpec, where: str = "spec") -> list[BenchModel]:
     data = spec.data.model_dump(mode="json") if spec.data else None
     models: list[BenchModel] = []
     if spec.baseline:
         try:
             base = _single_model(Path(spec.baseline), data)
         except CompressError as e:
-            raise BenchSpecError(f"baseline: {e}") from None
+            raise BenchSpecError(f"{where}: baseline: {e}") from None
         if not isinstance(base.artifact, TorchModel):
-            raise BenchSpecError(f"baseline: {spec.baseline} must be a torch checkpoint directory (measured on torch-cpu)")
+            raise BenchSpecError(f"{where}: baseline: {spec.baseline} must be a torch checkpoint directory (measured on torch-cpu)")
         models.append(BenchModel(base.name, base.artifact, None, BASELINE, data))
     for i, ref in enumerate(spec.models):
         try:
             models.extend(_expand(ref, data, demote_baseline=bool(spec.baseline)))
         except CompressError as e:
-            raise BenchSpecError(f"models[{i}]: {e}") from None
+            raise BenchSpecError(f"{where}: models[{i}]: {e}") from None
     return models
 
 

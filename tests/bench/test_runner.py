@@ -20,7 +20,7 @@ runner = CliRunner()
 BENCH_BLOCK = """
 benchmark:
   targets: [torch-cpu, ort-cpu, ort-trt]
-  shapes: {batch_sizes: [1], seq_lens: [16], real: true}
+  shapes: {batch_sizes: [1], real: true}
   threads: [1]
   warmup: 1
   min_iterations: 3
@@ -51,11 +51,9 @@ def test_recipe_benchmark_block_writes_the_four_files(bench_run):
 def test_cells_measured_in_subprocesses_with_numbers_and_fingerprint(bench_run):
     rows = rows_of(bench_run / "bench" / "results.jsonl")
     ok = [r for r in rows if r["status"] == "ok"]
-    # 3 models (finetune on torch-cpu; export_onnx, ptq on ort-cpu) × 2 shapes
+    # 3 models: finetune on torch-cpu; export_onnx and ptq on ort-cpu
     assert sorted((r["model"].split("/")[-1], r["target"], r["shape"]) for r in ok) == [
-        ("01-finetune", "torch-cpu", "b1x16"), ("01-finetune", "torch-cpu", "b1xreal"),
-        ("02-export_onnx", "ort-cpu", "b1x16"), ("02-export_onnx", "ort-cpu", "b1xreal"),
-        ("03-ptq", "ort-cpu", "b1x16"), ("03-ptq", "ort-cpu", "b1xreal"),
+        ("01-finetune", "torch-cpu", "b1xreal"), ("02-export_onnx", "ort-cpu", "b1xreal"), ("03-ptq", "ort-cpu", "b1xreal"),
     ]
     for r in ok:
         assert 0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"]
@@ -82,7 +80,7 @@ def test_unavailable_target_is_a_skipped_row_with_reason(bench_run):
     skipped = [r for r in rows if r["target"] == "ort-trt"]
     assert len(skipped) == 2  # one per ONNX model
     for r in skipped:
-        assert r["status"] == "skipped" and r["reason"] == reason and "TensorrtExecutionProvider" in reason
+        assert r["status"] == "skipped" and r["reason"] == reason
         assert "p50_ms" not in r and "accuracy" not in r
     assert f"- ort-trt: {reason}" in (bench_run / "bench" / "results.md").read_text()
 
@@ -117,7 +115,7 @@ data:
   seed: 7
   max_length: 32
 targets: [ort-cpu]
-shapes: {{batch_sizes: [2], real: true}}
+shapes: {{batch_sizes: [2], seq_lens: [16], real: false}}
 threads: [1]
 warmup: 0
 min_iterations: 2
@@ -130,4 +128,5 @@ min_seconds: 0
         ("01-finetune", "torch-cpu", "baseline", "ok"),  # the explicit baseline, on torch-cpu though not a spec target
         ("03-ptq/model.onnx", "ort-cpu", None, "ok"),
     ]
-    assert rows[1]["accuracy"] is not None and rows[1]["shape"] == "b2xreal"
+    assert rows[1]["shape"] == "b2x16" and rows[1]["mean_real_tokens_per_item"] == 16
+    assert rows[1]["examples"] == 20 and 0 <= rows[1]["accuracy"] <= 1  # fixed shapes; accuracy still on the eval set
