@@ -162,7 +162,10 @@ def bench(
     from compress.bench.runner import run_benchmark
 
     out_dir = out or Path("runs") / "bench" / settings.name
-    rows = run_benchmark(models, settings, out_dir, str(spec), on_row=_print_row)
+    try:
+        rows = run_benchmark(models, settings, out_dir, str(spec), on_row=_print_row)
+    except KeyboardInterrupt:
+        raise _fail(f"interrupted (finished cells kept in {out_dir / 'results.jsonl'})", 130) from None
     console.print((out_dir / "results.md").read_text(encoding="utf-8"), highlight=False, markup=False)
     console.print(f"results: {out_dir}/results.jsonl, results.csv, results.md, pareto.png")
     if any(r["status"] == "failed" for r in rows):

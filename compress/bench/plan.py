@@ -224,6 +224,6 @@ def build_plan(models: list[BenchModel], settings: BenchSettings, where: str = "
                     acc = first and settings.accuracy and bool(model.data)
                     cells.append(Cell(model, target, batch, seq, threads, accuracy=acc))
                     first = False
-    if not any(c.skipped is None for c in cells) and not any(c.skipped for c in cells):
-        raise BenchSpecError(f"{where}: nothing to measure")
+    if not cells:
+        raise BenchSpecError(f"{where}: nothing to measure ({'; '.join(notes)})")
     return Plan(cells, models, notes)
