@@ -139,5 +139,77 @@ def schema() -> None:
     sys.stdout.write(json.dumps(recipe_json_schema(), indent=2) + "\n")
 
 
+# ---------------------------------------------------------------------------- benchmarks
+
+
+@app.command()
+def bench(
+    spec: Path = typer.Argument(..., help="Bench spec YAML file."),
+    out: Path = typer.Option(None, "--out", "-o", help="Output directory (default: runs/bench/<spec name>)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Measure artifacts side by side: results.jsonl, results.csv, results.md, pareto.png."""
+    _setup(verbose)
+    from compress.bench.plan import build_plan, resolve_models
+    from compress.bench.spec import load_bench_spec
+
+    try:  # every input error surfaces here, before any cell runs
+        settings = load_bench_spec(spec)
+        models = resolve_models(settings, str(spec))
+        build_plan(models, settings, str(spec))
+    except CompressError as e:
+        raise _fail(str(e), e.exit_code) from None
+    from compress.bench.runner import run_benchmark
+
+    out_dir = out or Path("runs") / "bench" / settings.name
+    try:
+        rows = run_benchmark(models, settings, out_dir, str(spec), on_row=_print_row)
+    except KeyboardInterrupt:
+        raise _fail(f"interrupted (finished cells kept in {out_dir / 'results.jsonl'})", 130) from None
+    console.print((out_dir / "results.md").read_text(encoding="utf-8"), highlight=False, markup=False)
+    console.print(f"results: {out_dir}/results.jsonl, results.csv, results.md, pareto.png")
+    if any(r["status"] == "failed" for r in rows):
+        raise typer.Exit(1)
+
+
+def _print_row(row: dict) -> None:
+    if row["status"] == "ok":
+        acc = f", acc {row['accuracy']:.4f}" if row.get("accuracy") is not None else ""
+        err_console.print(f"{row['model']} {row['target']} {row['shape']} t{row['threads']}: p50 {row['p50_ms']:.2f} ms, "
+                          f"p99 {row['p99_ms']:.2f} ms, cv {row['cv']:.3f}{acc}", highlight=False)
+    else:
+        err_console.print(f"{row['model']} {row['target']} {row['shape']}: {row['status']}: {row.get('reason')}",
+                          style="yellow", highlight=False)
+
+
+@app.command()
+def table(
+    results: Path = typer.Argument(..., help="A results.jsonl written by compress bench."),
+    out: Path = typer.Option(None, "--out", "-o", help="Where to write results.csv/md and pareto.png (default: beside RESULTS)."),
+) -> None:
+    """Re-render the CSV, Markdown table and plot from a results.jsonl."""
+    from compress.bench.report import read_rows, write_reports
+
+    if not results.is_file():
+        raise _fail(f"{results}: results file not found", 2)
+    rows = read_rows(results)
+    if not rows:
+        raise _fail(f"{results}: no result rows", 2)
+    out_dir = out or results.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = write_reports(rows, out_dir)
+    console.print(paths["md"].read_text(encoding="utf-8"), highlight=False, markup=False)
+
+
+@app.command()
+def targets() -> None:
+    """List the benchmark targets and whether each can run on this machine (and why not)."""
+    from compress.bench.targets import target_report
+
+    for name, description, reason in target_report():
+        status = "[green]available[/]" if reason is None else f"[yellow]unavailable[/]: {reason}"
+        console.print(f"{name:<11} {description:<42} {status}", highlight=False)
+
+
 if __name__ == "__main__":
     app()

@@ -35,7 +35,19 @@ def run_recipe(
                 ctx.finish("failed", error=str(e) or type(e).__name__)
             raise
         ctx.finish("completed", final=model)
+        if recipe.benchmark is not None:  # measured after the run is complete, into runs/<name>/bench/
+            _run_benchmark(recipe, ctx)
     return ctx
+
+
+def _run_benchmark(recipe: Recipe, ctx: RunContext) -> None:
+    from compress.bench.plan import resolve_models
+    from compress.bench.runner import run_benchmark
+    from compress.bench.spec import BenchSpec
+
+    spec = BenchSpec(models=[{"path": str(ctx.run_dir)}], **recipe.benchmark.model_dump())
+    log.info("benchmark: %s", ", ".join(recipe.benchmark.targets))
+    run_benchmark(resolve_models(spec), recipe.benchmark, ctx.run_dir / "bench", where="benchmark")
 
 
 def _run_stages(recipe: Recipe, ctx: RunContext, redo_from: int) -> Artifact:

@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from compress.artifacts import TorchModel
+from compress.bench.settings import BenchSettings, ShapeSpec
 from compress.errors import CompressError, RecipeError
 from compress.stages import STAGE_CLASSES, STAGE_KINDS, Stage
 
@@ -71,6 +72,7 @@ class Recipe(_Spec):
     data: DataSpec
     stages: list[Stage] = Field(min_length=1)
     measure: MeasureSpec = MeasureSpec()
+    benchmark: BenchSettings | None = Field(None, description="Benchmark the run's artifacts after the last stage.")
 
     _location = field_validator("model")(_check_location)
 
@@ -165,12 +167,13 @@ def recipe_json_schema() -> dict:
 # ---------------------------------------------------------------------------- errors
 
 _ALL_FIELDS = sorted(
-    {name for cls in (Recipe, DataSpec, MeasureSpec, *STAGE_CLASSES) for name in cls.model_fields}
+    {name for cls in (Recipe, DataSpec, MeasureSpec, BenchSettings, ShapeSpec, *STAGE_CLASSES) for name in cls.model_fields}
 )
 
 
-def describe_validation_error(err: ValidationError) -> str:
-    """The first pydantic error as 'field.path: what is wrong', plus a count of the rest."""
+def describe_validation_error(err: ValidationError, known_fields: list[str] | None = None) -> str:
+    """The first pydantic error as 'field.path: what is wrong', plus a count of the rest.
+    known_fields: names for the 'did you mean' hint (default: the recipe's fields)."""
     errors = err.errors(include_url=False)
     first = errors[0]
     loc = _format_loc(first["loc"])
@@ -182,7 +185,7 @@ def describe_validation_error(err: ValidationError) -> str:
         msg = f"stage has no 'kind' (expected one of: {', '.join(STAGE_KINDS)})"
     elif kind == "extra_forbidden":
         name = str(first["loc"][-1])
-        close = difflib.get_close_matches(name, _ALL_FIELDS, n=1)
+        close = difflib.get_close_matches(name, known_fields or _ALL_FIELDS, n=1)
         msg = "unknown field" + (f" (did you mean '{close[0]}'?)" if close else "")
     elif kind == "missing":
         msg = "required field is missing"

@@ -8,6 +8,7 @@ from typing import Protocol
 import numpy as np
 
 from compress.artifacts import Artifact, ONNXModel, TorchModel, TRTEngine
+from compress.errors import CompressError
 
 
 class Session(Protocol):
@@ -53,6 +54,10 @@ class ORTSession:
         self.session = ort.InferenceSession(
             str(model.onnx_path), opts, providers=providers or ["CPUExecutionProvider"]
         )
+        # ORT silently falls back to CPU when a requested provider cannot load: refuse that.
+        wanted, enabled = (providers or ["CPUExecutionProvider"])[0], self.session.get_providers()
+        if wanted not in enabled:
+            raise CompressError(f"ONNX Runtime did not enable {wanted} for {model.onnx_path} (it fell back to {', '.join(enabled)})")
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.pad_id = _pad_id(model.path)
 

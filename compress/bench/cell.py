@@ -1,0 +1,135 @@
+"""One benchmark cell, run in its own process (python -m compress.bench.cell JOB OUT):
+open the artifact on the target with the thread count set, build the inputs, warm up,
+time, then measure accuracy through the same session. Writes a JSON result to OUT.
+
+A fresh process per cell: thread pools, allocator state and caches of one runtime never
+leak into another's numbers."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def fixed_batches(session, tokenizer, batch_size: int, seq_len: int, seed: int = 0) -> list[dict]:
+    """Full-length synthetic inputs ([CLS] random tokens [SEP], no padding): the shape,
+    not the content, sets the cost of a dense encoder."""
+    rng = np.random.default_rng(seed)
+    low = max(tokenizer.all_special_ids or [0]) + 1
+    ids = rng.integers(low, len(tokenizer), size=(batch_size, seq_len), dtype=np.int64)
+    if seq_len >= 2 and tokenizer.cls_token_id is not None and tokenizer.sep_token_id is not None:
+        ids[:, 0], ids[:, -1] = tokenizer.cls_token_id, tokenizer.sep_token_id
+    full = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    return [{k: full[k] for k in session.input_names}]
+
+
+def real_batches(session, encoded: list[dict], batch_size: int) -> list[dict]:
+    """Consecutive eval examples in their original order, each batch padded to its longest."""
+    from compress.data import pad_batch
+
+    return [pad_batch(encoded[i : i + batch_size], session.input_names, session.pad_id)
+            for i in range(0, len(encoded) - batch_size + 1, batch_size)] or [
+        pad_batch(encoded, session.input_names, session.pad_id)]
+
+
+def load_eval(job: dict, artifact) -> tuple[list[dict], list[int]] | None:
+    if not job.get("data"):
+        return None
+    from compress.data import encode, load_splits
+    from compress.models import load_tokenizer
+    from compress.recipe import DataSpec
+
+    spec = DataSpec.model_validate(job["data"])
+    ds = load_splits(spec).eval
+    if job.get("max_eval_samples"):
+        ds = ds.subset(list(range(min(job["max_eval_samples"], len(ds)))))
+    return encode(load_tokenizer(artifact.path), ds, spec.max_length), ds.labels
+
+
+def measure_cell(job: dict) -> dict:
+    from compress.bench.plan import reopen_artifact
+    from compress.bench.targets import TARGETS, open_target_session
+    from compress.bench.timing import summarize, time_calls
+    from compress.evaluate import evaluate_accuracy
+    from compress.models import load_tokenizer
+
+    target = TARGETS[job["target"]]
+    artifact = reopen_artifact(job["model"])
+    threads, batch_size, seq_len = job["threads"], job["batch_size"], job["seq_len"]
+    started = time.perf_counter()
+    session = open_target_session(artifact, target, threads)
+    load_s = time.perf_counter() - started
+    evalset = load_eval(job, artifact) if (job["accuracy"] or seq_len is None) else None
+    if seq_len is None:
+        batches = real_batches(session, evalset[0], batch_size)
+    else:
+        batches = fixed_batches(session, load_tokenizer(artifact.path), batch_size, seq_len)
+
+    sync, gpu = None, {}
+    if target.device == "cuda":  # gated: only on a GPU target, where torch sees CUDA
+        import torch
+
+        sync = torch.cuda.synchronize
+        start_evt, end_evt = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start_evt.record()
+
+    def call(i: int) -> int:
+        batch = batches[i % len(batches)]
+        session.run(batch)
+        return len(batch["input_ids"])
+
+    samples, items = time_calls(call, job["warmup"], job["min_iterations"], job["min_seconds"], job["max_seconds"], sync=sync)
+    if target.device == "cuda":
+        end_evt.record()
+        torch.cuda.synchronize()
+        gpu = {"cuda_event_total_ms": round(start_evt.elapsed_time(end_evt), 3),
+               "gpu_name": torch.cuda.get_device_name(0),
+               "gpu_peak_allocated_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)}
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB; timing phase only
+    tokens = [int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].size for b in batches]
+    result = {
+        **summarize(samples, items),
+        **gpu,
+        "peak_rss_mb": round(peak_rss_mb, 1),
+        "size_bytes": artifact.size_bytes(),
+        "session_load_s": round(load_s, 3),
+        "warmup": job["warmup"],
+        "distinct_batches": len(batches),
+        "mean_real_tokens_per_item": round(sum(tokens) / sum(len(b["input_ids"]) for b in batches), 2),
+        "runtime_threads": _runtime_threads(target),
+    }
+    if job["accuracy"] and evalset is not None:
+        encoded, labels = evalset
+        result.update(evaluate_accuracy(session, encoded, labels, job["eval_batch_size"]))
+    return result
+
+
+def _runtime_threads(target) -> dict:
+    out = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
+    if target.name.startswith("torch"):
+        import torch
+
+        out["torch"] = torch.get_num_threads()
+    return out
+
+
+def main(argv: list[str]) -> int:
+    job_path, out_path = Path(argv[0]), Path(argv[1])
+    job = json.loads(job_path.read_text(encoding="utf-8"))
+    result = measure_cell(job)
+    tmp = out_path.with_name(out_path.name + ".tmp")
+    tmp.write_text(json.dumps(result), encoding="utf-8")
+    os.replace(tmp, out_path)
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main(sys.argv[1:]))

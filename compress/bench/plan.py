@@ -1,0 +1,229 @@
+"""From a spec to the list of cells: models (run directories expanded to each stage's
+artifact), targets, shapes and thread counts. Every problem the user can fix (a missing
+model, an engine on ort-cpu, no eval data for real lengths) is raised here, before
+anything is measured."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from compress.artifacts import ARTIFACT_KINDS, Artifact, ONNXModel, TorchModel, TRTEngine, artifact_kind
+from compress.bench.settings import BenchSettings
+from compress.bench.spec import BenchSpec, BenchSpecError, ModelRef
+from compress.bench.targets import TARGETS, unavailable_reason
+from compress.errors import CompressError
+
+log = logging.getLogger(__name__)
+
+BASELINE, ORT_FP32 = "baseline", "ort_fp32"  # the two references every speedup is a ratio against
+
+
+@dataclass(frozen=True)
+class ONNXFile(ONNXModel):
+    """An .onnx file under any name, in a directory that holds its tokenizer and config.json."""
+
+    file: str = "model.onnx"
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.path / self.file
+
+    def size_bytes(self) -> int:
+        return sum(f.stat().st_size for f in self.path.glob(f"{self.file}*"))
+
+
+@dataclass(frozen=True)
+class EngineFile(TRTEngine):
+    """A .engine file under any name, beside engine.json, the tokenizer and config.json."""
+
+    file: str = "model.engine"
+
+    @property
+    def engine_path(self) -> Path:
+        return self.path / self.file
+
+
+@dataclass(frozen=True)
+class BenchModel:
+    name: str  # row label
+    artifact: Artifact
+    group: str | None = None  # the run directory's name: speedups compare within a run
+    role: str | None = None  # BASELINE, ORT_FP32 or None
+    data: dict | None = None  # DataSpec (JSON) for accuracy and real lengths
+    targets: tuple[str, ...] | None = None  # explicit per-model targets
+
+    @property
+    def kind(self) -> str:
+        return artifact_kind_of(self.artifact)
+
+    def job(self) -> dict:
+        """What a cell subprocess needs to reopen the artifact."""
+        a = self.artifact
+        return {"name": self.name, "kind": self.kind, "path": str(a.path), "file": getattr(a, "file", None),
+                "group": self.group, "role": self.role}
+
+
+@dataclass(frozen=True)
+class Cell:
+    model: BenchModel
+    target: str
+    batch_size: int | None  # None on a skipped row: the target cannot run at all
+    seq_len: int | None  # None: the eval set's real lengths
+    threads: int | None
+    accuracy: bool = False  # measure eval accuracy in this cell (once per model and target)
+    skipped: str | None = None  # why the target cannot run here
+
+
+@dataclass
+class Plan:
+    cells: list[Cell]
+    models: list[BenchModel]
+    notes: list[str] = field(default_factory=list)
+
+
+def artifact_kind_of(artifact: Artifact) -> str:
+    for kind, cls in ARTIFACT_KINDS.items():
+        if isinstance(artifact, cls):
+            return kind
+    return artifact_kind(artifact)
+
+
+def reopen_artifact(job: dict) -> Artifact:
+    path = Path(job["path"])
+    if job["kind"] == "onnx" and job.get("file"):
+        return ONNXFile(path, job["file"])
+    if job["kind"] == "trt" and job.get("file"):
+        return EngineFile(path, job["file"])
+    return ARTIFACT_KINDS[job["kind"]](path)
+
+
+# ---------------------------------------------------------------------------- models
+
+
+def _run_models(run_dir: Path, data: dict | None) -> list[BenchModel]:
+    manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
+    if data is None and (run_dir / "recipe.resolved.yaml").is_file():
+        data = yaml.safe_load((run_dir / "recipe.resolved.yaml").read_text(encoding="utf-8")).get("data")
+    models, seen_torch, seen_onnx = [], False, False
+    for entry in manifest.get("stages", []):
+        if entry.get("status") not in ("completed", "reused") or not entry.get("path"):
+            continue
+        kind = entry.get("artifact")
+        artifact = ARTIFACT_KINDS[kind](run_dir / entry["path"])
+        role = None
+        if kind == "torch" and not seen_torch:
+            role, seen_torch = BASELINE, True  # the fine-tuned, uncompressed model
+        elif entry["kind"] == "export_onnx" and not seen_onnx:
+            role, seen_onnx = ORT_FP32, True
+        models.append(BenchModel(f"{run_dir.name}/{entry['path']}", artifact, run_dir.name, role, data))
+    if not models:
+        raise CompressError(f"run directory {run_dir} has no completed stages in manifest.json")
+    return models
+
+
+def _single_model(path: Path, data: dict | None) -> BenchModel:
+    if path.is_file() and path.suffix == ".onnx":
+        artifact: Artifact = ONNXFile(path.parent, path.name)
+    elif path.is_file() and path.suffix == ".engine":
+        if not (path.parent / "engine.json").is_file():
+            raise CompressError(f"{path}: no engine.json beside the engine (compress build_engine writes it)")
+        artifact = EngineFile(path.parent, path.name)
+    elif path.is_dir() and (path / ONNXModel.filename).is_file():
+        artifact = ONNXModel(path)
+    elif path.is_dir() and (path / TRTEngine.filename).is_file():
+        artifact = TRTEngine(path)
+    elif path.is_dir():
+        from compress.models import check_model_spec
+
+        check_model_spec(str(path))
+        artifact = TorchModel(path)
+    else:
+        raise CompressError(f"{path} is not a run directory, a checkpoint directory, an .onnx or an .engine file")
+    if not isinstance(artifact, TorchModel) and not any((artifact.path / f).is_file() for f in ("tokenizer.json", "vocab.txt")):
+        raise CompressError(f"{path}: no tokenizer files (tokenizer.json or vocab.txt) beside it")
+    return BenchModel(path.name if path.is_dir() else f"{path.parent.name}/{path.name}", artifact, data=data)
+
+
+def resolve_models(spec: BenchSpec, where: str = "spec") -> list[BenchModel]:
+    data = spec.data.model_dump(mode="json") if spec.data else None
+    models: list[BenchModel] = []
+    if spec.baseline:
+        try:
+            base = _single_model(Path(spec.baseline), data)
+        except CompressError as e:
+            raise BenchSpecError(f"{where}: baseline: {e}") from None
+        if not isinstance(base.artifact, TorchModel):
+            raise BenchSpecError(f"{where}: baseline: {spec.baseline} must be a torch checkpoint directory (measured on torch-cpu)")
+        models.append(BenchModel(base.name, base.artifact, None, BASELINE, data))
+    for i, ref in enumerate(spec.models):
+        try:
+            models.extend(_expand(ref, data, demote_baseline=bool(spec.baseline)))
+        except CompressError as e:
+            raise BenchSpecError(f"{where}: models[{i}]: {e}") from None
+    return models
+
+
+def _expand(ref: ModelRef, data: dict | None, demote_baseline: bool) -> list[BenchModel]:
+    path = Path(ref.path)
+    if not path.exists():
+        raise CompressError(f"{path} not found")
+    if path.is_dir() and (path / "manifest.json").is_file():
+        found = _run_models(path, data)
+        if demote_baseline:  # an explicit spec baseline replaces the runs' own
+            found = [BenchModel(m.name, m.artifact, m.group, None if m.role == BASELINE else m.role, m.data) for m in found]
+    else:
+        found = [_single_model(path, data)]
+    targets = tuple(ref.targets) if ref.targets else None
+    if ref.name and len(found) == 1:
+        found = [BenchModel(ref.name, found[0].artifact, found[0].group, found[0].role, found[0].data)]
+    return [BenchModel(m.name, m.artifact, m.group, m.role, m.data, targets) for m in found]
+
+
+# ---------------------------------------------------------------------------- cells
+
+
+def build_plan(models: list[BenchModel], settings: BenchSettings, where: str = "spec") -> Plan:
+    notes: list[str] = []
+    cells: list[Cell] = []
+    for i, model in enumerate(models):
+        kind_cls = type(model.artifact)
+        wanted = list(model.targets or settings.targets)
+        for t in model.targets or ():
+            if not issubclass(kind_cls, TARGETS[t].accepts):
+                raise BenchSpecError(
+                    f"{where}: models: {model.name} is {model.artifact.description}; target {t} runs "
+                    f"{TARGETS[t].accepts.description}")
+        runnable = [t for t in wanted if issubclass(kind_cls, TARGETS[t].accepts)]
+        # The references are measured even when the spec's targets leave them out.
+        if model.role == BASELINE and "torch-cpu" not in runnable:
+            runnable.insert(0, "torch-cpu")
+        if model.role == ORT_FP32 and "ort-cpu" not in runnable:
+            runnable.insert(0, "ort-cpu")
+        if not runnable:
+            fit = ", ".join(n for n, t in TARGETS.items() if issubclass(kind_cls, t.accepts))
+            if model.group is None:
+                raise BenchSpecError(f"{where}: models: no target in {settings.targets} runs {model.name} "
+                                     f"({model.artifact.description}; it runs on: {fit})")
+            notes.append(f"{model.name} ({model.artifact.description}) not measured: no target in {settings.targets} runs it")
+            continue
+        if settings.shapes.real and not model.data:
+            raise BenchSpecError(f"{where}: shapes.real: {model.name} has no eval data (set data:, or real: false)")
+        for target in runnable:
+            reason = unavailable_reason(target)
+            if reason:
+                cells.append(Cell(model, target, None, None, None, skipped=reason))
+                continue
+            first = True
+            for threads in settings.threads:
+                for batch, seq in settings.shape_cells:
+                    acc = first and settings.accuracy and bool(model.data)
+                    cells.append(Cell(model, target, batch, seq, threads, accuracy=acc))
+                    first = False
+    if not cells:
+        raise BenchSpecError(f"{where}: nothing to measure ({'; '.join(notes)})")
+    return Plan(cells, models, notes)

@@ -1,0 +1,146 @@
+"""Run a plan: each cell in its own subprocess with its threads set, one JSONL row
+appended as each cell finishes (a crash keeps the finished rows), then the reports."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+from compress.bench.plan import Cell, Plan
+from compress.bench.settings import BenchSettings
+
+log = logging.getLogger(__name__)
+
+RESULTS_JSONL = "results.jsonl"
+
+
+def fingerprint() -> dict:
+    """Where the numbers came from: CPU, cores, libraries, git commit, machine load."""
+    from compress.context import environment
+
+    env = environment()
+    try:
+        import onnxruntime
+
+        env["ort_providers"] = onnxruntime.get_available_providers()
+    except ImportError:
+        pass
+    env["cores_usable"] = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    env["git_commit"] = _git_commit()
+    env["load_avg_at_start"] = [round(x, 2) for x in os.getloadavg()]
+    env["nice"] = os.nice(0)
+    return env
+
+
+def _git_commit() -> str | None:
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if sha.returncode != 0:
+        return None
+    return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def shape_label(batch_size: int | None, seq_len: int | None) -> str:
+    if batch_size is None:
+        return "-"
+    return f"b{batch_size}x{'real' if seq_len is None else seq_len}"
+
+
+def base_row(cell: Cell, run_id: str, env: dict) -> dict:
+    m = cell.model
+    return {
+        "run_id": run_id, "model": m.name, "group": m.group, "role": m.role, "kind": m.kind, "path": str(m.artifact.path),
+        "target": cell.target, "shape": shape_label(cell.batch_size, cell.seq_len), "batch_size": cell.batch_size,
+        "seq_len": "real" if cell.seq_len is None and cell.batch_size else cell.seq_len, "threads": cell.threads,
+    } | {"env": env}
+
+
+def cell_job(cell: Cell, settings: BenchSettings) -> dict:
+    return {
+        "model": cell.model.job(), "target": cell.target, "batch_size": cell.batch_size, "seq_len": cell.seq_len,
+        "threads": cell.threads, "accuracy": cell.accuracy, "data": cell.model.data,
+        "warmup": settings.warmup, "min_iterations": settings.min_iterations, "min_seconds": settings.min_seconds,
+        "max_seconds": settings.max_seconds, "eval_batch_size": settings.eval_batch_size,
+        "max_eval_samples": settings.max_eval_samples,
+    }
+
+
+def run_cell(cell: Cell, settings: BenchSettings, work: Path) -> dict:
+    """Measure one cell in a fresh interpreter; returns its metrics, or status failed with the error."""
+    job_path, out_path = work / "job.json", work / "result.json"
+    out_path.unlink(missing_ok=True)
+    job_path.write_text(json.dumps(cell_job(cell, settings)), encoding="utf-8")
+    threads = str(cell.threads)
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads,
+           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    started = time.perf_counter()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "compress.bench.cell", str(job_path), str(out_path)],
+                              env=env, capture_output=True, text=True, timeout=settings.cell_timeout)
+    except subprocess.TimeoutExpired:
+        return {"status": "failed", "reason": f"cell timed out after {settings.cell_timeout:g} s"}
+    wall = round(time.perf_counter() - started, 2)
+    if proc.returncode != 0 or not out_path.is_file():
+        lines = [ln for ln in (proc.stderr or "").splitlines() if ln.strip()]
+        return {"status": "failed", "reason": lines[-1] if lines else f"cell exited {proc.returncode}", "cell_wall_s": wall}
+    return {"status": "ok", **json.loads(out_path.read_text(encoding="utf-8")), "cell_wall_s": wall}
+
+
+def append_row(path: Path, row: dict) -> None:
+    """One line per finished cell, flushed and fsynced: a crash later keeps it."""
+    with path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(row, default=str) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def run_plan(plan: Plan, settings: BenchSettings, out_dir: Path,
+             on_row: Callable[[dict], None] | None = None) -> list[dict]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    jsonl = out_dir / RESULTS_JSONL
+    jsonl.write_text("", encoding="utf-8")  # a new benchmark starts a new results file
+    run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    env = fingerprint()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="compress-bench-") as tmp:
+        for i, cell in enumerate(plan.cells):
+            row = base_row(cell, run_id, env)
+            if cell.skipped:
+                row |= {"status": "skipped", "reason": cell.skipped}
+            else:
+                log.info("cell %d/%d: %s on %s, %s, %d threads", i + 1, len(plan.cells), cell.model.name,
+                         cell.target, row["shape"], cell.threads)
+                row |= run_cell(cell, settings, Path(tmp))
+            row["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            append_row(jsonl, row)
+            rows.append(row)
+            if on_row:
+                on_row(row)
+    return rows
+
+
+def run_benchmark(models, settings: BenchSettings, out_dir: Path, where: str = "spec",
+                  on_row: Callable[[dict], None] | None = None) -> list[dict]:
+    """Plan (every input error raised before anything runs), measure, write the reports."""
+    from compress.bench.plan import build_plan
+    from compress.bench.report import write_reports
+
+    plan = build_plan(models, settings, where)
+    for note in plan.notes:
+        log.warning(note)
+    rows = run_plan(plan, settings, out_dir, on_row)
+    write_reports(rows, out_dir)
+    return rows

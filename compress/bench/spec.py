@@ -1,0 +1,82 @@
+"""A benchmark spec file (YAML): the models to compare plus BenchSettings. Errors are one
+line naming the spec file and the field, like the recipe loader's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import Field, ValidationError, field_validator
+
+from compress.bench.settings import BenchSettings, ShapeSpec, TargetName, _Spec
+from compress.errors import CompressError
+from compress.recipe import DataSpec, describe_validation_error
+
+
+class BenchSpecError(CompressError):
+    """The bench spec (or a model it names) is malformed: exit 2 before anything runs."""
+
+
+class ModelRef(_Spec):
+    path: str = Field(description="A run directory, a torch checkpoint directory, an .onnx file or a .engine file.")
+    name: str | None = Field(None, description="Row label (default: derived from the path).")
+    targets: list[TargetName] | None = Field(None, description="Only these targets (default: every spec target that runs this kind).")
+
+    @field_validator("path")
+    @classmethod
+    def _non_empty(cls, value: str) -> str:
+        if not value.strip() or "\x00" in value:
+            raise ValueError("must be a path (got an empty string or a NUL byte)")
+        return value
+
+
+class BenchSpec(BenchSettings):
+    name: str = Field("bench", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
+    models: list[ModelRef] = Field(min_length=1)
+    baseline: str | None = Field(None, description="The uncompressed torch model (default: a run's first stage).")
+    data: DataSpec | None = Field(None, description="Eval data (default for run directories: the run's eval split).")
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _strings_are_paths(cls, value):
+        if isinstance(value, list):
+            return [{"path": v} if isinstance(v, str) else v for v in value]
+        return value
+
+
+_FIELDS = sorted({n for cls in (BenchSpec, ShapeSpec, ModelRef, DataSpec) for n in cls.model_fields})
+
+
+def parse_settings(raw: object, cls: type = BenchSpec, where: str = "spec"):
+    if not isinstance(raw, dict):
+        raise BenchSpecError(f"{where}: expected a mapping of fields at the top level, got {type(raw).__name__}")
+    try:
+        return cls.model_validate(raw)
+    except ValidationError as e:
+        raise BenchSpecError(f"{where}: {describe_validation_error(e, _FIELDS)}") from None
+
+
+def load_bench_spec(path: str | Path) -> BenchSpec:
+    """Parse and validate a spec; relative paths resolve against the spec's directory."""
+    path = Path(path)
+    if not path.is_file():
+        raise BenchSpecError(f"{path}: bench spec file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise BenchSpecError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise BenchSpecError(f"{path}: invalid YAML: {where}{getattr(e, 'problem', None) or e}") from None
+    spec = parse_settings(raw, BenchSpec, str(path))
+    base = path.parent
+
+    def resolve(p: str | None) -> str | None:
+        if p is None or p.startswith("builtin:"):
+            return p
+        return str((base / Path(p).expanduser()).resolve())
+
+    models = [m.model_copy(update={"path": resolve(m.path)}) for m in spec.models]
+    data = spec.data and spec.data.model_copy(update={"train": resolve(spec.data.train), "eval": resolve(spec.data.eval)})
+    return spec.model_copy(update={"models": models, "baseline": resolve(spec.baseline), "data": data})

@@ -1,0 +1,132 @@
+"""End to end on the tiny model: a recipe with a `benchmark:` block runs its cells in
+subprocesses (torch-cpu, ort-cpu), skips what cannot run here with the reason, and
+writes the four result files; `compress bench` and `compress table` on the same run."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from compress.cli import app
+from compress.pipeline import run_recipe
+from compress.recipe import load_recipe
+from tests.conftest import make_sentences, tiny_recipe_text, write_csv
+
+runner = CliRunner()
+
+BENCH_BLOCK = """
+benchmark:
+  targets: [torch-cpu, ort-cpu, ort-trt]
+  shapes: {batch_sizes: [1], real: true}
+  threads: [1]
+  warmup: 1
+  min_iterations: 3
+  min_seconds: 0
+"""
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory, tiny_base_dir):
+    tmp = tmp_path_factory.mktemp("bench-run")
+    shutil.copytree(tiny_base_dir, tmp / "model")
+    write_csv(tmp / "reviews.csv", make_sentences(80))
+    stages = "\n  - kind: finetune\n    epochs: 1\n    batch_size: 8\n  - kind: export_onnx\n  - kind: ptq\n"
+    (tmp / "recipe.yaml").write_text(tiny_recipe_text(stages=stages) + BENCH_BLOCK)
+    ctx = run_recipe(load_recipe(tmp / "recipe.yaml"), tmp / "runs", recipe_path=tmp / "recipe.yaml")
+    return ctx.run_dir
+
+
+def rows_of(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_recipe_benchmark_block_writes_the_four_files(bench_run):
+    bench = bench_run / "bench"
+    assert sorted(p.name for p in bench.iterdir()) == ["pareto.png", "results.csv", "results.jsonl", "results.md"]
+
+
+def test_cells_measured_in_subprocesses_with_numbers_and_fingerprint(bench_run):
+    rows = rows_of(bench_run / "bench" / "results.jsonl")
+    ok = [r for r in rows if r["status"] == "ok"]
+    # 3 models: finetune on torch-cpu; export_onnx and ptq on ort-cpu
+    assert sorted((r["model"].split("/")[-1], r["target"], r["shape"]) for r in ok) == [
+        ("01-finetune", "torch-cpu", "b1xreal"), ("02-export_onnx", "ort-cpu", "b1xreal"), ("03-ptq", "ort-cpu", "b1xreal"),
+    ]
+    for r in ok:
+        assert 0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"]
+        assert r["iterations"] >= 3 and r["throughput"] > 0 and r["cv"] >= 0
+        assert r["peak_rss_mb"] > 50 and r["size_bytes"] > 0
+        assert r["threads"] == 1 and r["runtime_threads"]["OMP_NUM_THREADS"] == "1"
+        assert r["env"]["processor"] and r["env"]["packages"]["onnxruntime"] and "git_commit" in r["env"]
+    torch_rows = [r for r in ok if r["target"] == "torch-cpu"]
+    assert all(r["runtime_threads"]["torch"] == 1 for r in torch_rows)
+    # accuracy once per model and target, on the run's own eval split (20 of 80 rows)
+    acc = [r for r in ok if "accuracy" in r]
+    assert len(acc) == 3 and all(r["examples"] == 20 and r["shape"] == "b1xreal" for r in acc)
+    roles = {r["model"].split("/")[-1]: r["role"] for r in ok}
+    assert roles == {"01-finetune": "baseline", "02-export_onnx": "ort_fp32", "03-ptq": None}
+
+
+def test_unavailable_target_is_a_skipped_row_with_reason(bench_run):
+    from compress.bench.targets import unavailable_reason
+
+    reason = unavailable_reason("ort-trt")
+    if reason is None:
+        pytest.skip("ort-trt runs on this machine")
+    rows = rows_of(bench_run / "bench" / "results.jsonl")
+    skipped = [r for r in rows if r["target"] == "ort-trt"]
+    assert len(skipped) == 2  # one per ONNX model
+    for r in skipped:
+        assert r["status"] == "skipped" and r["reason"] == reason
+        assert "p50_ms" not in r and "accuracy" not in r
+    assert f"- ort-trt: {reason}" in (bench_run / "bench" / "results.md").read_text()
+
+
+def test_markdown_from_a_real_run(bench_run):
+    md = (bench_run / "bench" / "results.md").read_text()
+    assert "| model | torch-cpu | ort-cpu |" in md
+    line = next(ln for ln in md.splitlines() if ln.startswith("| tiny/01-finetune |"))
+    assert "1.00x torch" in line  # the baseline against itself
+
+
+def test_table_rerenders_the_same_files(bench_run, tmp_path):
+    bench = bench_run / "bench"
+    result = runner.invoke(app, ["table", str(bench / "results.jsonl"), "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "results.md").read_text() == (bench / "results.md").read_text()
+    assert (tmp_path / "results.csv").read_text() == (bench / "results.csv").read_text()
+    assert (tmp_path / "pareto.png").stat().st_size > 5000
+    assert "| model | torch-cpu | ort-cpu |" in result.output
+
+
+def test_bench_command_on_single_artifacts(bench_run, tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"""
+name: single
+models:
+  - {bench_run / '03-ptq' / 'model.onnx'}
+baseline: {bench_run / '01-finetune'}
+data:
+  train: {bench_run.parent.parent / 'reviews.csv'}
+  eval_fraction: 0.25
+  seed: 7
+  max_length: 32
+targets: [ort-cpu]
+shapes: {{batch_sizes: [2], seq_lens: [16], real: false}}
+threads: [1]
+warmup: 0
+min_iterations: 2
+min_seconds: 0
+""")
+    result = runner.invoke(app, ["bench", str(spec), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    rows = rows_of(tmp_path / "out" / "results.jsonl")
+    assert [(r["model"], r["target"], r["role"], r["status"]) for r in rows] == [
+        ("01-finetune", "torch-cpu", "baseline", "ok"),  # the explicit baseline, on torch-cpu though not a spec target
+        ("03-ptq/model.onnx", "ort-cpu", None, "ok"),
+    ]
+    assert rows[1]["shape"] == "b2x16" and rows[1]["mean_real_tokens_per_item"] == 16
+    assert rows[1]["examples"] == 20 and 0 <= rows[1]["accuracy"] <= 1  # fixed shapes; accuracy still on the eval set

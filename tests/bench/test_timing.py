@@ -1,0 +1,88 @@
+"""Percentiles, coefficient of variation and the timing loop, on synthetic samples."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from compress.bench.timing import coefficient_of_variation, percentile, summarize, time_calls
+
+
+@pytest.mark.parametrize("q", [0, 1, 10, 50, 90, 99, 100])
+def test_percentile_matches_numpy(q):
+    samples = list(np.random.default_rng(3).lognormal(1.0, 0.5, size=257))
+    assert percentile(samples, q) == pytest.approx(float(np.percentile(samples, q)))
+
+
+def test_percentile_interpolates_and_ignores_order():
+    assert percentile([4.0, 1.0, 3.0, 2.0], 50) == 2.5
+    assert percentile([10.0], 99) == 10.0
+    with pytest.raises(ValueError):
+        percentile([], 50)
+    with pytest.raises(ValueError):
+        percentile([1.0], 101)
+
+
+def test_coefficient_of_variation():
+    assert coefficient_of_variation([5.0, 5.0, 5.0]) == 0.0
+    samples = [1.0, 2.0, 3.0, 4.0]  # mean 2.5, sample std sqrt(5/3)
+    assert coefficient_of_variation(samples) == pytest.approx(np.std(samples, ddof=1) / 2.5)
+    assert coefficient_of_variation([7.0]) == 0.0
+
+
+def test_summarize_throughput_counts_items_not_calls():
+    s = summarize([10.0, 10.0, 20.0, 20.0], [8, 8, 8, 8])  # 32 items in 60 ms
+    assert s["throughput"] == pytest.approx(32 / 0.060, rel=1e-3)
+    assert s["p50_ms"] == 15.0 and s["iterations"] == 4
+
+
+class FakeClock:
+    """Each call to the timed function advances time by `step` seconds."""
+
+    def __init__(self, step: float):
+        self.now, self.step = 0.0, step
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_time_calls_excludes_warmup_and_honours_minimums():
+    clock = FakeClock(0.01)
+    seen = []
+
+    def call(i):
+        seen.append(i)
+        clock.now += 0.5 if i < 3 else 0.01  # the warm-up calls are slow
+        return 2
+
+    samples, items = time_calls(call, warmup=3, min_iterations=5, min_seconds=0.2, max_seconds=10, clock=clock)
+    assert seen[:3] == [0, 1, 2]
+    assert len(samples) == 20  # 0.2 s at 10 ms each: min_seconds dominates min_iterations
+    assert max(samples) == pytest.approx(10.0)  # no warm-up sample leaked in
+    assert sum(items) == 40
+
+
+def test_time_calls_runs_min_iterations_even_past_max_seconds():
+    clock = FakeClock(1.0)
+
+    def call(i):
+        clock.now += 1.0
+        return 1
+
+    samples, _ = time_calls(call, warmup=0, min_iterations=4, min_seconds=100, max_seconds=2, clock=clock)
+    assert len(samples) == 4
+
+
+def test_time_calls_syncs_before_reading_the_clock():
+    clock, pending = FakeClock(0), []
+
+    def call(i):  # an "asynchronous launch": the work happens at sync time
+        pending.append(0.003)
+        return 1
+
+    def sync():
+        while pending:
+            clock.now += pending.pop()
+
+    samples, _ = time_calls(call, warmup=1, min_iterations=3, min_seconds=0, max_seconds=1, clock=clock, sync=sync)
+    assert samples == pytest.approx([3.0, 3.0, 3.0])
