@@ -219,8 +219,9 @@ def model_card(spec: dict, manifest: dict, run_dir: Path, current_stage: str, en
         "## Environment\n", "```json\n" + json.dumps(environment, indent=2) + "\n```\n",
         "## Use\n",
         "```python\nfrom compress.runtime import Predictor\n\n"
-        f"predictor = Predictor.load(\"{spec['name']}\")  # this directory\n"
-        "predictor.predict([\"some text\"])\n```\n",
+        "predictor = Predictor.load(\"path/to/this/directory\")  # checks every file's sha256 first\n"
+        "predictor.predict([\"some text\"])  # [{'label': ..., 'score': ..., 'scores': {...}}]\n```\n\n"
+        "or `compress predict path/to/this/directory \"some text\"`.\n",
         "Needs only `onnxruntime`, `tokenizers` and `numpy`. `triton/` is a Triton Inference Server model "
         "repository (inputs are token ids: tokenize with tokenizer.json first).\n",
     ]

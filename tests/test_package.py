@@ -185,3 +185,44 @@ def test_engine_source_onnx_is_found_by_hash(tmp_path):
     stages[0]["artifact_sha256"] = "ccc"
     with pytest.raises(StageError, match="cannot find the ONNX model this engine was built from"):
         engine_source_onnx(engine, {"stages": stages}, tmp_path)
+
+
+def test_engine_input_ships_the_engine_and_its_onnx(tmp_path, tiny_classifier_dir):
+    """A build_engine output (the engine bytes are opaque here: no GPU is needed to
+    package one) gives a package with the engine, its metadata, the ONNX model it was
+    built from, a TensorRT Triton repository and build_engine's parity in deploy.json."""
+    from compress.artifacts import TRTEngine
+    from compress.context import RunContext, StageContext
+    from compress.stages import PackageStage
+
+    run_dir = run_tiny(tmp_path, tiny_classifier_dir, "\n  - kind: export_onnx\n")
+    recipe = load_recipe(tmp_path / "recipe.yaml")
+    run = RunContext(recipe, run_dir)
+    run.manifest = manifest(run_dir)
+    engine_dir = run_dir / "02-build_engine"
+    engine_dir.mkdir()
+    (engine_dir / "model.engine").write_bytes(b"serialized engine")
+    metadata = {"tensorrt": "10.9", "gpu": "Test GPU", "precision": "fp16",
+                "profiles": [{"max_batch": 8}, {"max_batch": 64}],
+                "onnx_sha256": run.manifest["stages"][0]["artifact_sha256"]}
+    (engine_dir / "engine.json").write_text(json.dumps(metadata))
+    parity = {"max_abs_diff": 0.004, "label_agreement": 1.0, "examples": 20}
+    (engine_dir / "stage.json").write_text(json.dumps({"parity": parity}))
+    run.manifest["stages"].append({"name": "02-build_engine", "kind": "build_engine", "status": "completed",
+                                   "path": "02-build_engine", "artifact": "trt", "artifact_sha256": "x"})
+    out = tmp_path / "pkg"
+    out.mkdir()
+    produced = PackageStage(kind="package").run(TRTEngine(engine_dir), StageContext(run, 2, "package", out))
+
+    assert isinstance(produced, TRTEngine) and produced.path == out
+    assert (out / "model.engine").read_bytes() == b"serialized engine"
+    assert json.loads((out / "engine.json").read_text()) == metadata
+    assert (out / "model.onnx").read_bytes() == (run_dir / "01-export_onnx" / "model.onnx").read_bytes()
+    assert (out / "triton" / "tiny" / "1" / "model.plan").read_bytes() == b"serialized engine"
+    config = (out / "triton" / "tiny" / "config.pbtxt").read_text()
+    assert 'platform: "tensorrt_plan"' in config and "max_batch_size: 64" in config
+    spec = json.loads((out / "deploy.json").read_text())
+    assert spec["model"] == {"onnx": "model.onnx", "engine": "model.engine", "engine_metadata": "engine.json"}
+    assert spec["precision"] == "fp16" and {"model.engine", "engine.json"} <= set(spec["files"])
+    assert [v["runtime"] for v in spec["validated"]] == ["compress.runtime (onnxruntime)", "tensorrt 10.9"]
+    assert spec["validated"][1]["provider"] == "Test GPU" and spec["validated"][1]["max_abs_diff"] == 0.004
