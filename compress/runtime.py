@@ -26,6 +26,7 @@ FORMAT = "compress-package/1"
 # ONNX input name -> the tokenizers.Encoding attribute that fills it
 _ENCODING_FIELDS = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
 _NUMPY_DTYPES = {"int64": np.int64, "int32": np.int32}
+_REQUIRED_KEYS = ("model", "inputs", "outputs", "labels", "max_sequence_length", "tokenizer", "files")
 
 
 class PackageError(CompressError):
@@ -55,6 +56,9 @@ def read_deploy_spec(package: Path) -> dict:
     if not isinstance(spec, dict) or spec.get("format") != FORMAT:
         found = spec.get("format") if isinstance(spec, dict) else type(spec).__name__
         raise PackageError(f"{path}: unsupported package format {found!r} (expected {FORMAT!r})")
+    missing = [k for k in _REQUIRED_KEYS if k not in spec]
+    if missing:
+        raise PackageError(f"{path}: missing {', '.join(missing)}")
     return spec
 
 
@@ -153,7 +157,7 @@ class Predictor:
         if cut:
             shown = ", ".join(f"texts[{i}]" for i in cut[:5]) + (" …" if len(cut) > 5 else "")
             warnings.warn(f"{len(cut)} of {len(texts)} texts are longer than {self.max_length} tokens and were "
-                          f"truncated ({shown})", TruncationWarning, stacklevel=3)
+                          f"truncated ({shown})", TruncationWarning, stacklevel=2)
         return [{name: getattr(e, field) for name, field in _ENCODING_FIELDS.items()} for e in encodings]
 
     def _pad(self, encoded: list[dict[str, list[int]]]) -> dict[str, np.ndarray]:

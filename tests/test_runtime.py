@@ -125,6 +125,11 @@ def test_unknown_package_format_is_refused(package, tmp_path):
     (pkg / "deploy.json").write_text(json.dumps(spec))
     with pytest.raises(PackageError, match="unsupported package format 'compress-package/99'"):
         Predictor.load(pkg)
+    spec["format"] = "compress-package/1"
+    del spec["labels"]
+    (pkg / "deploy.json").write_text(json.dumps(spec))
+    with pytest.raises(PackageError, match="deploy.json: missing labels"):
+        Predictor.load(pkg)
 
 
 runner = CliRunner()
