@@ -209,6 +209,30 @@ def targets() -> None:
     for name, description, reason in target_report():
         status = "[green]available[/]" if reason is None else f"[yellow]unavailable[/]: {reason}"
         console.print(f"{name:<11} {description:<42} {status}", highlight=False)
+@app.command()
+def predict(
+    package: Path = typer.Argument(..., help="A package directory (the output of the package stage)."),
+    texts: list[str] = typer.Argument(..., help='Texts to classify; "-" reads one text per line from stdin.'),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+) -> None:
+    """Classify texts with a packaged model (light runtime: no torch, no transformers)."""
+    import warnings
+
+    from compress.runtime import Predictor
+
+    if "-" in texts:  # stdin lines take the place of the "-"
+        lines = [line.rstrip("\r\n") for line in sys.stdin]
+        texts = [t for arg in texts for t in (lines if arg == "-" else [arg])]
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            results = Predictor.load(package).predict(texts, batch_size=batch_size)
+    except CompressError as e:
+        raise _fail(str(e), e.exit_code) from None
+    for w in caught:
+        err_console.print(f"[bold yellow]warning:[/] {w.message}", highlight=False)
+    for text, r in zip(texts, results):
+        sys.stdout.write(f"{r['label']}\t{r['score']:.4f}\t{text}\n")
 
 
 if __name__ == "__main__":

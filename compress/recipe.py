@@ -91,9 +91,13 @@ class Recipe(_Spec):
 
 
 def check_stage_chain(stages: list) -> None:
-    """Each stage must accept what the one before it produces (the model is a torch model)."""
+    """Each stage must accept what the one before it produces (the model is a torch model), and a
+    `final` stage (package) must come last."""
     current, source = TorchModel, "the input model"
     for i, stage in enumerate(stages):
+        if i > 0 and stages[i - 1].final:
+            raise ValueError(f"stages[{i - 1}] ({stages[i - 1].kind}) must be the last stage "
+                             f"(stages[{i}] ({stage.kind}) follows it)")
         if current not in stage.accepts:
             wanted = " or ".join(a.description for a in stage.accepts)
             raise ValueError(f"stages[{i}] ({stage.kind}) takes {wanted} but gets {current.description} from {source}")

@@ -30,9 +30,9 @@ def test_quickstart_in_tiny_form(tmp_path, tiny_base_dir):
     run_dir = run_recipe(recipe, tmp_path).run_dir
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["status"] == "completed"
-    names = ["01-finetune", "02-export_onnx", "03-optimize_onnx", "04-ptq"]
+    names = ["01-finetune", "02-export_onnx", "03-optimize_onnx", "04-ptq", "05-package"]
     assert [s["name"] for s in manifest["stages"]] == names
-    assert manifest["final_artifact"] == {"kind": "onnx", "path": "04-ptq"}
+    assert manifest["final_artifact"] == {"kind": "onnx", "path": "05-package"}
     assert manifest["data"]["eval"]["size"] == 48 and manifest["data"]["seed"] == 13
     assert manifest["environment"]["packages"]["onnxruntime"]
     assert (run_dir / "recipe.resolved.yaml").is_file()
@@ -48,8 +48,10 @@ def test_quickstart_in_tiny_form(tmp_path, tiny_base_dir):
     # the fp32 export and fusion do not change predictions
     assert rows[1]["accuracy"] == rows[0]["accuracy"] == rows[2]["accuracy"]
     assert rows[3]["size_bytes"] < rows[2]["size_bytes"]
+    assert rows[4]["accuracy"] == rows[3]["accuracy"]  # the package ships the INT8 model unchanged
+    assert (run_dir / "05-package" / "deploy.json").is_file()
     table = markdown_summary(run_dir)
-    assert table.count("\n| 0") == 4 and "p50 ms (b1)" in table
+    assert table.count("\n| 0") == 5 and "p50 ms (b1)" in table
 
 
 def test_validate_path_does_not_import_torch():

@@ -19,6 +19,7 @@ class StageConfig(BaseModel):
     accepts: ClassVar[tuple[type[Artifact], ...]] = (TorchModel,)
     produces: ClassVar[type[Artifact]] = TorchModel
     trains: ClassVar[bool] = False  # needs the train split
+    final: ClassVar[bool] = False  # must be the last stage of a recipe (e.g. package)
 
     def unavailable_reason(self) -> str | None:
         """Why this stage cannot run on this machine (missing GPU or package), or None.

@@ -1,0 +1,228 @@
+"""Build a deployable package from a run's final model: the model files, a fast
+tokenizer (tokenizer.json), deploy.json (I/O signature, labels, precision, hashes),
+model-card.md and a Triton model repository; then prove it works by loading it with
+the light runtime (compress.runtime) and comparing against the reference session."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from compress.artifacts import ONNXModel, TRTEngine
+from compress.errors import StageError
+from compress.runtime import DEPLOY_FILE, FORMAT, Predictor, file_sha256, plan_batches
+
+log = logging.getLogger(__name__)
+
+CARD_FILE = "model-card.md"
+NOT_HASHED = {DEPLOY_FILE, "stage.json"}  # deploy.json cannot hash itself; stage.json is written after
+
+
+# ---------------------------------------------------------------------------- files
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """A hard link where the filesystem allows (the Triton copy of the model costs no
+    disk), a copy otherwise."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def write_fast_tokenizer(src: Path, dst: Path) -> int:
+    """Save the model's fast tokenizer (tokenizer.json is what the light runtime reads);
+    returns the pad token id."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(src, use_fast=True)
+    if not tokenizer.is_fast:
+        raise StageError(f"{src}: no fast tokenizer (tokenizer.json) can be made for {type(tokenizer).__name__}; "
+                         "the light runtime needs one")
+    tokenizer.save_pretrained(dst)
+    return int(tokenizer.pad_token_id or 0)
+
+
+def hash_files(package: Path) -> dict[str, str]:
+    return {str(p.relative_to(package)): file_sha256(p) for p in sorted(package.rglob("*"))
+            if p.is_file() and p.name not in NOT_HASHED}
+
+
+# ---------------------------------------------------------------------------- ONNX facts
+
+
+def onnx_signature(onnx_path: Path) -> tuple[list[dict], list[dict]]:
+    """Graph inputs and outputs: name, numpy dtype name, shape with dynamic dims as
+    their symbolic names (str) and static ones as ints."""
+    import onnx
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    initializers = {i.name for i in graph.initializer}
+
+    def describe(value) -> dict:
+        t = value.type.tensor_type
+        shape = [d.dim_param or (d.dim_value if d.HasField("dim_value") else "?") for d in t.shape.dim]
+        return {"name": value.name, "dtype": np.dtype(tensor_dtype_to_np_dtype(t.elem_type)).name, "shape": shape}
+
+    inputs = [describe(v) for v in graph.input if v.name not in initializers]
+    return inputs, [describe(v) for v in graph.output]
+
+
+_INT8_OPS = {"MatMulInteger", "DynamicQuantizeLinear", "QLinearMatMul", "QAttention", "DynamicQuantizeMatMul",
+             "QuantizeLinear", "DequantizeLinear", "ConvInteger", "QLinearConv", "MatMulIntegerToFloat"}
+
+
+def onnx_precision(onnx_path: Path) -> str:
+    """What the graph computes in, read from its ops and weights."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    ops = {n.op_type for n in model.graph.node}
+    for f in model.functions:
+        ops |= {n.op_type for n in f.node}
+    if ops & _INT8_OPS:
+        static = "QuantizeLinear" in ops and "DynamicQuantizeLinear" not in ops
+        return "int8 (static Q/DQ)" if static else "int8 (dynamic activations)"
+    if any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer):
+        return "fp16"
+    return "fp32"
+
+
+# ---------------------------------------------------------------------------- TensorRT
+
+
+def engine_source_onnx(engine: TRTEngine, manifest: dict, run_dir: Path) -> ONNXModel:
+    """The ONNX model an engine was built from: the earlier stage whose artifact hash
+    engine.json records (build_engine stores it as onnx_sha256)."""
+    metadata = json.loads((engine.path / "engine.json").read_text())
+    wanted = metadata.get("onnx_sha256")
+    done = [e for e in manifest["stages"] if e.get("status") in ("completed", "reused") and e.get("artifact") == "onnx"]
+    for entry in reversed(done):
+        if wanted is None or entry.get("artifact_sha256") == wanted:
+            source = ONNXModel(run_dir / entry["path"])
+            if source.onnx_path.is_file():
+                return source
+    raise StageError(f"{engine.path}: cannot find the ONNX model this engine was built from among the run's "
+                     f"stages (engine.json onnx_sha256 {str(wanted)[:12]}…)")
+
+
+# ---------------------------------------------------------------------------- validation
+
+
+def validate_package(package: Path, reference: ONNXModel, texts: list[str], reference_encoded: list[dict],
+                     threads: int, atol: float, batch_size: int = 32) -> dict:
+    """Load the package with the light runtime and require (1) the same token ids as the
+    training tokenizer and (2) the same labels, and probabilities within atol, as an ONNX
+    Runtime session on the reference model fed the same batches. Raises StageError."""
+    from compress.data import pad_batch
+    from compress.runtimes import ORTSession
+
+    predictor = Predictor.load(package, threads=threads)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # eval texts longer than max length are expected here
+        encoded = predictor.encode(texts)
+        probs = predictor.predict_proba(texts, batch_size)
+    for i, (ours, ref) in enumerate(zip(encoded, reference_encoded)):
+        for name, _ in predictor.inputs:
+            if name in ref and ours[name] != list(ref[name]):
+                raise StageError(f"package validation: {package / 'tokenizer.json'} tokenizes eval text {i} "
+                                 f"differently from the training tokenizer ({name})")
+    session = ORTSession(reference, threads)
+    ref_probs = np.empty_like(probs)
+    for idx in plan_batches([len(e["input_ids"]) for e in reference_encoded], batch_size):
+        logits = session.run(pad_batch([reference_encoded[i] for i in idx], session.input_names, session.pad_id))
+        z = logits.astype(np.float64) - logits.max(-1, keepdims=True)
+        ref_probs[idx] = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
+    agreement = float((probs.argmax(-1) == ref_probs.argmax(-1)).mean())
+    max_diff = float(np.abs(probs - ref_probs).max())
+    result = {"runtime": "compress.runtime (onnxruntime)", "provider": "CPUExecutionProvider",
+              "reference": f"onnxruntime session on {reference.onnx_path.name} with the training tokenizer",
+              "examples": len(texts), "label_agreement": round(agreement, 5), "max_probability_diff": max_diff,
+              "atol": atol}
+    if agreement < 1.0 or max_diff > atol:
+        raise StageError(f"package validation failed: the packaged runtime agrees on {agreement:.2%} of "
+                         f"{len(texts)} eval labels, max |probability difference| {max_diff:.3g} (atol {atol:g})")
+    return result
+
+
+# ---------------------------------------------------------------------------- deploy.json and the card
+
+
+def deploy_spec(name: str, task: str, onnx_path: Path, labels: list[str], max_length: int, pad_id: int,
+                precision: str, engine: dict | None) -> dict:
+    inputs, outputs = onnx_signature(onnx_path)
+    return {
+        "format": FORMAT,
+        "name": name,
+        "task": task,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": {"onnx": onnx_path.name, **({"engine": "model.engine", "engine_metadata": "engine.json"}
+                                             if engine else {})},
+        "precision": precision,
+        "inputs": inputs,
+        "outputs": outputs,
+        "labels": labels,
+        "max_sequence_length": max_length,
+        "tokenizer": {"file": "tokenizer.json", "pad_id": pad_id, "truncation": "longest_first, right"},
+        "validated": [],
+        "files": {},
+    }
+
+
+def write_deploy_spec(package: Path, spec: dict) -> None:
+    spec["files"] = hash_files(package)
+    (package / DEPLOY_FILE).write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    return "\n".join([f"| {' | '.join(header)} |", f"|{'|'.join('---' for _ in header)}|",
+                      *(f"| {' | '.join(r)} |" for r in rows)])
+
+
+def model_card(spec: dict, manifest: dict, run_dir: Path, current_stage: str, environment: dict) -> str:
+    """Markdown: what was done to the model, how accurate each step was, how fast it ran
+    (when the benchmark wrote results), and where it was checked."""
+    from compress.report import ledger_rows, summary_table
+
+    stages = [f"{i + 1}. `{e['kind']}` ({e['status']})" + (f": {e['reason']}" if e.get("reason") else "")
+              + (f" `{json.dumps(e['config'])}`" if e.get("config") else "")
+              for i, e in enumerate(manifest["stages"]) if e["name"] != current_stage]
+    header, body = summary_table([r for r in ledger_rows(run_dir) if r["stage"] != current_stage])
+    io = [[f"`{t['name']}`", t["dtype"], str(t["shape"])] for t in spec["inputs"] + spec["outputs"]]
+    validated = [[v["runtime"], v.get("provider", "-"), str(v.get("examples", "-")), str(v.get("label_agreement", "-")),
+                  f"{v['max_probability_diff']:.2g}" if "max_probability_diff" in v else
+                  f"{v.get('max_abs_diff', float('nan')):.2g} (logits)"] for v in spec["validated"]]
+    parts = [
+        f"# {spec['name']}\n",
+        f"Task: {spec['task']}. Labels: {', '.join(spec['labels'])}. Precision: {spec['precision']}. "
+        f"Max sequence length: {spec['max_sequence_length']} tokens (longer texts are truncated).\n",
+        f"Base model: `{manifest.get('model')}`. Recipe: `{manifest.get('recipe')}`.\n",
+        "## Stages applied\n", "\n".join(stages) + "\n",
+        "## Accuracy ledger (eval split)\n", _md_table(header, body) + "\n",
+    ]
+    bench = run_dir / "bench" / "results.md"
+    if bench.is_file():  # written by `compress bench`; absent until a benchmark ran
+        parts += ["## Benchmark\n", bench.read_text(encoding="utf-8").strip() + "\n"]
+    parts += [
+        "## Inputs and outputs\n", _md_table(["name", "dtype", "shape"], io) + "\n",
+        "## Validated on\n",
+        _md_table(["runtime", "provider", "examples", "label agreement", "max diff"], validated) + "\n",
+        "## Environment\n", "```json\n" + json.dumps(environment, indent=2) + "\n```\n",
+        "## Use\n",
+        "```python\nfrom compress.runtime import Predictor\n\n"
+        "predictor = Predictor.load(\"path/to/this/directory\")  # checks every file's sha256 first\n"
+        "predictor.predict([\"some text\"])  # [{'label': ..., 'score': ..., 'scores': {...}}]\n```\n\n"
+        "or `compress predict path/to/this/directory \"some text\"`.\n",
+        "Needs only `onnxruntime`, `tokenizers` and `numpy`. `triton/` is a Triton Inference Server model "
+        "repository (inputs are token ids: tokenize with tokenizer.json first).\n",
+    ]
+    return "\n".join(parts)

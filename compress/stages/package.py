@@ -1,0 +1,96 @@
+"""`package`: the run's final model as a self-contained directory another service can
+load without the training stack (see compress.runtime), plus a Triton model
+repository. Always the last stage; it validates the package before it succeeds."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from compress.artifacts import Artifact, ONNXModel, TRTEngine
+from compress.stages.base import StageConfig
+
+
+class PackageStage(StageConfig):
+    kind: Literal["package"]
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100,
+                             description="Model name in deploy.json and the Triton repository (default: the recipe name).")
+    triton: bool = Field(True, description="Also write a Triton Inference Server model repository (triton/).")
+    triton_max_batch_size: int = Field(32, ge=1, description="Triton max_batch_size for ONNX models (engines: "
+                                                             "the largest profile max_batch).")
+    validate_samples: int = Field(128, ge=1, description="Eval examples the packaged runtime is checked on.")
+    atol: float = Field(1e-5, gt=0, description="Max |probability difference| vs the reference ONNX Runtime session.")
+
+    accepts = (ONNXModel, TRTEngine)
+    produces = ONNXModel  # a TensorRT engine input gives a TRTEngine package (engine + its ONNX)
+    final: ClassVar[bool] = True
+
+    def run(self, model: Artifact, ctx) -> Artifact:
+        import json
+        import shutil
+
+        from compress.artifacts import copy_sidecar_files
+        from compress.context import environment
+        from compress.deploy import (CARD_FILE, deploy_spec, engine_source_onnx, model_card,
+                                     onnx_precision, validate_package, write_deploy_spec, write_fast_tokenizer)
+        from compress.errors import StageError
+        from compress.triton_config import write_triton_repository
+
+        if ctx.recipe.data.text_pair_column:
+            raise StageError("package: text-pair models are not supported by the light runtime yet")
+        out, run = ctx.artifact_dir, ctx.run
+        engine = model if isinstance(model, TRTEngine) else None
+        onnx_model = engine_source_onnx(engine, run.manifest, run.run_dir) if engine else model
+        name = self.name or ctx.recipe.name
+
+        copy_sidecar_files(onnx_model.path, out)  # config.json and the tokenizer files
+        pad_id = write_fast_tokenizer(onnx_model.path, out)
+        # real copies from earlier stages (a hard link would let an edit here change their files)
+        for f in onnx_model.path.glob("model.onnx*"):  # the graph and any external-data file
+            shutil.copy2(f, out / f.name)
+        metadata = None
+        if engine:
+            shutil.copy2(engine.engine_path, out / "model.engine")
+            shutil.copy2(engine.path / "engine.json", out / "engine.json")
+            metadata = json.loads((engine.path / "engine.json").read_text())
+        precision = metadata["precision"] if metadata else onnx_precision(onnx_model.onnx_path)
+        spec = deploy_spec(name, ctx.recipe.task, out / "model.onnx", ctx.splits.label_names,
+                           ctx.recipe.data.max_length, pad_id, precision, metadata)
+        if self.triton:
+            kind = "trt" if engine else "onnx"
+            max_batch = max(p["max_batch"] for p in metadata["profiles"]) if engine else self.triton_max_batch_size
+            write_triton_repository(out / "triton", name, kind, out / ("model.engine" if engine else "model.onnx"),
+                                    spec["inputs"], spec["outputs"], spec["labels"], max_batch)
+        write_deploy_spec(out, spec)  # hashes every file so far; the runtime checks them on load
+
+        samples = self.validate_samples
+        spec["validated"].append(validate_package(
+            out, onnx_model, ctx.splits.eval.texts[:samples], ctx.encoded_eval(onnx_model)[:samples],
+            ctx.measure.threads, self.atol))
+        if engine:  # build_engine compared the engine with this ONNX model on eval inputs
+            parity = _stage_record(run.run_dir, engine.path.name).get("parity", {})
+            spec["validated"].append({"runtime": f"tensorrt {metadata.get('tensorrt', '')}".strip(),
+                                      "provider": metadata.get("gpu", "GPU"), **parity})
+        this_stage = run.stage_dir_name(ctx.index, ctx.kind)
+        env = environment()
+        env["packages"].update(_runtime_versions())
+        (out / CARD_FILE).write_text(model_card(spec, run.manifest, run.run_dir, this_stage, env), encoding="utf-8")
+        write_deploy_spec(out, spec)
+        ctx.record(package={"name": name, "precision": precision, "files": len(spec["files"]),
+                            "validated": spec["validated"]})
+        return TRTEngine(out) if engine else ONNXModel(out)
+
+
+def _runtime_versions() -> dict:
+    """Versions of what the light runtime needs (environment() lists the training stack)."""
+    from importlib.metadata import version
+
+    return {pkg: version(pkg) for pkg in ("tokenizers", "numpy")}
+
+
+def _stage_record(run_dir, name: str) -> dict:
+    import json
+
+    path = run_dir / name / "stage.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
