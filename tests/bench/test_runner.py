@@ -1,6 +1,6 @@
-"""End to end on the tiny model: a recipe with a `benchmark:` block runs its cells in
-subprocesses (torch-cpu, ort-cpu), skips what cannot run here with the reason, and
-writes the four result files; `compress bench` and `compress table` on the same run."""
+"""End to end on the tiny model: a recipe with a `benchmark:` block (run before its final
+package stage) runs its cells in subprocesses (torch-cpu, ort-cpu), skips what cannot
+run here with the reason, and writes the four result files; `compress bench` and `compress table` on the same run."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def bench_run(tmp_path_factory, tiny_base_dir):
     tmp = tmp_path_factory.mktemp("bench-run")
     shutil.copytree(tiny_base_dir, tmp / "model")
     write_csv(tmp / "reviews.csv", make_sentences(80))
-    stages = "\n  - kind: finetune\n    epochs: 1\n    batch_size: 8\n  - kind: export_onnx\n  - kind: ptq\n"
+    stages = "\n  - kind: finetune\n    epochs: 1\n    batch_size: 8\n  - kind: export_onnx\n  - kind: ptq\n  - kind: package\n"
     (tmp / "recipe.yaml").write_text(tiny_recipe_text(stages=stages) + BENCH_BLOCK)
     ctx = run_recipe(load_recipe(tmp / "recipe.yaml"), tmp / "runs", recipe_path=tmp / "recipe.yaml")
     return ctx.run_dir
@@ -46,6 +46,14 @@ def rows_of(path):
 def test_recipe_benchmark_block_writes_the_four_files(bench_run):
     bench = bench_run / "bench"
     assert sorted(p.name for p in bench.iterdir()) == ["pareto.png", "results.csv", "results.jsonl", "results.md"]
+
+
+def test_benchmark_runs_before_package_so_the_model_card_holds_its_table(bench_run):
+    card = (bench_run / "04-package" / "model-card.md").read_text(encoding="utf-8")
+    table = (bench_run / "bench" / "results.md").read_text(encoding="utf-8").strip()
+    assert "## Benchmark" in card and table in card
+    measured = {json.loads(line)["model"].split("/")[-1] for line in (bench_run / "bench" / "results.jsonl").open()}
+    assert "04-package" not in measured  # the package holds the ptq model: not measured twice
 
 
 def test_cells_measured_in_subprocesses_with_numbers_and_fingerprint(bench_run):
