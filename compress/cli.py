@@ -34,6 +34,11 @@ def _setup(verbose: bool) -> None:
         force=True,
     )
     logging.getLogger("compress").setLevel(logging.DEBUG if verbose else logging.INFO)
+    if not verbose:
+        # transformers imports torchao (pinned for NNCF) on every model load; on a CPU-only
+        # machine it warns about its CUDA kernels, and torch about its enum registrations.
+        for name in ("torchao", "torch.utils._pytree"):
+            logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def _fail(message: str, code: int) -> typer.Exit:
