@@ -128,3 +128,43 @@ def test_bad_distill_config_is_one_line_naming_the_field(recipe_dir, case):
         load_recipe(path)
     message = str(info.value)
     assert "\n" not in message and re.search(pattern, message), message
+
+
+def test_distill_runs_in_two_cpu_processes(tmp_path, tiny_classifier_dir):
+    """torchrun with 2 ranks on gloo: the stage completes, both ranks train the same 1-layer
+    student (gradients are all-reduced), and rank 0 alone writes it."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.conftest import make_sentences, write_csv
+
+    write_csv(tmp_path / "reviews.csv", make_sentences(80))
+    (tmp_path / "recipe.yaml").write_text(tiny_recipe_text(model=str(tiny_classifier_dir), stages="""
+  - kind: distill
+    keep_layers: [1]
+    max_steps: 4
+    batch_size: 8
+    learning_rate: 1.0e-3
+"""))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = Path(__file__).parents[2]
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(port), str(root / "tests" / "stages" / "distill_worker.py"),
+           str(tmp_path / "recipe.yaml"), str(tiny_classifier_dir), str(tmp_path / "out")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / "out" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for r in ranks:
+        assert r["info"]["training"]["processes"] == 2 and r["info"]["training"]["steps"] == 4
+        assert r["info"]["student"]["structure"]["layers"] == 1
+    assert ranks[0]["weights"] == pytest.approx(ranks[1]["weights"], rel=1e-6)  # kept in sync
+    student = load_classifier(tmp_path / "out" / "student")
+    assert student.config.num_hidden_layers == 1
