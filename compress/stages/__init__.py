@@ -12,10 +12,12 @@ from compress.stages.export_onnx import ExportONNXStage
 from compress.stages.finetune import FinetuneStage
 from compress.stages.optimize_onnx import OptimizeONNXStage
 from compress.stages.package import PackageStage
+from compress.stages.prune import PruneStage
 from compress.stages.ptq import PTQStage
 
 STAGE_CLASSES: tuple[type[StageConfig], ...] = (
     FinetuneStage, ExportONNXStage, OptimizeONNXStage, PTQStage, BuildEngineStage, PackageStage, DistillStage,
+    PruneStage,
 )
 
 Stage = Annotated[Union[STAGE_CLASSES], Field(discriminator="kind")]  # noqa: UP007
@@ -23,4 +25,4 @@ Stage = Annotated[Union[STAGE_CLASSES], Field(discriminator="kind")]  # noqa: UP
 STAGE_KINDS: tuple[str, ...] = tuple(cls.model_fields["kind"].annotation.__args__[0] for cls in STAGE_CLASSES)
 
 __all__ = ["STAGE_CLASSES", "STAGE_KINDS", "BuildEngineStage", "DistillStage", "ExportONNXStage", "FinetuneStage",
-           "OptimizeONNXStage", "PTQStage", "PackageStage", "Stage", "StageConfig"]
+           "OptimizeONNXStage", "PTQStage", "PackageStage", "PruneStage", "Stage", "StageConfig"]
