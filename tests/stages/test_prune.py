@@ -25,7 +25,7 @@ TRAIN = """
 
 def test_structured_prune_with_recovery_then_onnx_export(tmp_path, tiny_classifier_dir):
     stages = "\n  - kind: prune\n    heads: 0.5\n    ffn: 0.3\n    importance_batches: 4\n" + TRAIN + \
-             "\n  - kind: export_onnx\n"
+             "\n  - kind: export_onnx\n  - kind: optimize_onnx\n"
     run_dir = run_tiny(tmp_path, tiny_classifier_dir, stages)
     record = stage_json(run_dir, "01-prune")
     assert record["structure_before"] == {"layers": 2, "hidden_size": 32, "heads_per_layer": [2, 2],
@@ -41,6 +41,8 @@ def test_structured_prune_with_recovery_then_onnx_export(tmp_path, tiny_classifi
     model = load_classifier(run_dir / "01-prune")
     assert model_structure(model) == after
     assert stage_json(run_dir, "02-export_onnx")["parity"]["max_abs_diff"] <= 1e-4
+    optimized = stage_json(run_dir, "03-optimize_onnx")  # fusions read each layer's own head count
+    assert optimized["parity"]["max_abs_diff"] <= 1e-3 and optimized["fused_ops"].get("Attention") == 2
 
 
 def test_per_layer_prune_without_recovery_is_a_plain_transformers_checkpoint(tmp_path, tiny_classifier_dir):
