@@ -120,6 +120,23 @@ class StageContext:
     def encoded_eval(self, artifact: Artifact) -> list[dict]:
         return self.run.encoded_eval(artifact)
 
+    def input_measurement(self, artifact: Artifact) -> dict:
+        """Accuracy, parameters and batch-1 latency already measured for this stage's input
+        (the previous stage's stage.json, or the input model's baseline), for before/after
+        comparisons; measured now when nothing was recorded."""
+        from compress.evaluate import measure_artifact
+        from compress.models import resolve_model_dir
+        from compress.resume import read_stage_record
+
+        record = read_stage_record(artifact.path)
+        if record is None and "input" in self.run.manifest and artifact.path == resolve_model_dir(self.recipe.model):
+            record = self.run.manifest["input"]
+        if record is None or "accuracy" not in record:
+            record = measure_artifact(artifact, self.run)
+        return {"accuracy": record.get("accuracy"), "parameters": record.get("parameters"),
+                "latency_p50_ms": (record.get("latency") or {}).get("p50_ms"),
+                "structure": record.get("structure")}
+
     def record(self, **values: Any) -> None:
         """Add entries to this stage's stage.json."""
         self.info.update(values)

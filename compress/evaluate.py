@@ -71,9 +71,11 @@ def count_artifact_parameters(artifact) -> dict:
 
         graph = onnx.load(str(artifact.onnx_path)).graph
         return {"parameters": int(sum(np.prod(t.dims) for t in graph.initializer))}
-    from compress.models import count_parameters, load_classifier
+    from compress.models import count_parameters, load_classifier, model_structure
 
-    return count_parameters(load_classifier(artifact.path))
+    model = load_classifier(artifact.path)
+    structure = model_structure(model)
+    return {**count_parameters(model), **({"structure": structure} if structure else {})}
 
 
 def measure_artifact(artifact, run_ctx) -> dict:

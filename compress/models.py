@@ -72,13 +72,73 @@ def load_classifier(path: Path, label_names: list[str] | None = None, trust_remo
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # "newly initialized head" is expected for a base model
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+        if ffn_widths_of(path):
+            model = _load_with_ffn_widths(Path(path), kwargs)
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
     except Exception as e:  # corrupt or truncated weights, broken config: the input's fault, not ours
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CompressError(f"cannot load the model in {path}: {reason}") from e
     finally:
         transformers.logging.set_verbosity(verbosity)
     return model.eval()
+
+
+# config.json key for per-layer FFN widths after structured pruning: transformers' own
+# from_pretrained builds every layer with config.intermediate_size and cannot load them
+FFN_WIDTHS_KEY = "intermediate_sizes"
+
+
+def ffn_widths_of(path: Path) -> list[int] | None:
+    try:
+        cfg = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return cfg.get(FFN_WIDTHS_KEY) or None
+
+
+def resize_ffn_(model, widths: list[int]) -> None:
+    """Give layer i an FFN of widths[i] neurons (fresh weights; the state dict follows)."""
+    from transformers.pytorch_utils import prune_linear_layer
+
+    layers = model.base_model.encoder.layer
+    if len(widths) != len(layers):
+        raise CompressError(f"{FFN_WIDTHS_KEY} lists {len(widths)} widths for {len(layers)} layers")
+    for layer, width in zip(layers, widths):
+        if layer.intermediate.dense.out_features != width:
+            import torch
+
+            keep = torch.arange(width)
+            layer.intermediate.dense = prune_linear_layer(layer.intermediate.dense, keep, dim=0)
+            layer.output.dense = prune_linear_layer(layer.output.dense, keep, dim=1)
+
+
+def _load_with_ffn_widths(path: Path, kwargs: dict):
+    """A structurally pruned checkpoint: build the model from its config (transformers re-applies
+    pruned_heads), resize each FFN to its recorded width, then load the weights exactly."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    kwargs = {k: v for k, v in kwargs.items() if k != "ignore_mismatched_sizes"}
+    trust = kwargs.pop("trust_remote_code", False)
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust, **kwargs)
+    model = AutoModelForSequenceClassification.from_config(config, trust_remote_code=trust)
+    resize_ffn_(model, config.intermediate_sizes)
+    files = sorted(path.glob("*.safetensors"))
+    if len(files) != 1:
+        raise CompressError(f"{path}: expected one model.safetensors for a pruned model, found {len(files)}")
+    state = load_file(str(files[0]))
+    own = model.state_dict()
+    head_mismatch = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    if any(not k.startswith("classifier.") for k in head_mismatch):
+        raise CompressError(f"{path}: weights do not match the recorded pruned shapes ({head_mismatch[0]})")
+    for k in head_mismatch:  # a head for other labels: re-initialised, as from_pretrained does
+        del state[k]
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("classifier.") and "position_ids" not in k]
+    if missing or unexpected:
+        raise CompressError(f"{path}: weights do not match the model ({(missing or unexpected)[0]})")
+    return model
 
 
 def load_tokenizer(path: Path, trust_remote_code: bool = False):
@@ -93,6 +153,19 @@ def label_names_of(path: Path) -> list[str] | None:
     if not id2label or "architectures" not in cfg or not any("ForSequenceClassification" in a for a in cfg["architectures"]):
         return None
     return [id2label[str(i)] for i in range(len(id2label))]
+
+
+def model_structure(model) -> dict | None:
+    """Layers, attention heads and FFN width per layer of a BERT-style encoder (None otherwise)."""
+    layers = getattr(getattr(getattr(model, "base_model", None), "encoder", None), "layer", None)
+    if layers is None:
+        return None
+    return {
+        "layers": len(layers),
+        "hidden_size": model.config.hidden_size,
+        "heads_per_layer": [layer.attention.self.num_attention_heads for layer in layers],
+        "ffn_per_layer": [layer.intermediate.dense.out_features for layer in layers],
+    }
 
 
 def count_parameters(model) -> dict:

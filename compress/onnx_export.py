@@ -17,6 +17,10 @@ TASK_TO_OPTIMUM = {"text-classification": "text-classification"}
 def export_to_onnx(model: TorchModel, out_dir: Path, opset: int | None, task: str = "text-classification") -> ONNXModel:
     from optimum.exporters.onnx import main_export
 
+    from compress.models import ffn_widths_of
+
+    if ffn_widths_of(model.path):  # per-layer FFN widths: from_pretrained cannot build it, we can
+        return _export_loaded(model, out_dir, opset, task)
     try:
         main_export(
             str(model.path),
@@ -28,6 +32,25 @@ def export_to_onnx(model: TorchModel, out_dir: Path, opset: int | None, task: st
             no_post_process=True,
             local_files_only=True,
         )
+    except Exception as e:  # noqa: BLE001 - surface the exporter's reason in one line
+        raise StageError(f"ONNX export of {model.path} failed: {type(e).__name__}: {e}") from e
+    exported = ONNXModel(out_dir)
+    if not exported.onnx_path.is_file():
+        raise StageError(f"ONNX export wrote no {exported.onnx_path.name} into {out_dir}")
+    return exported
+
+
+def _export_loaded(model: TorchModel, out_dir: Path, opset: int | None, task: str) -> ONNXModel:
+    """Export a model that compress.models loads (e.g. structurally pruned) through optimum's
+    exporter for an in-memory model: the same legacy ONNX path as main_export."""
+    from optimum.exporters.onnx import onnx_export_from_model
+
+    from compress.models import load_classifier, load_tokenizer
+
+    try:
+        onnx_export_from_model(load_classifier(model.path), output=str(out_dir), opset=opset,
+                               task=TASK_TO_OPTIMUM[task], do_validation=False, no_post_process=True,
+                               preprocessors=[load_tokenizer(model.path)])
     except Exception as e:  # noqa: BLE001 - surface the exporter's reason in one line
         raise StageError(f"ONNX export of {model.path} failed: {type(e).__name__}: {e}") from e
     exported = ONNXModel(out_dir)

@@ -98,6 +98,10 @@ def check_stage_chain(stages: list) -> None:
         if i > 0 and stages[i - 1].final:
             raise ValueError(f"stages[{i - 1}] ({stages[i - 1].kind}) must be the last stage "
                              f"(stages[{i}] ({stage.kind}) follows it)")
+        try:
+            stage.check_in_recipe(i, stages)
+        except ValueError as e:
+            raise ValueError(f"stages[{i}] ({stage.kind}): {e}") from None
         if current not in stage.accepts:
             wanted = " or ".join(a.description for a in stage.accepts)
             raise ValueError(f"stages[{i}] ({stage.kind}) takes {wanted} but gets {current.description} from {source}")
@@ -170,8 +174,21 @@ def recipe_json_schema() -> dict:
 
 # ---------------------------------------------------------------------------- errors
 
+def _nested_specs(cls: type[BaseModel]) -> list[type[BaseModel]]:
+    """Models used as field types of cls (e.g. a stage's `student:` block), one level down."""
+    import typing
+
+    found = []
+    for f in cls.model_fields.values():
+        for t in (f.annotation, *typing.get_args(f.annotation)):
+            if isinstance(t, type) and issubclass(t, BaseModel):
+                found.append(t)
+    return found
+
+
 _ALL_FIELDS = sorted(
-    {name for cls in (Recipe, DataSpec, MeasureSpec, BenchSettings, ShapeSpec, *STAGE_CLASSES) for name in cls.model_fields}
+    {name for cls in (Recipe, DataSpec, MeasureSpec, BenchSettings, ShapeSpec, *STAGE_CLASSES)
+     for spec in (cls, *_nested_specs(cls)) for name in spec.model_fields}
 )
 
 

@@ -7,19 +7,22 @@ from pydantic import Field
 
 from compress.stages.base import StageConfig
 from compress.stages.build_engine import BuildEngineStage
+from compress.stages.distill import DistillStage
 from compress.stages.export_onnx import ExportONNXStage
 from compress.stages.finetune import FinetuneStage
 from compress.stages.optimize_onnx import OptimizeONNXStage
 from compress.stages.package import PackageStage
+from compress.stages.prune import PruneStage
 from compress.stages.ptq import PTQStage
 
 STAGE_CLASSES: tuple[type[StageConfig], ...] = (
-    FinetuneStage, ExportONNXStage, OptimizeONNXStage, PTQStage, BuildEngineStage, PackageStage,
+    FinetuneStage, ExportONNXStage, OptimizeONNXStage, PTQStage, BuildEngineStage, PackageStage, DistillStage,
+    PruneStage,
 )
 
 Stage = Annotated[Union[STAGE_CLASSES], Field(discriminator="kind")]  # noqa: UP007
 
 STAGE_KINDS: tuple[str, ...] = tuple(cls.model_fields["kind"].annotation.__args__[0] for cls in STAGE_CLASSES)
 
-__all__ = ["STAGE_CLASSES", "STAGE_KINDS", "BuildEngineStage", "ExportONNXStage", "FinetuneStage",
-           "OptimizeONNXStage", "PTQStage", "PackageStage", "Stage", "StageConfig"]
+__all__ = ["STAGE_CLASSES", "STAGE_KINDS", "BuildEngineStage", "DistillStage", "ExportONNXStage", "FinetuneStage",
+           "OptimizeONNXStage", "PTQStage", "PackageStage", "PruneStage", "Stage", "StageConfig"]

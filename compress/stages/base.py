@@ -26,6 +26,10 @@ class StageConfig(BaseModel):
         Such a stage is skipped with the reason and its input passes through unchanged."""
         return None
 
+    def check_in_recipe(self, index: int, stages: list) -> None:
+        """Checks that need the other stages (e.g. a reference to an earlier stage's output);
+        raise ValueError with a message naming the field."""
+
     def run(self, model: Artifact, ctx: StageContext) -> Artifact:  # pragma: no cover - abstract
         raise NotImplementedError
 

@@ -1,0 +1,257 @@
+"""Knowledge distillation for encoder classifiers: build a student from a teacher (a subset
+of its layers, or a smaller configuration initialised from the teacher's weights) and
+the weighted distillation loss (soft-target KL, hard-label CE, hidden-state MSE with
+learned projections where widths differ, attention-map MSE). Imported by stages only
+when they run (it imports torch)."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from compress.errors import StageError
+
+log = logging.getLogger(__name__)
+NON_MODEL_KEYS = ("labels", "teacher_logits")  # collate extras that are not model inputs
+
+
+# ---------------------------------------------------------------------------- encoder surgery
+
+
+def encoder_layers(model):
+    """The list of transformer blocks of a BERT-style encoder (model.base_model.encoder.layer)."""
+    try:
+        return model.base_model.encoder.layer
+    except AttributeError:
+        raise StageError(f"{type(model).__name__} has no base_model.encoder.layer: only BERT-style encoders "
+                         "can be distilled by layer or pruned") from None
+
+
+def keep_encoder_layers_(model, keep: list[int]) -> None:
+    """Keep only the blocks `keep` (in that order), in place, and keep the config in step:
+    num_hidden_layers, pruned_heads and per-layer FFN widths are re-indexed."""
+    import torch
+
+    layers = encoder_layers(model)
+    bad = [i for i in keep if not 0 <= i < len(layers)]
+    if bad:
+        raise StageError(f"keep_layers {bad} out of range: the teacher has {len(layers)} layers (0..{len(layers) - 1})")
+    model.base_model.encoder.layer = torch.nn.ModuleList([layers[i] for i in keep])
+    cfg = model.config
+    cfg.num_hidden_layers = len(keep)
+    pruned = {int(k): v for k, v in (cfg.pruned_heads or {}).items()}
+    cfg.pruned_heads = {new: pruned[old] for new, old in enumerate(keep) if pruned.get(old)}
+    widths = getattr(cfg, "intermediate_sizes", None)
+    if widths:
+        cfg.intermediate_sizes = [widths[i] for i in keep]
+
+
+def spread_layers(n_teacher: int, n_student: int) -> list[int]:
+    """Evenly spaced teacher layers for a student of n_student layers, always ending on the
+    last one (the layer the classifier reads): 6 → 3 gives [1, 3, 5]."""
+    if n_student > n_teacher:
+        raise StageError(f"the student has {n_student} layers but the teacher only {n_teacher}")
+    return [round((j + 1) * n_teacher / n_student) - 1 for j in range(n_student)]
+
+
+def student_from_layers(teacher, keep: list[int]):
+    student = copy.deepcopy(teacher)
+    keep_encoder_layers_(student, keep)
+    return student
+
+
+def student_from_config(teacher, hidden_size: int | None, num_layers: int | None, num_heads: int | None,
+                        intermediate_size: int | None):
+    """A smaller model of the teacher's class. Every tensor is initialised from the mapped
+    teacher tensor (student layer j ← teacher layer spread_layers[j]) by taking its leading
+    slice, the 'weight selection' initialisation: better than random for a student that
+    shares the vocabulary; a tensor the teacher cannot cover keeps its random init."""
+    import re
+
+    import torch
+
+    cfg = copy.deepcopy(teacher.config)
+    n_teacher = cfg.num_hidden_layers
+    cfg.hidden_size = hidden_size or cfg.hidden_size
+    cfg.num_hidden_layers = num_layers or cfg.num_hidden_layers
+    cfg.num_attention_heads = num_heads or cfg.num_attention_heads
+    cfg.intermediate_size = intermediate_size or cfg.intermediate_size
+    cfg.pruned_heads = {}
+    if hasattr(cfg, "intermediate_sizes"):
+        del cfg.intermediate_sizes
+    if cfg.hidden_size % cfg.num_attention_heads:
+        raise StageError(f"student hidden_size {cfg.hidden_size} is not a multiple of num_heads {cfg.num_attention_heads}")
+    student = type(teacher)(cfg)
+    layer_map = spread_layers(n_teacher, cfg.num_hidden_layers)
+    source = teacher.state_dict()
+    copied = 0
+    with torch.no_grad():
+        for name, param in student.state_dict().items():
+            teacher_name = re.sub(r"encoder\.layer\.(\d+)\.",
+                                  lambda m: f"encoder.layer.{layer_map[int(m.group(1))]}.", name)
+            src = source.get(teacher_name)
+            if src is None or src.dim() != param.dim() or any(s < p for s, p in zip(src.shape, param.shape)):
+                continue
+            param.copy_(src[tuple(slice(0, n) for n in param.shape)])
+            copied += 1
+    log.info("student initialised from the teacher: %d of %d tensors", copied, len(student.state_dict()))
+    return student, layer_map
+
+
+# ---------------------------------------------------------------------------- losses
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    kl: float = 1.0
+    ce: float = 0.0
+    hidden: float = 0.0
+    attention: float = 0.0
+    temperature: float = 2.0
+
+    @property
+    def needs_teacher_internals(self) -> bool:
+        return self.hidden > 0 or self.attention > 0
+
+
+def soft_target_kl(student_logits, teacher_logits, temperature: float):
+    """KL(teacher ‖ student) on temperature-softened distributions, scaled by T² so its
+    gradients keep their size as T changes (Hinton et al.)."""
+    import torch.nn.functional as F
+
+    t = temperature
+    return F.kl_div(F.log_softmax(student_logits / t, -1), F.log_softmax(teacher_logits / t, -1),
+                    reduction="batchmean", log_target=True) * t * t
+
+
+def masked_mse(a, b, mask):
+    """Mean squared error over the positions where mask (B, S) is 1 (padding excluded)."""
+    m = mask.unsqueeze(-1).to(a.dtype)
+    return ((a - b) ** 2 * m).sum() / (m.sum() * a.shape[-1]).clamp_min(1)
+
+
+def attention_mse(student_att, teacher_att, mask):
+    """MSE between attention maps (B, heads, S, S) over real query rows; head-averaged
+    maps are compared when the head counts differ (pruned or smaller students)."""
+    if student_att.shape[1] != teacher_att.shape[1]:
+        student_att, teacher_att = student_att.mean(1, keepdim=True), teacher_att.mean(1, keepdim=True)
+    rows = mask[:, None, :, None].to(student_att.dtype)
+    diff = (student_att - teacher_att) ** 2 * rows
+    return diff.sum() / (rows.sum() * student_att.shape[1] * student_att.shape[-1]).clamp_min(1)
+
+
+def model_inputs(batch: dict) -> dict:
+    return {k: v for k, v in batch.items() if k not in NON_MODEL_KEYS}
+
+
+class DistillationModule(torch.nn.Module):
+    """The student plus its hidden-state projections, as one module, so that one
+    DistributedDataParallel wrapper syncs every trainable gradient. forward() runs the
+    student and returns the weighted loss and its parts; the teacher's outputs come in."""
+
+    def __init__(self, student, weights: LossWeights, layer_map: list[int], teacher_hidden_size: int):
+        import torch
+
+        super().__init__()
+        self.student = student
+        self.weights = weights
+        self.layer_map = list(layer_map)
+        width = student.config.hidden_size
+        self.projections = None
+        if weights.hidden > 0 and width != teacher_hidden_size:
+            self.projections = torch.nn.ModuleList(
+                torch.nn.Linear(width, teacher_hidden_size) for _ in layer_map)
+
+    def forward(self, batch: dict, teacher_logits, teacher_hidden=None, teacher_attentions=None) -> dict:
+        import torch.nn.functional as F
+
+        w = self.weights
+        out = self.student(**model_inputs(batch), output_hidden_states=w.hidden > 0,
+                           output_attentions=w.attention > 0)
+        parts = {}
+        if w.kl > 0:
+            parts["kl"] = soft_target_kl(out.logits, teacher_logits, w.temperature)
+        if w.ce > 0:
+            parts["ce"] = F.cross_entropy(out.logits, batch["labels"])
+        mask = batch.get("attention_mask")
+        if mask is None:
+            mask = batch["input_ids"].new_ones(batch["input_ids"].shape)
+        if w.hidden > 0:
+            terms = []
+            for j, t in enumerate(self.layer_map):
+                s_h = out.hidden_states[j + 1]  # index 0 is the embeddings
+                if self.projections is not None:
+                    s_h = self.projections[j](s_h)
+                terms.append(masked_mse(s_h, teacher_hidden[t + 1], mask))
+            parts["hidden"] = sum(terms) / len(terms)
+        if w.attention > 0:
+            terms = [attention_mse(out.attentions[j], teacher_attentions[t], mask) for j, t in enumerate(self.layer_map)]
+            parts["attention"] = sum(terms) / len(terms)
+        total = sum(getattr(w, name) * value for name, value in parts.items())
+        return {"loss": total, **{k: v.detach() for k, v in parts.items()}}
+
+
+def teacher_outputs(teacher, batch: dict, weights: LossWeights):
+    """(logits, hidden_states, attentions) of the frozen teacher; cached logits are used when
+    the batch carries them and no internal state is needed."""
+    import torch
+
+    if "teacher_logits" in batch and not weights.needs_teacher_internals:
+        return batch["teacher_logits"], None, None
+    with torch.no_grad():
+        out = teacher(**model_inputs(batch), output_hidden_states=weights.hidden > 0,
+                      output_attentions=weights.attention > 0)
+    return out.logits, out.hidden_states, out.attentions
+
+
+def cache_teacher_logits(teacher, examples: list[dict], collate, batch_size: int = 64) -> list[dict]:
+    """The examples with the teacher's logits attached (computed once, not every epoch)."""
+    import torch
+
+    device = next(teacher.parameters()).device
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(examples), batch_size):
+            chunk = examples[start : start + batch_size]
+            batch = {k: v.to(device) for k, v in model_inputs(collate(chunk)).items()}
+            logits = teacher(**batch).logits.float().cpu().numpy()
+            out.extend({**ex, "teacher_logits": row} for ex, row in zip(chunk, logits))
+    return out
+
+
+def with_teacher_logits(collate):
+    """Wrap a collate function so cached teacher logits travel with the batch."""
+
+    def wrapped(batch: list[dict]) -> dict:
+        import numpy as np
+        import torch
+
+        tensors = collate(batch)
+        if "teacher_logits" in batch[0]:
+            tensors["teacher_logits"] = torch.from_numpy(np.stack([b["teacher_logits"] for b in batch]))
+        return tensors
+
+    return wrapped
+
+
+def distillation_loss(module: DistillationModule, teacher, examples: list[dict], collate, batch_size: int = 64) -> float:
+    """Mean weighted distillation loss over `examples` (dropout off): the number that
+    training should bring down."""
+    import torch
+
+    was_training = module.training
+    module.eval()
+    device = next(module.parameters()).device
+    total, n = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(examples), batch_size):
+            batch = {k: v.to(device) for k, v in collate(examples[start : start + batch_size]).items()}
+            logits, hidden, attentions = teacher_outputs(teacher, batch, module.weights)
+            loss = module(batch, logits, hidden, attentions)["loss"]
+            size = batch["input_ids"].shape[0]
+            total, n = total + float(loss) * size, n + size
+    module.train(was_training)
+    return total / max(1, n)

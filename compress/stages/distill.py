@@ -1,0 +1,214 @@
+"""`distill`: train a smaller student to imitate a teacher (knowledge distillation).
+
+The student is derived from the incoming model: a subset of its layers (keep_layers /
+every), a smaller configuration (student:), or the incoming model itself when the teacher
+is another model (e.g. recovering a pruned model from the unpruned one, `teacher: stage:2`).
+The teacher defaults to the incoming model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from compress.artifacts import Artifact, TorchModel
+from compress.errors import StageError
+from compress.stages.base import StageConfig, TrainingSchedule
+
+STAGE_REF = "stage:"
+
+
+class StudentSpec(BaseModel):
+    """A smaller configuration of the teacher's architecture; unset fields keep the teacher's value."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    hidden_size: int | None = Field(None, ge=8, le=16384)
+    num_layers: int | None = Field(None, ge=1, le=256)
+    num_heads: int | None = Field(None, ge=1, le=256)
+    intermediate_size: int | None = Field(None, ge=1, le=65536)
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if not any(v is not None for v in self.model_dump().values()):
+            raise ValueError("student: set at least one of hidden_size, num_layers, num_heads, intermediate_size")
+        if self.hidden_size and self.num_heads and self.hidden_size % self.num_heads:
+            raise ValueError(f"student.hidden_size {self.hidden_size} must be a multiple of "
+                             f"student.num_heads {self.num_heads}")
+        return self
+
+
+def find_stage(ref: str, stages: list, before: int) -> int:
+    """Index of the earlier stage a 'stage:<ref>' names: its number (2, 02), directory name
+    (02-finetune) or kind (the latest earlier stage of that kind)."""
+    for k in range(before - 1, -1, -1):
+        if ref in (str(k + 1), f"{k + 1:02d}", f"{k + 1:02d}-{stages[k].kind}", stages[k].kind):
+            return k
+    names = ", ".join(f"{k + 1:02d}-{s.kind}" for k, s in enumerate(stages[:before])) or "none"
+    raise ValueError(f"teacher '{STAGE_REF}{ref}' names no earlier stage (earlier stages: {names})")
+
+
+class DistillStage(StageConfig, TrainingSchedule):
+    kind: Literal["distill"]
+    teacher: str | None = Field(
+        None, description="Default: the incoming model. 'stage:<n|name|kind>' (an earlier stage's model) or a "
+                          "checkpoint directory (relative to the recipe).")
+    keep_layers: list[int] | None = Field(
+        None, min_length=1, description="Student = these layers of the incoming model, e.g. [0, 2, 4].")
+    every: int | None = Field(
+        None, ge=2, description="Student = every n-th layer counted so the last layer is kept (2 on 6: [1, 3, 5]).")
+    student: StudentSpec | None = Field(None, description="Student = a smaller configuration, initialised from "
+                                                          "the incoming model's leading weight slices.")
+    temperature: float = Field(2.0, gt=0, le=100, description="Softens both distributions in the KL term.")
+    kl_weight: float = Field(1.0, ge=0, description="Soft-target KL(teacher || student).")
+    ce_weight: float = Field(0.5, ge=0, description="Cross-entropy on the true labels.")
+    hidden_weight: float = Field(0.0, ge=0, description="MSE between mapped hidden states (projected if widths differ).")
+    attention_weight: float = Field(0.0, ge=0, description="MSE between mapped attention maps.")
+    cache_teacher: bool = Field(False, description="Compute the teacher's logits once, not every epoch "
+                                                   "(logits only: not with hidden_weight/attention_weight).")
+    probe_examples: int = Field(64, ge=1, description="Train examples on which the distillation loss is "
+                                                      "recorded before and after training.")
+
+    trains = True
+
+    @field_validator("keep_layers")
+    @classmethod
+    def _layers_increasing(cls, layers: list[int] | None) -> list[int] | None:
+        if layers is not None and (any(i < 0 for i in layers) or layers != sorted(set(layers))):
+            raise ValueError(f"keep_layers must be distinct layer indices >= 0 in increasing order (got {layers})")
+        return layers
+
+    @field_validator("teacher")
+    @classmethod
+    def _teacher_named(cls, teacher: str | None) -> str | None:
+        if teacher is not None and (not teacher.strip() or teacher.strip() == STAGE_REF):
+            raise ValueError("teacher must name a checkpoint directory or an earlier stage ('stage:2')")
+        return teacher
+
+    @model_validator(mode="after")
+    def _one_student(self):
+        chosen = [n for n in ("keep_layers", "every", "student") if getattr(self, n) is not None]
+        if len(chosen) > 1:
+            raise ValueError(f"distill: choose one way to build the student, not {' and '.join(chosen)}")
+        if not chosen and self.teacher is None:
+            raise ValueError("distill: the student would equal the teacher: set keep_layers, every or student, "
+                             "or a teacher other than the incoming model")
+        if not any((self.kl_weight, self.ce_weight, self.hidden_weight, self.attention_weight)):
+            raise ValueError("distill: every loss weight is 0 (kl_weight, ce_weight, hidden_weight, attention_weight)")
+        if self.cache_teacher and (self.hidden_weight or self.attention_weight):
+            raise ValueError("distill: cache_teacher caches logits only; hidden_weight and attention_weight "
+                             "need the teacher's forward pass every step")
+        return self
+
+    def check_in_recipe(self, index: int, stages: list) -> None:
+        if self.teacher and self.teacher.startswith(STAGE_REF):
+            k = find_stage(self.teacher[len(STAGE_REF):], stages, index)
+            if stages[k].produces is not TorchModel:
+                raise ValueError(f"teacher '{self.teacher}' is {stages[k].produces.description}: a teacher must be "
+                                 "a torch model")
+
+    # ------------------------------------------------------------------------ run
+
+    def teacher_dir(self, model: Artifact, ctx) -> Path:
+        if self.teacher is None:
+            return model.path
+        if self.teacher.startswith(STAGE_REF):
+            k = find_stage(self.teacher[len(STAGE_REF):], list(ctx.recipe.stages), ctx.index)
+            path = ctx.run.run_dir / ctx.run.stage_dir_name(k, ctx.recipe.stages[k].kind)
+        else:
+            path = Path(self.teacher).expanduser()
+            if not path.is_absolute() and ctx.run.recipe_path is not None:
+                path = ctx.run.recipe_path.parent / path
+        if not (path / "config.json").is_file():
+            raise StageError(f"teacher {self.teacher!r}: no model at {path} (was that stage skipped?)")
+        return path
+
+    def build_student(self, incoming, teacher_layers: int, same_teacher: bool):
+        """(student, layer_map): layer_map[j] = the teacher layer that student layer j imitates."""
+        from compress.distill import encoder_layers, spread_layers, student_from_config, student_from_layers
+
+        n_in = len(encoder_layers(incoming))
+        if self.student is not None:
+            s = self.student
+            student, in_map = student_from_config(incoming, s.hidden_size, s.num_layers, s.num_heads,
+                                                  s.intermediate_size)
+        else:
+            keep = self.keep_layers or (list(range(self.every - 1, n_in, self.every)) if self.every else None)
+            if keep is not None and not keep:
+                raise StageError(f"every: {self.every} keeps no layer of a {n_in}-layer model")
+            student, in_map = (student_from_layers(incoming, keep), keep) if keep else (incoming, list(range(n_in)))
+        n_student = len(encoder_layers(student))
+        return student, in_map if same_teacher else spread_layers(teacher_layers, n_student)
+
+    def run(self, model: Artifact, ctx) -> TorchModel:
+        import torch
+        from accelerate.utils import set_seed
+
+        from compress.distill import (DistillationModule, LossWeights, cache_teacher_logits, distillation_loss,
+                                      encoder_layers, teacher_outputs, with_teacher_logits)
+        from compress.models import label_names_of, load_classifier, load_tokenizer, model_structure
+        from compress.training import (accuracy_eval, classification_collate, classification_examples,
+                                       make_accelerator, save_trained, split_validation, train_loop)
+
+        seed = self.seed if self.seed is not None else ctx.recipe.data.seed
+        set_seed(seed)
+        torch.set_num_threads(ctx.measure.threads)
+        labels = ctx.splits.label_names
+        teacher_path = self.teacher_dir(model, ctx)
+        for what, path in (("incoming model", model.path), ("teacher", teacher_path)):
+            if label_names_of(path) != labels:
+                raise StageError(f"distill: the {what} in {path} is not a classifier for labels {labels}: "
+                                 "fine-tune it first")
+        before = ctx.input_measurement(model)
+        incoming = load_classifier(model.path, labels, ctx.recipe.trust_remote_code)
+        teacher = incoming if self.teacher is None else load_classifier(teacher_path, labels,
+                                                                        ctx.recipe.trust_remote_code)
+        student, layer_map = self.build_student(incoming, len(encoder_layers(teacher)), self.teacher is None)
+        weights = LossWeights(kl=self.kl_weight, ce=self.ce_weight, hidden=self.hidden_weight,
+                              attention=self.attention_weight, temperature=self.temperature)
+
+        tokenizer = load_tokenizer(model.path, ctx.recipe.trust_remote_code)
+        collate = with_teacher_logits(classification_collate(tokenizer))
+        examples = classification_examples(tokenizer, ctx.splits.train, ctx.recipe.data.max_length)
+        train, validation = split_validation(examples, self, seed)
+        accelerator = make_accelerator(self.gradient_accumulation_steps)
+        teacher.to(accelerator.device).eval().requires_grad_(False)
+        if self.cache_teacher:
+            train = cache_teacher_logits(teacher, train, collate)
+        module = DistillationModule(student.train(), weights, layer_map, teacher.config.hidden_size)
+        probe = train[: self.probe_examples]
+        loss_before = distillation_loss(module, teacher, probe, collate)
+        parts: list[dict] = []
+
+        def loss_fn(wrapped, batch):
+            logits, hidden, attentions = teacher_outputs(teacher, batch, weights)
+            out = wrapped(batch, logits, hidden, attentions)  # through the DDP wrapper: gradients sync
+            parts.append({k: float(v) for k, v in out.items() if k != "loss"})
+            return out["loss"]
+
+        result = train_loop(
+            module, train, collate, self, loss_fn,
+            eval_fn=accuracy_eval(validation, collate, forward=lambda m: m.student) if validation else None,
+            checkpoint_dir=ctx.checkpoint_dir, resume_key=ctx.fingerprint, seed=seed, desc="distill",
+            accelerator=accelerator,
+        )
+        loss_after = distillation_loss(result.model, teacher, probe, collate)
+        trained = result.model.student
+        out = save_trained(result, ctx.artifact_dir, tokenizer, model=trained)
+        ctx.record(
+            input=before,
+            teacher={"path": str(teacher_path), "structure": model_structure(teacher)},
+            student={"structure": model_structure(trained), "layer_map": layer_map,
+                     "projections": module.projections is not None},
+            distillation_loss={"before": round(loss_before, 5), "after": round(loss_after, 5),
+                               "probe_examples": len(probe), "parts_final": _mean_tail(parts)},
+            cached_teacher_logits=self.cache_teacher,
+            training=result.record(self.batch_size, self.gradient_accumulation_steps, seed),
+        )
+        return out
+
+
+def _mean_tail(parts: list[dict], n: int = 20) -> dict:
+    tail = parts[-n:]
+    return {k: round(sum(p[k] for p in tail) / len(tail), 5) for k in tail[0]} if tail else {}

@@ -1,0 +1,202 @@
+"""`prune`: make the model smaller.
+
+structured: remove attention heads, FFN neurons and whole layers by Taylor importance on
+train batches, to target fractions or a parameter budget; the model is physically smaller
+(and so faster on every runtime). Then recover: fine-tune, distilling from the unpruned
+input (kd_weight), with the schedule fields.
+
+unstructured: gradual magnitude pruning to `sparsity` on a cubic schedule while training,
+masks made permanent at the end. Dense runtimes (ONNX Runtime, TensorRT) run the zeros like
+any other weight: smaller when compressed, never faster."""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from compress.artifacts import Artifact, TorchModel
+from compress.stages.base import StageConfig, TrainingSchedule
+
+log = logging.getLogger(__name__)
+UNSTRUCTURED_WARNING = ("unstructured sparsity: dense runtimes (ONNX Runtime, TensorRT) gain no speed from zero "
+                        "weights, only compressibility; use method: structured or distill for latency")
+STRUCTURED_ONLY = ("heads", "ffn", "layers", "max_parameters", "importance_batches", "recover")
+UNSTRUCTURED_ONLY = ("sparsity", "prune_every", "schedule_start", "schedule_end")
+
+
+class PruneStage(StageConfig, TrainingSchedule):
+    kind: Literal["prune"]
+    method: Literal["structured", "unstructured"] = "structured"
+    scope: Literal["global", "per_layer"] = Field(
+        "global", description="Rank units across all layers (global) or remove the same share in each layer.")
+    # structured
+    heads: float = Field(0.0, ge=0, lt=1, description="Fraction of attention heads removed.")
+    ffn: float = Field(0.0, ge=0, lt=1, description="Fraction of FFN neurons removed.")
+    layers: int = Field(0, ge=0, le=256, description="Whole layers removed (least important first).")
+    max_parameters: int | None = Field(
+        None, ge=1, description="Parameter budget: remove heads and FFN neurons until the model fits (instead of "
+                                "heads/ffn/layers).")
+    importance_batches: int = Field(32, ge=1, description="Train batches the Taylor importance is summed over.")
+    recover: bool = Field(True, description="Fine-tune after structured pruning (with the schedule fields).")
+    # unstructured
+    sparsity: float | None = Field(None, gt=0, lt=1, description="Target share of zero encoder Linear weights.")
+    prune_every: int = Field(10, ge=1, description="Optimizer steps between mask updates.")
+    schedule_start: float = Field(0.0, ge=0, lt=1, description="Share of training before pruning starts.")
+    schedule_end: float = Field(0.75, gt=0, le=1, description="Share of training by which the target is reached.")
+    # training (recovery or gradual pruning)
+    kd_weight: float = Field(1.0, ge=0, description="Weight of KL to the unpruned input model while training "
+                                                     "(0: plain fine-tuning on the labels).")
+    temperature: float = Field(2.0, gt=0, le=100)
+
+    trains = True
+
+    @model_validator(mode="after")
+    def _method_fields(self):
+        given = self.model_fields_set
+        wrong = [f for f in (STRUCTURED_ONLY if self.method == "unstructured" else UNSTRUCTURED_ONLY) if f in given]
+        if wrong:
+            other = "structured" if self.method == "unstructured" else "unstructured"
+            raise ValueError(f"prune: {wrong[0]} applies to method: {other}, not {self.method}")
+        if self.method == "unstructured":
+            if self.sparsity is None:
+                raise ValueError("prune: method unstructured needs sparsity (the target share of zero weights)")
+            if self.schedule_end <= self.schedule_start:
+                raise ValueError(f"prune: schedule_end ({self.schedule_end}) must be after schedule_start "
+                                 f"({self.schedule_start})")
+        elif self.max_parameters is not None:
+            if self.heads or self.ffn or self.layers:
+                raise ValueError("prune: max_parameters replaces heads/ffn/layers: set one or the other")
+        elif not (self.heads or self.ffn or self.layers):
+            raise ValueError("prune: nothing to remove: set heads, ffn, layers or max_parameters")
+        return self
+
+    def run(self, model: Artifact, ctx) -> TorchModel:
+        import torch
+        from accelerate.utils import set_seed
+
+        from compress.models import count_parameters, load_classifier, load_tokenizer, model_structure
+        from compress.training import classification_collate, classification_examples
+
+        seed = self.seed if self.seed is not None else ctx.recipe.data.seed
+        set_seed(seed)
+        torch.set_num_threads(ctx.measure.threads)
+        before = ctx.input_measurement(model)
+        net = load_classifier(model.path, ctx.splits.label_names, ctx.recipe.trust_remote_code)
+        tokenizer = load_tokenizer(model.path, ctx.recipe.trust_remote_code)
+        collate = classification_collate(tokenizer)
+        examples = classification_examples(tokenizer, ctx.splits.train, ctx.recipe.data.max_length)
+        structure, params = model_structure(net), count_parameters(net)["parameters"]
+        ctx.record(input=before, method=self.method, scope=self.scope, structure_before=structure)
+        if self.method == "structured":
+            net, is_main = self._structured(net, examples, collate, ctx, seed, model)
+        else:
+            net, is_main = self._unstructured(net, examples, collate, ctx, seed)
+        after = count_parameters(net)["parameters"]
+        ctx.record(parameters_before=params, parameters_removed=params - after,
+                   parameters_removed_fraction=round((params - after) / params, 4))
+        if is_main:  # one writer when several processes train
+            net.save_pretrained(ctx.artifact_dir)
+            tokenizer.save_pretrained(ctx.artifact_dir)
+        return TorchModel(ctx.artifact_dir)
+
+    # ------------------------------------------------------------------------ methods
+
+    def _structured(self, net, examples, collate, ctx, seed, artifact):
+        import copy
+
+        from compress.models import model_structure
+        from compress.pruning import apply_plan_, plan_budget, plan_fractions, taylor_importance
+
+        order = _seeded_order(len(examples), seed)
+        n = min(len(examples), self.importance_batches * self.batch_size)
+        batches = [collate([examples[i] for i in order[s : s + self.batch_size]]) for s in range(0, n, self.batch_size)]
+        imp = taylor_importance(net, batches)
+        plan = (plan_budget(net, imp, self.max_parameters) if self.max_parameters
+                else plan_fractions(imp, self.heads, self.ffn, self.layers, self.scope))
+        teacher = copy.deepcopy(net) if self.recover and self.kd_weight > 0 else None
+        apply_plan_(net, plan)
+        ctx.record(
+            importance={"batches": imp.batches, "layers": [round(float(x), 6) for x in imp.layers],
+                        "heads": [[round(float(x), 6) for x in row] for row in imp.heads]},
+            removed={"layers": plan.layers, "heads": {str(k): v for k, v in plan.heads.items() if v},
+                     "ffn_neurons": {str(k): len(v) for k, v in plan.ffn.items() if v}},
+            structure_after=model_structure(net),
+            accuracy_before_recovery=_eval_accuracy(net, ctx, collate, artifact),
+        )
+        if not self.recover:
+            return net, True
+        return self._train(net, teacher, examples, collate, ctx, seed, desc="recovery")
+
+    def _unstructured(self, net, examples, collate, ctx, seed):
+        import copy
+
+        from compress.pruning import cubic_sparsity, finish_masks_, magnitude_prune_, sparsity_of, start_masks_
+
+        log.warning("prune: %s", UNSTRUCTURED_WARNING)
+        teacher = copy.deepcopy(net) if self.kd_weight > 0 else None
+        params = start_masks_(net)
+        reached = []
+
+        def on_step(model, step, total):
+            if step % self.prune_every == 0 or step == total:
+                target = cubic_sparsity(step, total, self.sparsity, self.schedule_start, self.schedule_end)
+                magnitude_prune_(params, target, self.scope)
+                reached.append({"step": step, "sparsity": round(target, 4)})
+
+        net, is_main = self._train(net, teacher, examples, collate, ctx, seed, desc="gradual pruning",
+                                   on_step=on_step)
+        magnitude_prune_(params, self.sparsity, self.scope)  # the target, even after keep_best restored earlier masks
+        finish_masks_(params)
+        ctx.record(warning=UNSTRUCTURED_WARNING, sparsity={"target": self.sparsity, "encoder_linear": round(
+            sparsity_of(params), 4), "schedule": reached})
+        return net, is_main
+
+    def _train(self, net, teacher, examples, collate, ctx, seed, desc, on_step=None):
+        """Fine-tune `net` with the schedule fields: labels, plus KL to the teacher when given.
+        Returns (trained net, whether this is the main process)."""
+        from compress.distill import DistillationModule, LossWeights, teacher_outputs
+        from compress.training import accuracy_eval, make_accelerator, split_validation, train_loop
+
+        train, validation = split_validation(examples, self, seed)
+        accelerator = make_accelerator(self.gradient_accumulation_steps)
+        if teacher is not None:
+            teacher.to(accelerator.device).eval().requires_grad_(False)
+            weights = LossWeights(kl=self.kd_weight, ce=1.0, temperature=self.temperature)
+            module = DistillationModule(net.train(), weights, [], teacher.config.hidden_size)
+
+            def loss_fn(m, batch):
+                return m(batch, teacher_outputs(teacher, batch, weights)[0])["loss"]
+
+            forward = lambda m: m.student  # noqa: E731
+        else:
+            module, forward = net.train(), None
+
+            def loss_fn(m, batch):
+                return m(**batch).loss
+
+        result = train_loop(
+            module, train, collate, self, loss_fn,
+            eval_fn=accuracy_eval(validation, collate, forward=forward) if validation else None,
+            checkpoint_dir=ctx.checkpoint_dir, resume_key=ctx.fingerprint, seed=seed, desc=desc,
+            accelerator=accelerator, on_step=on_step,
+        )
+        ctx.record(training=result.record(self.batch_size, self.gradient_accumulation_steps, seed))
+        return (result.model.student if teacher is not None else result.model), result.is_main_process
+
+
+def _seeded_order(n: int, seed: int) -> list[int]:
+    import random
+
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    return order
+
+
+def _eval_accuracy(net, ctx, collate, artifact) -> float:
+    """Accuracy on the eval split right after pruning (before any recovery training)."""
+    from compress.training import accuracy_eval
+
+    labelled = [{**e, "label": y} for e, y in zip(ctx.encoded_eval(artifact), ctx.splits.eval.labels)]
+    return accuracy_eval(labelled, collate, batch_size=ctx.measure.eval_batch_size)(net.eval())["accuracy"]

@@ -1,0 +1,170 @@
+"""The distill stage on the tiny 2-layer classifier: students by layer subset and by smaller
+configuration, every loss term, teacher caching, teachers from earlier stages, bad configs."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from compress.errors import RecipeError
+from compress.models import load_classifier
+from compress.recipe import load_recipe
+from tests.conftest import tiny_recipe_text
+from tests.helpers import run_tiny, stage_json
+
+TRAIN = """
+    max_steps: 15
+    batch_size: 8
+    learning_rate: 3.0e-3
+    warmup_ratio: 0.0
+"""
+
+
+def test_layer_subset_student_lowers_the_distillation_loss(tmp_path, tiny_classifier_dir):
+    run_dir = run_tiny(tmp_path, tiny_classifier_dir, "\n  - kind: distill\n    every: 2\n" + TRAIN)
+    record = stage_json(run_dir, "01-distill")
+    assert record["student"]["structure"]["layers"] == 1 and record["student"]["layer_map"] == [1]
+    assert record["teacher"]["structure"]["layers"] == 2
+    loss = record["distillation_loss"]
+    assert loss["after"] < loss["before"], loss
+    assert set(loss["parts_final"]) == {"kl", "ce"}
+    # before/after: the input's measurements beside the student's own
+    assert record["input"]["parameters"] > record["parameters"]
+    assert record["input"]["accuracy"] is not None and record["latency"]["p50_ms"] > 0
+    student = load_classifier(run_dir / "01-distill")
+    assert student.config.num_hidden_layers == 1 and len(student.bert.encoder.layer) == 1
+
+
+def test_smaller_config_student_with_hidden_and_attention_losses(tmp_path, tiny_classifier_dir):
+    stages = """
+  - kind: distill
+    student: {hidden_size: 16, num_heads: 2, intermediate_size: 32, num_layers: 1}
+    hidden_weight: 1.0
+    attention_weight: 1.0
+""" + TRAIN
+    record = stage_json(run_tiny(tmp_path, tiny_classifier_dir, stages), "01-distill")
+    assert record["student"]["structure"] == {"layers": 1, "hidden_size": 16, "heads_per_layer": [2],
+                                              "ffn_per_layer": [32]}
+    assert record["student"]["projections"] is True  # 16 → 32 wide: learned projection
+    assert set(record["distillation_loss"]["parts_final"]) == {"kl", "ce", "hidden", "attention"}
+    assert record["distillation_loss"]["after"] < record["distillation_loss"]["before"]
+
+
+def test_cached_teacher_logits_are_used_instead_of_the_teacher():
+    import torch
+
+    from compress.distill import LossWeights, teacher_outputs
+
+    class Exploding(torch.nn.Module):
+        def forward(self, **kw):
+            raise AssertionError("the teacher ran although its logits were cached")
+
+    cached = torch.randn(4, 2)
+    batch = {"input_ids": torch.ones(4, 3, dtype=torch.long), "teacher_logits": cached}
+    assert teacher_outputs(Exploding(), batch, LossWeights())[0] is cached
+    with pytest.raises(AssertionError):  # hidden states are never cached: the teacher must run
+        teacher_outputs(Exploding(), batch, LossWeights(hidden=1.0))
+
+
+def test_cache_teacher_trains_like_the_uncached_run(tmp_path, tiny_classifier_dir):
+    plain = stage_json(run_tiny(tmp_path / "a", tiny_classifier_dir, "\n  - kind: distill\n    every: 2\n" + TRAIN),
+                       "01-distill")
+    cached = stage_json(run_tiny(tmp_path / "b", tiny_classifier_dir,
+                                 "\n  - kind: distill\n    every: 2\n    cache_teacher: true\n" + TRAIN), "01-distill")
+    assert cached["cached_teacher_logits"] is True
+    # the teacher is in eval mode either way: cached and live logits are the same numbers
+    assert cached["distillation_loss"]["before"] == pytest.approx(plain["distillation_loss"]["before"], rel=1e-4)
+    assert cached["training"]["final_loss"] == pytest.approx(plain["training"]["final_loss"], rel=1e-3)
+
+
+def test_teacher_from_an_earlier_stage_distils_into_the_incoming_model(tmp_path, tiny_classifier_dir):
+    stages = "\n  - kind: distill\n    keep_layers: [0]\n" + TRAIN + "\n  - kind: distill\n    teacher: stage:0\n"
+    with pytest.raises(RecipeError, match=r"teacher 'stage:0' names no earlier stage"):
+        run_tiny(tmp_path / "bad", tiny_classifier_dir, stages)
+    # the second distill: student = the 1-layer output of stage 1, teacher = the 2-layer input of it
+    stages = ("\n  - kind: finetune\n    max_steps: 2\n    batch_size: 8\n"
+              "\n  - kind: distill\n    keep_layers: [0]\n" + TRAIN
+              + "\n  - kind: distill\n    teacher: stage:finetune\n" + TRAIN)
+    run_dir = run_tiny(tmp_path / "ok", tiny_classifier_dir, stages)
+    record = stage_json(run_dir, "03-distill")
+    assert record["teacher"]["path"] == str(run_dir / "01-finetune")
+    assert record["teacher"]["structure"]["layers"] == 2 and record["student"]["structure"]["layers"] == 1
+    assert record["student"]["layer_map"] == [1]  # 1 student layer imitates the teacher's last
+
+
+BAD = {
+    "two student choices": ("every: 2\n    keep_layers: [0]",
+                            r"stages\[0\]: distill: choose one way to build the student, not keep_layers and every"),
+    "no student": ("temperature: 2", r"stages\[0\]: distill: the student would equal the teacher"),
+    "unsorted layers": ("keep_layers: [2, 0]", r"stages\[0\]\.keep_layers: keep_layers must be distinct .*\[2, 0\]"),
+    "negative layer": ("keep_layers: [-1]", r"stages\[0\]\.keep_layers: keep_layers must be distinct"),
+    "every 1": ("every: 1", r"stages\[0\]\.every: Input should be greater than or equal to 2"),
+    "zero temperature": ("every: 2\n    temperature: 0", r"stages\[0\]\.temperature: Input should be greater than 0"),
+    "all weights zero": ("every: 2\n    kl_weight: 0\n    ce_weight: 0", r"every loss weight is 0"),
+    "cache with hidden": ("every: 2\n    cache_teacher: true\n    hidden_weight: 1",
+                          r"cache_teacher caches logits only"),
+    "heads do not divide": ("student: {hidden_size: 30, num_heads: 4}",
+                            r"stages\[0\]\.student: .*hidden_size 30 must be a multiple of student\.num_heads 4"),
+    "empty student": ("student: {}", r"stages\[0\]\.student: student: set at least one of"),
+    "student typo": ("student: {hidden: 16}", r"stages\[0\]\.student\.hidden: unknown field \(did you mean 'hidden_size'\?\)"),
+    "teacher is onnx": ("teacher: stage:1\n  - kind: export_onnx\n  - kind: distill\n    teacher: stage:export_onnx",
+                        r"stages\[2\] \(distill\): teacher 'stage:export_onnx' is an ONNX model"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_distill_config_is_one_line_naming_the_field(recipe_dir, case):
+    body, pattern = BAD[case]
+    if case == "teacher is onnx":  # a valid first distill, then export, then a distill taught by the ONNX model
+        text = tiny_recipe_text(stages="\n  - kind: finetune\n  - kind: distill\n    every: 2\n  - kind: export_onnx\n"
+                                       "  - kind: distill\n    teacher: stage:export_onnx\n")
+        pattern = r"stages\[3\] \(distill\): teacher 'stage:export_onnx' is an ONNX model"
+    else:
+        text = tiny_recipe_text(stages=f"\n  - kind: distill\n    {body}\n")
+    path = recipe_dir / "recipe.yaml"
+    path.write_text(text)
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path)
+    message = str(info.value)
+    assert "\n" not in message and re.search(pattern, message), message
+
+
+def test_distill_runs_in_two_cpu_processes(tmp_path, tiny_classifier_dir):
+    """torchrun with 2 ranks on gloo: the stage completes, both ranks train the same 1-layer
+    student (gradients are all-reduced), and rank 0 alone writes it."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.conftest import make_sentences, write_csv
+
+    write_csv(tmp_path / "reviews.csv", make_sentences(80))
+    (tmp_path / "recipe.yaml").write_text(tiny_recipe_text(model=str(tiny_classifier_dir), stages="""
+  - kind: distill
+    keep_layers: [1]
+    max_steps: 4
+    batch_size: 8
+    learning_rate: 1.0e-3
+"""))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = Path(__file__).parents[2]
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(port), str(root / "tests" / "stages" / "distill_worker.py"),
+           str(tmp_path / "recipe.yaml"), str(tiny_classifier_dir), str(tmp_path / "out")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / "out" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for r in ranks:
+        assert r["info"]["training"]["processes"] == 2 and r["info"]["training"]["steps"] == 4
+        assert r["info"]["student"]["structure"]["layers"] == 1
+    assert ranks[0]["weights"] == pytest.approx(ranks[1]["weights"], rel=1e-6)  # kept in sync
+    student = load_classifier(tmp_path / "out" / "student")
+    assert student.config.num_hidden_layers == 1
