@@ -12,9 +12,10 @@ from compress.stages.finetune import FinetuneStage
 from compress.stages.optimize_onnx import OptimizeONNXStage
 from compress.stages.package import PackageStage
 from compress.stages.ptq import PTQStage
+from compress.stages.qat import QATStage
 
 STAGE_CLASSES: tuple[type[StageConfig], ...] = (
-    FinetuneStage, ExportONNXStage, OptimizeONNXStage, PTQStage, BuildEngineStage, PackageStage,
+    FinetuneStage, QATStage, ExportONNXStage, OptimizeONNXStage, PTQStage, BuildEngineStage, PackageStage,
 )
 
 Stage = Annotated[Union[STAGE_CLASSES], Field(discriminator="kind")]  # noqa: UP007
@@ -22,4 +23,4 @@ Stage = Annotated[Union[STAGE_CLASSES], Field(discriminator="kind")]  # noqa: UP
 STAGE_KINDS: tuple[str, ...] = tuple(cls.model_fields["kind"].annotation.__args__[0] for cls in STAGE_CLASSES)
 
 __all__ = ["STAGE_CLASSES", "STAGE_KINDS", "BuildEngineStage", "ExportONNXStage", "FinetuneStage",
-           "OptimizeONNXStage", "PTQStage", "PackageStage", "Stage", "StageConfig"]
+           "OptimizeONNXStage", "PTQStage", "PackageStage", "QATStage", "Stage", "StageConfig"]
