@@ -15,7 +15,7 @@ from compress.stages.ptq import PTQStage
 from compress.stages.qat import QATStage
 
 STAGE_CLASSES: tuple[type[StageConfig], ...] = (
-    FinetuneStage, QATStage, ExportONNXStage, OptimizeONNXStage, PTQStage, BuildEngineStage, PackageStage,
+    FinetuneStage, ExportONNXStage, OptimizeONNXStage, PTQStage, QATStage, BuildEngineStage, PackageStage,
 )
 
 Stage = Annotated[Union[STAGE_CLASSES], Field(discriminator="kind")]  # noqa: UP007
