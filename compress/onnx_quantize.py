@@ -185,7 +185,6 @@ class StaticQuantizer:
                 # dedupes equal tensors); TensorRT and ORT's Q/DQ fusions take float biases.
                 "QuantizeBias": False,
                 "CalibPercentile": stage.percentile or 99.999,
-                "CalibMaxIntermediateOutputs": 32,  # bounds calibration memory on long runs
                 "DefaultTensorType": 1,  # onnx.TensorProto.FLOAT, for contrib ops without type info
             },
         )
