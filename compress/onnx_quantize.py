@@ -1,31 +1,75 @@
-"""INT8 quantization of ONNX models with onnxruntime.quantization, and a count of
-how much of the graph's matrix work runs in INT8."""
+"""INT8 quantization of ONNX models with onnxruntime.quantization (dynamic, or static
+Q/DQ with calibration), and a count of how much of the graph's matrix work runs in INT8."""
 
 from __future__ import annotations
 
+import logging
+import tempfile
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from compress.artifacts import ONNXModel, copy_sidecar_files
 
-FLOAT_MATMUL_OPS = {"MatMul", "Gemm", "Attention"}
+log = logging.getLogger(__name__)
+
+MATRIX_OPS = {"MatMul", "Gemm"}
+FLOAT_MATRIX_OPS = MATRIX_OPS | {"Attention"}
 INT8_MATMUL_OPS = {
     "MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QAttention", "QGemm", "QLinearMatMul",
 }
+STATIC_DEFAULT_OP_TYPES = ["MatMul", "Gemm"]  # the matrix work; other ops would only add Q/DQ round trips
+
+
+# ---------------------------------------------------------------------------- coverage
+
+
+def _is_qdq_fed(node, producers: dict) -> bool:
+    """A float MatMul/Gemm whose two matrix inputs both come out of DequantizeLinear:
+    ONNX Runtime (QDQ fusion) and TensorRT run it as an INT8 GEMM."""
+    return all(producers.get(name) == "DequantizeLinear" for name in node.input[:2])
 
 
 def count_int8_coverage(onnx_path: Path) -> dict:
-    """Matrix-multiplying nodes (MatMul/Gemm/Attention) in the graph and how many run INT8."""
+    """Matrix-multiplying nodes (MatMul/Gemm/Attention) in the graph and how many run INT8:
+    the integer ops of dynamic quantization, or float MatMul/Gemm fed by DequantizeLinear on
+    both inputs (static Q/DQ, QAT). A MatMul whose weight alone is dequantized stays float work."""
     import onnx
 
-    ops = Counter(n.op_type for n in onnx.load(str(onnx_path), load_external_data=False).graph.node)
-    int8 = sum(ops[o] for o in INT8_MATMUL_OPS)
-    float_ = sum(ops[o] for o in FLOAT_MATMUL_OPS)
-    # In Q/DQ graphs a float MatMul fed by DequantizeLinear still runs INT8 in ORT; counted with that work.
-    return {"int8_matmul_nodes": int8, "float_matmul_nodes": float_, "int8_ops": {o: ops[o] for o in INT8_MATMUL_OPS if ops[o]}}
+    nodes = onnx.load(str(onnx_path), load_external_data=False).graph.node
+    producers = {out: n.op_type for n in nodes for out in n.output}
+    ops = Counter(n.op_type for n in nodes)
+    qdq = sum(1 for n in nodes if n.op_type in MATRIX_OPS and _is_qdq_fed(n, producers))
+    int8 = sum(ops[o] for o in INT8_MATMUL_OPS) + qdq
+    float_ = sum(ops[o] for o in FLOAT_MATRIX_OPS) - qdq
+    int8_ops = {o: ops[o] for o in sorted(INT8_MATMUL_OPS) if ops[o]}
+    if qdq:
+        int8_ops["MatMul/Gemm (Q/DQ)"] = qdq
+    return {
+        "int8_matmul_nodes": int8,
+        "float_matmul_nodes": float_,
+        "int8_fraction": round(int8 / (int8 + float_), 4) if int8 + float_ else 0.0,
+        "int8_ops": int8_ops,
+        "qdq_pairs": min(ops["QuantizeLinear"], ops["DequantizeLinear"]),
+    }
 
 
-def quantize_dynamic_int8(model: ONNXModel, out_dir: Path, stage) -> tuple[ONNXModel, dict]:
+def matrix_node_names(onnx_path: Path, op_types: list[str] | None) -> list[str]:
+    """Names of the nodes a quantizer would consider, in graph order (sensitivity candidates)."""
+    import onnx
+
+    wanted = set(op_types or FLOAT_MATRIX_OPS) & FLOAT_MATRIX_OPS
+    nodes = onnx.load(str(onnx_path), load_external_data=False).graph.node
+    return [n.name for n in nodes if n.op_type in wanted and n.name]
+
+
+# ---------------------------------------------------------------------------- dynamic
+
+
+def quantize_dynamic_int8(model: ONNXModel, out_dir: Path, stage, nodes_to_exclude: list[str],
+                          nodes_to_quantize: list[str] | None = None) -> ONNXModel:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -38,9 +82,116 @@ def quantize_dynamic_int8(model: ONNXModel, out_dir: Path, stage) -> tuple[ONNXM
         per_channel=stage.per_channel,
         reduce_range=stage.reduce_range,
         weight_type=QuantType.QInt8,
-        nodes_to_exclude=stage.exclude_nodes or None,
+        nodes_to_quantize=nodes_to_quantize,
+        nodes_to_exclude=nodes_to_exclude or None,
         # Fused graphs carry contrib ops whose output types the quantizer cannot infer.
         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
     )
     copy_sidecar_files(model.path, out_dir)
-    return result, count_int8_coverage(result.onnx_path)
+    return result
+
+
+# ---------------------------------------------------------------------------- static (Q/DQ)
+
+
+class FeedReader:
+    """onnxruntime.quantization CalibrationDataReader over prepared input feeds."""
+
+    def __init__(self, feeds: list[dict[str, np.ndarray]]):
+        self.feeds, self.position = feeds, 0
+
+    def get_next(self) -> dict | None:
+        if self.position >= len(self.feeds):
+            return None
+        self.position += 1
+        return self.feeds[self.position - 1]
+
+    def __len__(self) -> int:
+        return len(self.feeds)
+
+    def rewind(self) -> None:
+        self.position = 0
+
+
+def calibration_feeds(encoded: list[dict], input_names: list[str], pad_id: int) -> list[dict[str, np.ndarray]]:
+    """One batch per example, all padded to the longest: histogram calibrators (Entropy,
+    Percentile) stack every run's tensors, which needs equal shapes."""
+    from compress.data import pad_batch
+
+    width = max(len(e["input_ids"]) for e in encoded)
+    feeds = []
+    for e in encoded:
+        batch = pad_batch([e], input_names, pad_id)
+        padded = {}
+        for name, arr in batch.items():
+            fill = pad_id if name == "input_ids" else 0
+            padded[name] = np.pad(arr, ((0, 0), (0, width - arr.shape[1])), constant_values=fill)
+        feeds.append(padded)
+    return feeds
+
+
+@dataclass
+class StaticQuantizer:
+    """Static Q/DQ quantization of one float graph, calibrated once: the calibration ranges
+    are cached in a file, so the accuracy-budget search can re-quantize with other node
+    exclusions without running the calibration again."""
+
+    model: ONNXModel
+    stage: object  # PTQStage: calibration, per_channel, op_types, ...
+    feeds: list[dict[str, np.ndarray]]
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="compress-ptq-")))
+
+    def __post_init__(self):
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        self.prepared = self.workdir / "prepared.onnx"
+        self.cache = self.workdir / "calibration.json"
+        # The calibrator only sees tensors with a known float type: fused contrib ops (Attention,
+        # SkipLayerNorm) need ORT's symbolic shape inference; graphs it cannot handle fall back
+        # to plain ONNX shape inference.
+        try:
+            quant_pre_process(str(self.model.onnx_path), str(self.prepared), auto_merge=True)
+        except Exception as e:  # noqa: BLE001 - any failure here has a working fallback
+            log.info("symbolic shape inference failed (%s); using ONNX shape inference", e)
+            quant_pre_process(str(self.model.onnx_path), str(self.prepared), skip_symbolic_shape=True)
+
+    def quantize(self, out_dir: Path, nodes_to_exclude: list[str],
+                 nodes_to_quantize: list[str] | None = None) -> ONNXModel:
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+        stage = self.stage
+        out_dir.mkdir(parents=True, exist_ok=True)
+        result = ONNXModel(out_dir)
+        reader = FeedReader(self.feeds)
+        quantize_static(
+            str(self.prepared),
+            str(result.onnx_path),
+            calibration_data_reader=reader,
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=stage.op_types or STATIC_DEFAULT_OP_TYPES,
+            per_channel=stage.per_channel,
+            reduce_range=stage.reduce_range,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_quantize=nodes_to_quantize,
+            nodes_to_exclude=nodes_to_exclude or None,
+            calibrate_method=getattr(CalibrationMethod, stage.calibration_method),
+            calibration_cache_path=str(self.cache),
+            extra_options={
+                # zero points 0 (int8 symmetric): what TensorRT's explicit quantization takes
+                "ActivationSymmetric": stage.symmetric_activations,
+                "WeightSymmetric": True,
+                # int32 bias quantization breaks on initializers shared between nodes (the exporter
+                # dedupes equal tensors); TensorRT and ORT's Q/DQ fusions take float biases.
+                "QuantizeBias": False,
+                "CalibPercentile": stage.percentile or 99.999,
+                "DefaultTensorType": 1,  # onnx.TensorProto.FLOAT, for contrib ops without type info
+            },
+        )
+        copy_sidecar_files(self.model.path, out_dir)
+        return result
+
+    def cleanup(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.workdir, ignore_errors=True)

@@ -14,10 +14,11 @@ from compress.stages.optimize_onnx import OptimizeONNXStage
 from compress.stages.package import PackageStage
 from compress.stages.prune import PruneStage
 from compress.stages.ptq import PTQStage
+from compress.stages.qat import QATStage
 
 STAGE_CLASSES: tuple[type[StageConfig], ...] = (
-    FinetuneStage, ExportONNXStage, OptimizeONNXStage, PTQStage, BuildEngineStage, PackageStage, DistillStage,
-    PruneStage,
+    FinetuneStage, ExportONNXStage, OptimizeONNXStage, PTQStage, QATStage, BuildEngineStage, PackageStage,
+    DistillStage, PruneStage,
 )
 
 Stage = Annotated[Union[STAGE_CLASSES], Field(discriminator="kind")]  # noqa: UP007
@@ -25,4 +26,4 @@ Stage = Annotated[Union[STAGE_CLASSES], Field(discriminator="kind")]  # noqa: UP
 STAGE_KINDS: tuple[str, ...] = tuple(cls.model_fields["kind"].annotation.__args__[0] for cls in STAGE_CLASSES)
 
 __all__ = ["STAGE_CLASSES", "STAGE_KINDS", "BuildEngineStage", "DistillStage", "ExportONNXStage", "FinetuneStage",
-           "OptimizeONNXStage", "PTQStage", "PackageStage", "PruneStage", "Stage", "StageConfig"]
+           "OptimizeONNXStage", "PTQStage", "PackageStage", "PruneStage", "QATStage", "Stage", "StageConfig"]

@@ -1,32 +1,144 @@
-"""`ptq`: post-training INT8 quantization of an ONNX model with ONNX Runtime
-(dynamic: weights INT8 offline, activations quantized per batch at run time)."""
+"""`ptq`: post-training INT8 quantization of an ONNX model with ONNX Runtime.
+
+dynamic: weights INT8 offline, activations quantized per batch at run time.
+static: QuantizeLinear/DequantizeLinear pairs with activation ranges calibrated on
+train examples (MinMax, Entropy or Percentile); symmetric INT8, so TensorRT can take it.
+With max_accuracy_drop, the most sensitive layers are kept in float until the budget holds."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from compress.artifacts import Artifact, ONNXModel
 from compress.stages.base import StageConfig
 
+STATIC_ONLY = ("calibration", "calibration_samples", "percentile")
+
 
 class PTQStage(StageConfig):
     kind: Literal["ptq"]
-    mode: Literal["dynamic"] = Field("dynamic", description="Calibrated static Q/DQ arrives with the quantization work.")
+    mode: Literal["dynamic", "static"] = Field(
+        "dynamic", description="dynamic: activations quantized at run time; static: calibrated Q/DQ graph.")
+    calibration: Literal["MinMax", "Entropy", "Percentile"] | None = Field(
+        None, description="Static only: how activation ranges are calibrated (default MinMax).")
+    calibration_samples: int | None = Field(
+        None, ge=1, le=100_000, description="Static only: train examples run for calibration (default 128).")
+    percentile: float | None = Field(
+        None, gt=90, le=100, description="Percentile calibration only: the range covers this percentile (99.999).")
+    symmetric_activations: bool = Field(
+        True, description="Static: activation zero points 0 (TensorRT needs it); false: asymmetric, ORT only.")
     per_channel: bool = Field(False, description="Per-output-channel weight scales.")
     reduce_range: bool = Field(False, description="7-bit weights, for CPUs without VNNI.")
     op_types: list[str] | None = Field(
-        None, description="Operator types to quantize (default: MatMul, Attention, Gather).", min_length=1
-    )
-    exclude_nodes: list[str] = Field(default_factory=list, description="Node names kept in float.")
+        None, min_length=1,
+        description="Operator types to quantize (default dynamic: MatMul, Attention, Gather; static: MatMul, Gemm).")
+    nodes_to_exclude: list[str] = Field(default_factory=list, description="Node names kept in float.")
+    max_accuracy_drop: float | None = Field(
+        None, ge=0, le=1, description="Largest accuracy loss allowed (absolute, 0.01 = 1 point) against the "
+        "input model; beyond it the most sensitive layers stay float.")
+    budget_samples: int = Field(
+        256, ge=8, le=100_000, description="Eval examples the accuracy budget and layer sensitivity are measured on.")
 
     accepts = (ONNXModel,)
     produces = ONNXModel
 
-    def run(self, model: Artifact, ctx) -> ONNXModel:
-        from compress.onnx_quantize import quantize_dynamic_int8
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_fields(cls, data):
+        if isinstance(data, dict) and "exclude_nodes" in data:
+            raise ValueError("exclude_nodes is now nodes_to_exclude (ONNX Runtime's name for it)")
+        return data
 
-        quantized, coverage = quantize_dynamic_int8(model, ctx.artifact_dir, self)
-        ctx.record(int8_coverage=coverage)
+    @model_validator(mode="after")
+    def _static_fields_need_static(self):
+        if self.mode == "dynamic":
+            given = [f for f in STATIC_ONLY if getattr(self, f) is not None]
+            if given:
+                raise ValueError(f"{given[0]} applies to mode: static only (this ptq stage is mode: dynamic)")
+        if self.percentile is not None and self.calibration != "Percentile":
+            raise ValueError("percentile applies to calibration: Percentile only")
+        return self
+
+    @property
+    def calibration_method(self) -> str:
+        return self.calibration or "MinMax"
+
+    def run(self, model: Artifact, ctx) -> ONNXModel:
+        from compress.onnx_quantize import count_int8_coverage
+
+        quantize, cleanup = self._quantizer(model, ctx)
+        try:
+            if self.max_accuracy_drop is None:
+                quantized = quantize(ctx.artifact_dir, list(self.nodes_to_exclude), None)
+            else:
+                quantized = self._fit_budget(model, ctx, quantize)
+        finally:
+            cleanup()
+        ctx.record(int8_coverage=count_int8_coverage(quantized.onnx_path))
         return quantized
+
+    def _quantizer(self, model: ONNXModel, ctx):
+        """(quantize(out_dir, nodes_to_exclude, nodes_to_quantize) -> ONNXModel, cleanup)."""
+        from compress.onnx_quantize import StaticQuantizer, calibration_feeds, quantize_dynamic_int8
+
+        if self.mode == "dynamic":
+            return (lambda out, exclude, only: quantize_dynamic_int8(model, out, self, exclude, only)), lambda: None
+        from compress.data import encode
+        from compress.models import load_tokenizer
+
+        tokenizer = load_tokenizer(model.path, ctx.recipe.trust_remote_code)
+        train = ctx.splits.train
+        n = min(self.calibration_samples or 128, len(train))
+        encoded = encode(tokenizer, train.subset(list(range(n))), ctx.recipe.data.max_length)
+        input_names = _graph_inputs(model)
+        feeds = calibration_feeds(encoded, input_names, tokenizer.pad_token_id or 0)
+        ctx.record(calibration={"method": self.calibration_method, "samples": n, "source": "train split (first rows)",
+                                "percentile": (self.percentile or 99.999) if self.calibration == "Percentile" else None})
+        static = StaticQuantizer(model, self, feeds)
+        return static.quantize, static.cleanup
+
+    def _fit_budget(self, model: ONNXModel, ctx, quantize) -> ONNXModel:
+        """Quantize within max_accuracy_drop on a slice of the eval split, keeping the most
+        sensitive layers in float if needed; the final model is written to the stage directory."""
+        import shutil
+        import tempfile
+        from pathlib import Path
+
+        import numpy as np
+
+        from compress.evaluate import predict_logits
+        from compress.onnx_quantize import matrix_node_names
+        from compress.quant_budget import fit_accuracy_budget
+        from compress.runtimes import ORTSession
+
+        threads, batch = ctx.measure.threads, ctx.measure.eval_batch_size
+        encoded = ctx.encoded_eval(model)[: self.budget_samples]
+        labels = np.asarray(ctx.splits.eval.labels[: len(encoded)])
+        reference = predict_logits(ORTSession(model, threads), encoded, batch, "budget (float)")
+        scratch = Path(tempfile.mkdtemp(prefix="compress-budget-"))
+
+        def logits_with(exclude: list[str], only: list[str] | None) -> np.ndarray:
+            candidate = quantize(scratch / "candidate", exclude, only)
+            logits = predict_logits(ORTSession(candidate, threads), encoded, batch, "budget (int8)")
+            shutil.rmtree(scratch / "candidate", ignore_errors=True)
+            return logits
+
+        try:
+            candidates = matrix_node_names(model.onnx_path, self.op_types)
+            result = fit_accuracy_budget(logits_with, reference, labels, candidates,
+                                         list(self.nodes_to_exclude), self.max_accuracy_drop)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        ctx.record(accuracy_budget=result.record(float((reference.argmax(-1) == labels).mean()),
+                                                 self.max_accuracy_drop, len(encoded), list(self.nodes_to_exclude)))
+        return quantize(ctx.artifact_dir, result.excluded, None)
+
+
+def _graph_inputs(model: ONNXModel) -> list[str]:
+    import onnx
+
+    graph = onnx.load(str(model.onnx_path), load_external_data=False).graph
+    initializers = {t.name for t in graph.initializer}
+    return [i.name for i in graph.input if i.name not in initializers]

@@ -18,3 +18,135 @@ def test_unquantized_op_types_stay_float(tmp_path, tiny_classifier_dir):
     record = stage_json(run_tiny(tmp_path, tiny_classifier_dir, stages), "02-ptq")
     assert record["int8_coverage"]["int8_matmul_nodes"] > 0
     assert "QAttention" not in record["int8_coverage"]["int8_ops"]
+
+
+# ---------------------------------------------------------------------------- static Q/DQ
+
+import numpy as np
+import onnx
+import pytest
+
+from compress.errors import RecipeError
+from compress.onnx_quantize import count_int8_coverage
+from compress.recipe import load_recipe
+from compress.trt_engine import check_qdq_for_tensorrt
+
+STATIC = "\n  - kind: export_onnx\n  - kind: ptq\n    mode: static\n    calibration_samples: 16\n"
+
+
+@pytest.mark.parametrize("method", ["MinMax", "Entropy", "Percentile"])
+def test_static_qdq_with_each_calibration_method(tmp_path, tiny_classifier_dir, method):
+    run_dir = run_tiny(tmp_path, tiny_classifier_dir, STATIC + f"    calibration: {method}\n    per_channel: true\n")
+    record, fp32 = stage_json(run_dir, "02-ptq"), stage_json(run_dir, "01-export_onnx")
+    coverage = record["int8_coverage"]
+    # 2 layers x (Q, K, V, scores, context, attention output, FFN in, FFN out) + pooler + classifier
+    assert coverage["int8_matmul_nodes"] == 18 and coverage["float_matmul_nodes"] == 0
+    assert record["calibration"]["method"] == method and record["calibration"]["samples"] == 16
+    graph = onnx.load(str(run_dir / "02-ptq" / "model.onnx")).graph
+    ops = {n.op_type for n in graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops and "MatMulInteger" not in ops
+    assert check_qdq_for_tensorrt(run_dir / "02-ptq" / "model.onnx") == []  # symmetric int8
+    assert abs(record["accuracy"] - fp32["accuracy"]) <= 0.1
+
+
+def test_static_on_a_fused_graph_leaves_attention_float_and_says_so(tmp_path, tiny_classifier_dir):
+    stages = "\n  - kind: export_onnx\n  - kind: optimize_onnx\n  - kind: ptq\n    mode: static\n" \
+             "    calibration_samples: 8\n"
+    coverage = stage_json(run_tiny(tmp_path, tiny_classifier_dir, stages), "03-ptq")["int8_coverage"]
+    assert coverage["int8_matmul_nodes"] == 8  # FFN in/out, attention output ×2 layers, pooler, classifier
+    assert coverage["float_matmul_nodes"] == 2  # the fused Attention nodes: no Q/DQ kernel for them
+
+
+def test_nodes_to_exclude_stay_float(tmp_path, tiny_classifier_dir):
+    # 32 samples: ORT's CalibMaxIntermediateOutputs dropped MinMax data at exact multiples (not used)
+    stages = "\n  - kind: export_onnx\n  - kind: ptq\n    mode: static\n    calibration_samples: 32\n" \
+             "    nodes_to_exclude: [/classifier/Gemm]\n"
+    coverage = stage_json(run_tiny(tmp_path, tiny_classifier_dir, stages), "02-ptq")["int8_coverage"]
+    assert coverage["int8_matmul_nodes"] == 17 and coverage["float_matmul_nodes"] == 1
+
+
+# ---------------------------------------------------------------------------- accuracy budget
+
+SENSITIVE = "/bert/encoder/layer.1/output/dense/MatMul"
+
+
+def _pretend_one_layer_is_sensitive(monkeypatch):
+    """Real quantization, but the measurement flips every prediction whenever SENSITIVE runs
+    on dequantized inputs: the budget can only hold with that node in float."""
+    import compress.evaluate as evaluate
+
+    real = evaluate.predict_logits
+
+    def predict(session, encoded, batch_size, desc="evaluating"):
+        logits = real(session, encoded, batch_size, desc)
+        if not hasattr(session, "session"):  # a torch model: nothing quantized
+            return logits
+        graph = onnx.load(session.session._model_path).graph
+        producers = {o: n.op_type for n in graph.node for o in n.output}
+        node = next((n for n in graph.node if n.name == SENSITIVE), None)
+        if node is not None and producers.get(node.input[0]) == "DequantizeLinear":
+            return logits[:, ::-1].copy()
+        return logits
+
+    monkeypatch.setattr(evaluate, "predict_logits", predict)
+
+
+def test_budget_keeps_the_sensitive_layer_in_float(tmp_path, tiny_classifier_dir, monkeypatch):
+    _pretend_one_layer_is_sensitive(monkeypatch)
+    run_dir = run_tiny(tmp_path, tiny_classifier_dir, STATIC + "    max_accuracy_drop: 0.0\n    budget_samples: 16\n")
+    budget = stage_json(run_dir, "02-ptq")["accuracy_budget"]
+    assert budget["reference_accuracy"] != 0.5  # else flipping every prediction would not change accuracy
+    assert budget["searched"] and budget["met"]
+    assert budget["excluded_by_search"] == [SENSITIVE] == budget["nodes_to_exclude"]
+    assert next(iter(budget["sensitivity_top"])) == SENSITIVE
+    coverage = count_int8_coverage(run_dir / "02-ptq" / "model.onnx")
+    assert coverage["int8_matmul_nodes"] == 17 and coverage["float_matmul_nodes"] == 1
+
+
+def test_budget_already_met_searches_nothing(tmp_path, tiny_classifier_dir):
+    run_dir = run_tiny(tmp_path, tiny_classifier_dir, STATIC + "    max_accuracy_drop: 1.0\n    budget_samples: 16\n")
+    budget = stage_json(run_dir, "02-ptq")["accuracy_budget"]
+    assert budget["met"] and not budget["searched"] and budget["nodes_to_exclude"] == []
+
+
+def test_budget_search_order_and_clear_failure():
+    from compress.errors import StageError
+    from compress.quant_budget import fit_accuracy_budget
+
+    labels = np.array([0, 1, 0, 1])
+    reference = np.eye(2)[labels]
+    harm = {"a": 1, "b": 3, "c": 0}  # predictions each quantized node flips
+
+    def logits_with(exclude, only):
+        flips = sum(h for n, h in harm.items() if n not in exclude and (only is None or n in only))
+        out = reference.copy()
+        out[: min(flips, 4)] = out[: min(flips, 4), ::-1]
+        return out
+
+    result = fit_accuracy_budget(logits_with, reference, labels, ["a", "b", "c"], [], max_drop=0.25)
+    assert result.excluded == ["b"] and result.accuracy == 0.75
+    assert max(result.sensitivity, key=result.sensitivity.get) == "b"
+    harm["d"] = 2  # a quantized node the search may not exclude
+    with pytest.raises(StageError, match=r"max_accuracy_drop 0 not reached.*best INT8 model 0.5000"):
+        fit_accuracy_budget(logits_with, reference, labels, ["a", "b", "c"], [], max_drop=0.0)
+
+
+# ---------------------------------------------------------------------------- bad configs
+
+
+@pytest.mark.parametrize("fields, message", [
+    ("mode: dynamic\n    calibration: Entropy", "stages[1]: calibration applies to mode: static only"),
+    ("mode: static\n    calibration: Histogram", "stages[1].calibration: Input should be 'MinMax'"),
+    ("mode: static\n    calibration_samples: 0", "stages[1].calibration_samples: Input should be greater than"),
+    ("mode: static\n    percentile: 99.9", "stages[1]: percentile applies to calibration: Percentile only"),
+    ("max_accuracy_drop: -0.1", "stages[1].max_accuracy_drop: Input should be greater than or equal to 0"),
+    ("exclude_nodes: [x]", "stages[1]: exclude_nodes is now nodes_to_exclude"),
+])
+def test_bad_ptq_configs_name_the_field(recipe_dir, fields, message):
+    from tests.conftest import tiny_recipe_text
+
+    path = recipe_dir / "recipe.yaml"
+    path.write_text(tiny_recipe_text(stages=f"\n  - kind: export_onnx\n  - kind: ptq\n    {fields}\n"))
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    assert message in str(err.value) and "\n" not in str(err.value)

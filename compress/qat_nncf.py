@@ -1,0 +1,176 @@
+"""The qat stage's work: NNCF set-up that survives a fresh machine, calibration,
+training through the shared loop (with optional logit distillation), strip, Q/DQ export,
+parity against the torch QAT model and the accuracy-budget check."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from compress.artifacts import ONNXModel, TorchModel, copy_sidecar_files
+from compress.errors import StageError
+
+log = logging.getLogger(__name__)
+
+# NNCF JIT-compiles a C++ extension on first use (45-60 s on 2 cores) under a 60 s load
+# time-out: a first run on a fresh machine would fail. A compiler error already falls back
+# to NNCF's pure-torch functions; the time-out does not, so it is raised here.
+EXTENSION_LOAD_TIMEOUT_S = "900"
+STALE_LOCK_S = 20 * 60  # a build holding the lock longer than this was killed
+
+
+def prepare_nncf_environment() -> None:
+    os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", EXTENSION_LOAD_TIMEOUT_S)
+    os.environ.setdefault("NNCF_CI", "1")  # no telemetry: nothing beyond the package registries is reachable
+    try:
+        from nncf.torch.quantization.extensions import QuantizedFunctionsCPULoader
+    except ImportError:  # layout of another NNCF version: nothing to clean
+        return
+    lock = Path(QuantizedFunctionsCPULoader.get_build_dir()) / "lock"
+    # torch's extension builder waits forever on a lock file left by a killed build
+    if lock.is_file() and time.time() - lock.stat().st_mtime > STALE_LOCK_S:
+        log.warning("removing a stale NNCF extension build lock %s", lock)
+        lock.unlink(missing_ok=True)
+
+
+def quantize_with_nncf(net, batches: list[dict], stage):
+    import nncf
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, QuantizationParameters
+
+    preset = nncf.QuantizationPreset.PERFORMANCE if stage.preset == "performance" else nncf.QuantizationPreset.MIXED
+    advanced = AdvancedQuantizationParameters(
+        weights_quantization_params=QuantizationParameters(per_channel=stage.per_channel))
+    try:
+        return nncf.quantize(net, nncf.Dataset(batches), preset=preset, model_type=nncf.ModelType.TRANSFORMER,
+                             subset_size=len(batches), advanced_parameters=advanced)
+    except Exception as e:
+        if type(e).__name__ == "ExtensionLoaderTimeoutException":
+            raise StageError(f"NNCF's C++ extension did not build in time: {str(e).splitlines()[0]} "
+                             f"(raise NNCF_EXTENSION_LOAD_TIMEOUT or clear the build directory)") from e
+        raise
+
+
+def distillation_loss(weight: float, temperature: float, teacher):
+    """loss_fn for train_loop: (1 - w) * cross-entropy + w * T² * KL(teacher || student)."""
+    import torch
+    import torch.nn.functional as F
+
+    def loss_fn(model, batch):
+        out = model(**batch)
+        if not weight:
+            return out.loss
+        with torch.no_grad():
+            target = teacher(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        kl = F.kl_div(F.log_softmax(out.logits / temperature, -1), F.log_softmax(target / temperature, -1),
+                      log_target=True, reduction="batchmean")
+        return (1 - weight) * out.loss + weight * temperature**2 * kl
+
+    return loss_fn
+
+
+class _TorchLogits:
+    """A Session over an in-memory torch model, for predict_logits."""
+
+    def __init__(self, net, input_names: list[str], pad_id: int):
+        self.net, self.input_names, self.pad_id = net, input_names, pad_id
+
+    def run(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            return self.net(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits.numpy()
+
+
+def run_qat(stage, model: TorchModel, ctx) -> ONNXModel:
+    import torch
+    from accelerate.utils import set_seed
+
+    from compress.evaluate import predict_logits
+    from compress.models import load_classifier, load_tokenizer
+    from compress.onnx_quantize import count_int8_coverage
+    from compress.parity import compare_logits
+    from compress.qdq_export import export_qdq_onnx
+    from compress.runtimes import ORTSession
+    from compress.training import (accuracy_eval, classification_collate, classification_examples,
+                                   split_validation, train_loop)
+    from compress.trt_engine import check_qdq_for_tensorrt
+
+    prepare_nncf_environment()
+    seed = stage.seed if stage.seed is not None else ctx.recipe.data.seed
+    set_seed(seed)
+    torch.set_num_threads(ctx.measure.threads)
+    net = load_classifier(model.path, ctx.splits.label_names, ctx.recipe.trust_remote_code)
+    tokenizer = load_tokenizer(model.path, ctx.recipe.trust_remote_code)
+    collate = classification_collate(tokenizer)
+    examples = classification_examples(tokenizer, ctx.splits.train, ctx.recipe.data.max_length)
+    train, validation = split_validation(examples, stage, seed)
+
+    calibration = [_without_labels(collate([e])) for e in train[: stage.calibration_samples]]
+    started = time.perf_counter()
+    qnet = quantize_with_nncf(net, calibration, stage)
+    calibrated_s = time.perf_counter() - started
+    teacher = load_classifier(model.path, ctx.splits.label_names, ctx.recipe.trust_remote_code) \
+        if stage.distill_weight else None
+    result = train_loop(
+        qnet, train, collate, stage, loss_fn=distillation_loss(stage.distill_weight, stage.temperature, teacher),
+        eval_fn=accuracy_eval(validation, collate) if validation else None,
+        checkpoint_dir=None, resume_key=ctx.fingerprint, seed=seed, desc="qat",
+    )
+    import nncf
+
+    example = _without_labels(collate(train[:2]))
+    stripped = nncf.strip(result.model.eval(), do_copy=True, example_input=example)
+    out = ONNXModel(ctx.artifact_dir)
+    ctx.artifact_dir.mkdir(parents=True, exist_ok=True)
+    input_names = export_qdq_onnx(stripped, example, out.onnx_path, stage.opset)
+    copy_sidecar_files(model.path, ctx.artifact_dir)
+    tokenizer.save_pretrained(ctx.artifact_dir)
+
+    encoded = ctx.encoded_eval(out)[: stage.parity_samples]
+    pad_id = tokenizer.pad_token_id or 0
+    torch_logits = predict_logits(_TorchLogits(stripped, input_names, pad_id), encoded, 16, "parity (torch qat)")
+    onnx_logits = predict_logits(ORTSession(out, ctx.measure.threads), encoded, 16, "parity (onnx qat)")
+    parity = {**compare_logits(torch_logits, onnx_logits), "atol": stage.atol, "examples": len(encoded)}
+    problems = check_qdq_for_tensorrt(out.onnx_path)
+    ctx.record(
+        qat={"preset": stage.preset, "per_channel": stage.per_channel, "calibration_samples": len(calibration),
+             "calibration_seconds": round(calibrated_s, 1), "distill_weight": stage.distill_weight,
+             "temperature": stage.temperature if stage.distill_weight else None},
+        training=result.record(stage.batch_size, stage.gradient_accumulation_steps, seed),
+        parity=parity, int8_coverage=count_int8_coverage(out.onnx_path),
+        tensorrt_qdq={"ok": not problems, "problems": problems[:5], "problem_count": len(problems)},
+    )
+    if parity["max_abs_diff"] > stage.atol:
+        raise StageError(f"qat export parity failed: max |logit difference| {parity['max_abs_diff']:.3g} > atol "
+                         f"{stage.atol:g} between the torch QAT model and ONNX on {len(encoded)} eval examples")
+    if stage.max_accuracy_drop is not None:
+        _check_budget(stage, model, out, ctx)
+    return out
+
+
+def _without_labels(batch: dict) -> dict:
+    return {k: v for k, v in batch.items() if k != "labels"}
+
+
+def _check_budget(stage, model: TorchModel, quantized: ONNXModel, ctx) -> None:
+    from compress.evaluate import predict_logits
+    from compress.quant_budget import EPSILON, accuracy_of
+    from compress.runtimes import ORTSession, TorchSession
+
+    encoded = ctx.encoded_eval(quantized)[: stage.budget_samples]
+    labels = np.asarray(ctx.splits.eval.labels[: len(encoded)])
+    batch = ctx.measure.eval_batch_size
+    reference = accuracy_of(predict_logits(TorchSession(model, ctx.measure.threads), encoded, batch), labels)
+    reached = accuracy_of(predict_logits(ORTSession(quantized, ctx.measure.threads), encoded, batch), labels)
+    met = reference - reached <= stage.max_accuracy_drop + EPSILON
+    ctx.record(accuracy_budget={"max_accuracy_drop": stage.max_accuracy_drop, "slice_examples": len(encoded),
+                                "reference_accuracy": round(reference, 5), "quantized_accuracy": round(reached, 5),
+                                "drop": round(reference - reached, 5), "met": met})
+    if not met:
+        raise StageError(f"max_accuracy_drop {stage.max_accuracy_drop:g} not reached: the input model scores "
+                         f"{reference:.4f} on the {len(encoded)}-example budget slice and the QAT INT8 model "
+                         f"{reached:.4f}; train longer, add distill_weight, or raise max_accuracy_drop")

@@ -1,0 +1,101 @@
+"""Export a quantization-aware torch model (NNCF, stripped) to an ONNX graph with
+explicit QuantizeLinear/DequantizeLinear pairs, then tidy it so that every quantized
+weight is initializer → Q → DQ → MatMul/Gemm: the shape ONNX Runtime's Q/DQ fusions
+and TensorRT's explicit quantization look for.
+
+The legacy (TorchScript) exporter is the one that turns NNCF's fake quantization into
+Q/DQ; exporting an unstripped model instead emits FakeQuantize ops that ORT rejects."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+ENCODER_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def export_qdq_onnx(model, example: dict, out_path: Path, opset: int) -> list[str]:
+    """Export `model` (a sequence classifier) with dynamic batch and sequence axes;
+    returns the graph's input names."""
+    import torch
+
+    names = [n for n in ENCODER_INPUTS if n in example]
+
+    class Logits(torch.nn.Module):  # positional inputs in a fixed order, logits out
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, *tensors):
+            return self.inner(**dict(zip(names, tensors))).logits
+
+    axes = {n: {0: "batch", 1: "sequence"} for n in names} | {"logits": {0: "batch"}}
+    with torch.no_grad():
+        torch.onnx.export(
+            Logits(model).eval(), tuple(example[n] for n in names), str(out_path),
+            input_names=names, output_names=["logits"], dynamic_axes=axes,
+            opset_version=opset, do_constant_folding=True, dynamo=False,
+        )
+    tidy_qdq_graph(out_path)
+    return names
+
+
+def tidy_qdq_graph(onnx_path: Path) -> dict:
+    """In place: route Identity-of-initializer edges to the initializer (the exporter
+    dedupes equal zero points that way, which hides that they are constants), and fold
+    `Q → DQ → Transpose` on a weight into a transposed initializer (F.linear exports its
+    weight transposed after the fake quantization). Returns what was folded."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(onnx_path))
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    # Identity(initializer) → the initializer itself
+    removed, identities = [], 0
+    outputs = {o.name for o in graph.output}
+    for node in graph.node:
+        if node.op_type == "Identity" and node.input[0] in inits and node.output[0] not in outputs:
+            for user in consumers.get(node.output[0], []):
+                user.input[:] = [node.input[0] if i == node.output[0] else i for i in user.input]
+            removed.append(node)
+            identities += 1
+
+    # W → Q → DQ → Transpose([1, 0]) → users   becomes   W.T → Q → DQ → users
+    transposes = 0
+    by_output = {o: n for n in graph.node for o in n.output}
+    for node in graph.node:
+        if node.op_type != "Transpose" or node in removed:
+            continue
+        dq = by_output.get(node.input[0])
+        q = by_output.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        if q is None or q.op_type != "QuantizeLinear" or q.input[0] not in inits:
+            continue
+        perm = [a.ints for a in node.attribute if a.name == "perm"]
+        weight = inits[q.input[0]]
+        if len(weight.dims) != 2 or (perm and list(perm[0]) != [1, 0]):
+            continue
+        if any(len(consumers.get(t, [])) != 1 for t in (q.input[0], q.output[0], dq.output[0])):
+            continue  # shared: transposing in place would change another user
+        weight.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(numpy_helper.to_array(weight).T), weight.name))
+        for qdq in (q, dq):
+            for attr in qdq.attribute:
+                if attr.name == "axis":
+                    attr.i = 1 - (attr.i % 2)  # the channel axis moves with the transpose
+        for user in consumers.get(node.output[0], []):
+            user.input[:] = [dq.output[0] if i == node.output[0] else i for i in user.input]
+        removed.append(node)
+        transposes += 1
+
+    for node in removed:
+        graph.node.remove(node)
+    onnx.save(model, str(onnx_path))
+    return {"identities_folded": identities, "weight_transposes_folded": transposes}

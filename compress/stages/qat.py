@@ -1,0 +1,52 @@
+"""`qat`: quantization-aware training with NNCF, exported as an explicit Q/DQ ONNX model.
+
+nncf.quantize inserts fake quantizers calibrated on train examples; the shared training
+loop then fine-tunes through them (optionally distilling the float model's logits);
+nncf.strip turns the quantizers into torch's own fake-quantize ops, which the legacy ONNX
+exporter writes as QuantizeLinear/DequantizeLinear pairs (ONNX Runtime runs them as INT8;
+with the symmetric `performance` preset TensorRT takes them as explicit quantization)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from compress.artifacts import Artifact, ONNXModel, TorchModel
+from compress.stages.base import StageConfig, TrainingSchedule
+
+
+class QATStage(StageConfig, TrainingSchedule):
+    kind: Literal["qat"]
+    learning_rate: float = Field(2e-5, gt=0, lt=1, description="Lower than fine-tuning: the model is trained.")
+    preset: Literal["performance", "mixed"] = Field(
+        "performance", description="performance: symmetric INT8 everywhere (TensorRT-ready); "
+        "mixed: asymmetric activations (ONNX Runtime only).")
+    per_channel: bool = Field(True, description="Per-output-channel weight scales.")
+    calibration_samples: int = Field(128, ge=1, le=100_000, description="Train examples for the initial ranges.")
+    distill_weight: float = Field(
+        0.0, ge=0, le=1, description="Weight of the KL loss to the float model's logits (0: labels only).")
+    temperature: float = Field(2.0, gt=0, le=100, description="Softmax temperature of the distillation loss.")
+    opset: int = Field(17, ge=13, le=21, description="ONNX opset (13+: per-channel Q/DQ).")
+    atol: float = Field(0.05, gt=0, description="Max |logit difference| between the torch QAT model and ONNX.")
+    parity_samples: int = Field(128, ge=1)
+    max_accuracy_drop: float | None = Field(
+        None, ge=0, le=1, description="Fail when the ONNX model loses more accuracy than this against the "
+        "input model on the budget slice (no layer search: that would retrain).")
+    budget_samples: int = Field(256, ge=8, le=100_000)
+
+    accepts = (TorchModel,)
+    produces = ONNXModel
+    trains = True
+
+    @model_validator(mode="after")
+    def _no_resume(self):
+        if self.checkpoint_every is not None:
+            raise ValueError("checkpoint_every is not supported by qat (NNCF's quantizer state is not resumable "
+                             "here); remove it, a failed qat stage reruns from its start")
+        return self
+
+    def run(self, model: Artifact, ctx) -> ONNXModel:
+        from compress.qat_nncf import run_qat
+
+        return run_qat(self, model, ctx)

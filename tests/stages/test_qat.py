@@ -1,0 +1,106 @@
+"""qat: NNCF quantization-aware training on the tiny model, exported as explicit Q/DQ ONNX."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from compress.errors import RecipeError, StageError
+from compress.recipe import load_recipe
+from tests.conftest import tiny_recipe_text
+from tests.helpers import run_tiny, stage_json
+
+QAT = "\n  - kind: qat\n    max_steps: 3\n    batch_size: 8\n    calibration_samples: 8\n"
+
+
+def _producers(graph) -> dict:
+    return {o: n for n in graph.node for o in n.output}
+
+
+def test_qat_exports_qdq_pairs_that_onnx_runtime_runs(tmp_path, tiny_classifier_dir):
+    run_dir = run_tiny(tmp_path, tiny_classifier_dir, QAT + "    distill_weight: 0.5\n")
+    record = stage_json(run_dir, "01-qat")
+    assert record["artifact"] == "onnx" and record["training"]["steps"] == 3
+    assert record["parity"]["max_abs_diff"] < 1e-3 and record["parity"]["label_agreement"] == 1.0
+    assert record["tensorrt_qdq"]["ok"]  # performance preset: symmetric int8, zero points 0
+    model = onnx.load(str(run_dir / "01-qat" / "model.onnx"))
+    assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 13
+    ops = [n.op_type for n in model.graph.node]
+    assert "FakeQuantize" not in ops and ops.count("QuantizeLinear") == ops.count("DequantizeLinear") > 0
+    # every Linear: float initializer -> Q -> DQ -> MatMul/Gemm (no Transpose between: ORT fuses it to INT8)
+    inits, producers = {t.name for t in model.graph.initializer}, _producers(model.graph)
+    linear = [n for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and
+              producers.get(n.input[1]) is not None and producers[n.input[1]].op_type == "DequantizeLinear"
+              and producers[producers[n.input[1]].input[0]].input[0] in inits]
+    assert len(linear) == 2 * 6 + 2  # Q, K, V, attention output, FFN in, FFN out per layer; pooler; classifier
+    assert record["int8_coverage"]["int8_matmul_nodes"] == 14
+
+
+def test_qat_onnx_matches_the_torch_qat_model(tiny_classifier_dir):
+    """The export path alone: ORT on the exported graph against the stripped torch model."""
+    import nncf
+    import onnxruntime as ort
+    import torch
+
+    from compress.models import load_classifier
+    from compress.qat_nncf import prepare_nncf_environment, quantize_with_nncf
+    from compress.qdq_export import export_qdq_onnx
+    from compress.stages.qat import QATStage
+
+    prepare_nncf_environment()
+    torch.manual_seed(0)
+    net = load_classifier(tiny_classifier_dir)
+    batches = [{"input_ids": torch.randint(1000, 3000, (1, 6 + i)), "attention_mask": torch.ones(1, 6 + i, dtype=torch.long),
+                "token_type_ids": torch.zeros(1, 6 + i, dtype=torch.long)} for i in range(4)]
+    qnet = quantize_with_nncf(net, batches, QATStage(kind="qat", per_channel=False))
+    stripped = nncf.strip(qnet.eval(), do_copy=True, example_input=batches[0])
+    path = tiny_classifier_dir.parent / "qat-direct.onnx"
+    export_qdq_onnx(stripped, batches[0], path, opset=17)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    batch = {"input_ids": torch.randint(1000, 3000, (3, 9)), "attention_mask": torch.ones(3, 9, dtype=torch.long),
+             "token_type_ids": torch.zeros(3, 9, dtype=torch.long)}  # another batch and length: dynamic axes
+    with torch.no_grad():
+        expected = stripped(**batch).logits.numpy()
+    got = session.run(None, {k: v.numpy() for k, v in batch.items()})[0]
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    with torch.no_grad():
+        float_logits = net(**batch).logits.numpy()
+    assert not np.allclose(got, float_logits, atol=1e-7)  # the quantizers really act
+
+
+def test_mixed_preset_is_flagged_for_tensorrt(tmp_path, tiny_classifier_dir):
+    record = stage_json(run_tiny(tmp_path, tiny_classifier_dir, QAT + "    preset: mixed\n"), "01-qat")
+    assert not record["tensorrt_qdq"]["ok"] and "asymmetric" in record["tensorrt_qdq"]["problems"][0]
+    assert record["parity"]["max_abs_diff"] < 1e-3  # ORT still runs it
+
+
+def test_qat_budget_miss_fails_with_the_numbers(tmp_path, tiny_classifier_dir, monkeypatch):
+    import compress.quant_budget as quant_budget
+
+    scores = iter([0.9, 0.5])  # the input model, then the INT8 model
+    monkeypatch.setattr(quant_budget, "accuracy_of", lambda logits, labels: next(scores))
+    with pytest.raises(StageError, match=r"max_accuracy_drop 0.01 not reached.*scores 0.9000.*QAT INT8 model 0.5000"):
+        run_tiny(tmp_path, tiny_classifier_dir, QAT + "    max_accuracy_drop: 0.01\n")
+
+
+@pytest.mark.parametrize("fields, message", [
+    ("checkpoint_every: 10", "stages[0]: checkpoint_every is not supported by qat"),
+    ("preset: symmetric", "stages[0].preset: Input should be 'performance' or 'mixed'"),
+    ("distill_weight: 1.5", "stages[0].distill_weight: Input should be less than or equal to 1"),
+    ("opset: 11", "stages[0].opset: Input should be greater than or equal to 13"),
+    ("temperature: 0", "stages[0].temperature: Input should be greater than 0"),
+])
+def test_bad_qat_configs_name_the_field(recipe_dir, fields, message):
+    path = recipe_dir / "recipe.yaml"
+    path.write_text(tiny_recipe_text(stages=f"\n  - kind: qat\n    {fields}\n"))
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_qat_needs_a_torch_model(recipe_dir):
+    path = recipe_dir / "recipe.yaml"
+    path.write_text(tiny_recipe_text(stages="\n  - kind: export_onnx\n  - kind: qat\n"))
+    with pytest.raises(RecipeError, match=r"stages\[1\] \(qat\) takes a torch model but gets an ONNX model"):
+        load_recipe(path)
