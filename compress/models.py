@@ -155,6 +155,26 @@ def label_names_of(path: Path) -> list[str] | None:
     return [id2label[str(i)] for i in range(len(id2label))]
 
 
+def self_attention(layer):
+    """The module holding a block's heads: `attention.self` in BERT-style encoders,
+    `attention.attn` in MPNet."""
+    attention = layer.attention
+    return attention.self if hasattr(attention, "self") else attention.attn
+
+
+def heads_output_projection(layer):
+    """The Linear whose input is the concatenation of the heads' contexts (gated per head
+    for importance): BERT's attention.output.dense, MPNet's attention.attn.o."""
+    attention = layer.attention
+    return attention.output.dense if hasattr(attention, "output") else attention.attn.o
+
+
+def heads_prunable(model) -> bool:
+    """MPNet computes one relative position bias for all heads of all layers: removing heads
+    from one layer would no longer match it, so its heads stay (FFN neurons and layers can go)."""
+    return not hasattr(model.base_model.encoder, "relative_attention_bias")
+
+
 def model_structure(model) -> dict | None:
     """Layers, attention heads and FFN width per layer of a BERT-style encoder (None otherwise)."""
     layers = getattr(getattr(getattr(model, "base_model", None), "encoder", None), "layer", None)
@@ -163,7 +183,7 @@ def model_structure(model) -> dict | None:
     return {
         "layers": len(layers),
         "hidden_size": model.config.hidden_size,
-        "heads_per_layer": [layer.attention.self.num_attention_heads for layer in layers],
+        "heads_per_layer": [self_attention(layer).num_attention_heads for layer in layers],
         "ffn_per_layer": [layer.intermediate.dense.out_features for layer in layers],
     }
 

@@ -1,8 +1,8 @@
-"""Pruning for BERT-style encoders.
+"""Pruning for BERT-style encoders (BERT, MiniLM, MPNet).
 
 Structured: Taylor importance (|Σ gradient × activation|, accumulated over train batches) of
 every attention head, FFN neuron and layer, measured through gates of value 1 hooked onto
-the head outputs, the FFN activations and each layer's residual update (the gradient of a
+the heads' contexts (the input of the attention output projection), the FFN activations and each layer's residual update (the gradient of a
 gate is exactly that sum). The least important units are then removed physically:
 transformers' prune_heads for heads, prune_linear_layer for FFN neurons, and the layer list
 for whole layers. Per-layer FFN widths go into config.json (FFN_WIDTHS_KEY) so that
@@ -21,7 +21,7 @@ import torch
 
 from compress.distill import encoder_layers, keep_encoder_layers_, model_inputs
 from compress.errors import StageError
-from compress.models import FFN_WIDTHS_KEY
+from compress.models import FFN_WIDTHS_KEY, heads_output_projection, self_attention
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +38,13 @@ class Importance:
 
 
 def _gate_heads(gate: torch.Tensor, n_heads: int):
-    def hook(module, args, output):
-        context = output[0]
-        b, s, width = context.shape
-        gated = (context.view(b, s, n_heads, width // n_heads) * gate[:, None]).view(b, s, width)
-        return (gated, *output[1:])
+    """A forward pre-hook on the attention output projection, whose input is the heads'
+    contexts side by side: the same place in BERT and MPNet blocks."""
+    def hook(module, args):
+        context = args[0]
+        *lead, width = context.shape
+        gated = (context.view(*lead, n_heads, width // n_heads) * gate[:, None]).view(*lead, width)
+        return (gated, *args[1:])
 
     return hook
 
@@ -63,7 +65,7 @@ def taylor_importance(model, batches) -> Importance:
     """Score every head, FFN neuron and layer of `model` on labelled `batches` (dropout off,
     weights untouched). A unit whose output never reaches the loss scores exactly 0."""
     layers = encoder_layers(model)
-    head_gates = [torch.ones(layer.attention.self.num_attention_heads, requires_grad=True) for layer in layers]
+    head_gates = [torch.ones(self_attention(layer).num_attention_heads, requires_grad=True) for layer in layers]
     ffn_gates = [torch.ones(layer.intermediate.dense.out_features, requires_grad=True) for layer in layers]
     layer_gates = [torch.ones((), requires_grad=True) for _ in layers]
     scores = Importance([torch.zeros_like(g) for g in head_gates], [torch.zeros_like(g) for g in ffn_gates],
@@ -73,7 +75,7 @@ def taylor_importance(model, batches) -> Importance:
     handles = []
     try:
         for layer, hg, fg, lg in zip(layers, head_gates, ffn_gates, layer_gates):
-            handles.append(layer.attention.self.register_forward_hook(_gate_heads(hg, len(hg))))
+            handles.append(heads_output_projection(layer).register_forward_pre_hook(_gate_heads(hg, len(hg))))
             handles.append(layer.intermediate.register_forward_hook(_gate_ffn(fg)))
             handles.append(layer.register_forward_hook(_gate_layer(lg)))
         for batch in batches:
@@ -155,9 +157,9 @@ def unit_costs(model) -> tuple[int, int]:
     return 4 * head_dim * cfg.hidden_size + 3 * head_dim, 2 * cfg.hidden_size + 1
 
 
-def plan_budget(model, imp: Importance, max_parameters: int) -> PrunePlan:
-    """Remove heads and neurons, least important per parameter first, until the model has
-    at most max_parameters (layers are kept; at least one head and neuron per layer)."""
+def plan_budget(model, imp: Importance, max_parameters: int, heads: bool = True) -> PrunePlan:
+    """Remove heads (unless heads=False) and neurons, least important per parameter first, until
+    the model has at most max_parameters (layers are kept; at least one head and neuron per layer)."""
     now = sum(p.numel() for p in model.parameters())
     head_cost, neuron_cost = unit_costs(model)
     heads, ffn = _normalised(imp.heads), _normalised(imp.ffn)
@@ -165,7 +167,7 @@ def plan_budget(model, imp: Importance, max_parameters: int) -> PrunePlan:
     head_mean = torch.cat(heads).mean().clamp_min(1e-12)
     ffn_mean = torch.cat(ffn).mean().clamp_min(1e-12)
     units = [(float(s / head_mean) / head_cost, "heads", i, j, head_cost)
-             for i, row in enumerate(heads) for j, s in enumerate(row)]
+             for i, row in enumerate(heads) for j, s in enumerate(row)] if heads else []
     units += [(float(s / ffn_mean) / neuron_cost, "ffn", i, j, neuron_cost)
               for i, row in enumerate(ffn) for j, s in enumerate(row)]
     plan = PrunePlan([], {i: [] for i in range(len(heads))}, {i: [] for i in range(len(ffn))})

@@ -8,20 +8,22 @@ import pytest
 import torch
 
 from compress.errors import StageError
-from compress.models import FFN_WIDTHS_KEY, load_classifier, model_structure
+from compress.models import FFN_WIDTHS_KEY, heads_output_projection, load_classifier, model_structure
 from compress.pruning import (PrunePlan, apply_plan_, cubic_sparsity, magnitude_prune_, plan_budget, plan_fractions,
                               sparsity_of, start_masks_, taylor_importance)
 
 HEAD_DIM = 8
 
 
-def _model(layers=2, heads=4, ffn=64):
-    from transformers import BertConfig, BertForSequenceClassification
+def _model(layers=2, heads=4, ffn=64, arch="bert"):
+    from transformers import BertConfig, BertForSequenceClassification, MPNetConfig, MPNetForSequenceClassification
 
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=100, hidden_size=HEAD_DIM * heads, num_hidden_layers=layers, num_attention_heads=heads,
-                     intermediate_size=ffn, max_position_embeddings=32, num_labels=2)
-    return BertForSequenceClassification(cfg).eval()
+    config_class, model_class = {"bert": (BertConfig, BertForSequenceClassification),
+                                 "mpnet": (MPNetConfig, MPNetForSequenceClassification)}[arch]
+    cfg = config_class(vocab_size=100, hidden_size=HEAD_DIM * heads, num_hidden_layers=layers, num_attention_heads=heads,
+                       intermediate_size=ffn, max_position_embeddings=32, num_labels=2)
+    return model_class(cfg).eval()
 
 
 def _batches(n=3, seed=0):
@@ -36,9 +38,9 @@ def _silence_(model, heads: dict[int, list[int]], neurons: dict[int, list[int]])
     with torch.no_grad():
         for i, hs in heads.items():
             for h in hs:
-                model.bert.encoder.layer[i].attention.output.dense.weight[:, h * HEAD_DIM:(h + 1) * HEAD_DIM] = 0
+                heads_output_projection(model.base_model.encoder.layer[i]).weight[:, h * HEAD_DIM:(h + 1) * HEAD_DIM] = 0
         for i, ns in neurons.items():
-            model.bert.encoder.layer[i].output.dense.weight[:, ns] = 0
+            model.base_model.encoder.layer[i].output.dense.weight[:, ns] = 0
 
 
 def _logits(model, batch):
@@ -64,6 +66,35 @@ def test_pruning_zero_importance_units_leaves_outputs_unchanged(scope):
     assert model_structure(model)["heads_per_layer"] == [3, 3]
     assert model_structure(model)["ffn_per_layer"] == [60, 60]
     assert sum(p.numel() for p in model.parameters()) < params  # physically smaller
+
+
+def test_mpnet_ffn_and_layer_pruning_keeps_outputs_and_round_trips(tmp_path):
+    """MPNet (the headline teacher's architecture): zero-importance FFN neurons and a do-nothing
+    layer go without changing the logits; the non-uniform widths reload exactly. Its heads
+    share one relative position bias, so head pruning is refused (heads_prunable)."""
+    from compress.models import heads_prunable
+
+    model = _model(layers=3, arch="mpnet")
+    silent_neurons = {0: [3, 7, 11, 20], 2: [0, 1, 40, 63]}
+    _silence_(model, {}, silent_neurons)
+    with torch.no_grad():  # layer 1 adds nothing to the residual stream
+        layer = model.base_model.encoder.layer[1]
+        for linear in (heads_output_projection(layer), layer.output.dense):
+            linear.weight.zero_()
+            linear.bias.zero_()
+    assert not heads_prunable(model) and heads_prunable(_model())
+    imp = taylor_importance(model, _batches())
+    plan = plan_fractions(imp, heads=0, ffn=4 / 64, n_layers=1, scope="per_layer")
+    assert plan.layers == [1] and {i: v for i, v in plan.ffn.items() if i != 1} == silent_neurons
+    batch = _batches(1, seed=5)[0]
+    before = _logits(model, batch)
+    apply_plan_(model, plan)
+    torch.testing.assert_close(_logits(model, batch), before, atol=1e-5, rtol=1e-5)
+    assert model_structure(model)["ffn_per_layer"] == [60, 60] and model_structure(model)["layers"] == 2
+    model.config.id2label, model.config.label2id = {0: "neg", 1: "pos"}, {"neg": 0, "pos": 1}
+    model.save_pretrained(tmp_path / "pruned")
+    reloaded = load_classifier(tmp_path / "pruned")
+    torch.testing.assert_close(_logits(reloaded, batch), before, atol=1e-5, rtol=1e-5)
 
 
 def test_least_important_layer_is_the_one_removed():

@@ -17,6 +17,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from compress.artifacts import Artifact, TorchModel
+from compress.errors import StageError
 from compress.stages.base import StageConfig, TrainingSchedule
 
 log = logging.getLogger(__name__)
@@ -106,14 +107,17 @@ class PruneStage(StageConfig, TrainingSchedule):
     def _structured(self, net, examples, collate, ctx, seed, artifact):
         import copy
 
-        from compress.models import model_structure
+        from compress.models import heads_prunable, model_structure
         from compress.pruning import apply_plan_, plan_budget, plan_fractions, taylor_importance
 
+        if self.heads and not heads_prunable(net):
+            raise StageError(f"prune.heads: {type(net).__name__} shares one relative position bias across all "
+                             "its heads, so heads cannot be removed; prune ffn and layers (or use max_parameters)")
         order = _seeded_order(len(examples), seed)
         n = min(len(examples), self.importance_batches * self.batch_size)
         batches = [collate([examples[i] for i in order[s : s + self.batch_size]]) for s in range(0, n, self.batch_size)]
         imp = taylor_importance(net, batches)
-        plan = (plan_budget(net, imp, self.max_parameters) if self.max_parameters
+        plan = (plan_budget(net, imp, self.max_parameters, heads=heads_prunable(net)) if self.max_parameters
                 else plan_fractions(imp, self.heads, self.ffn, self.layers, self.scope))
         teacher = copy.deepcopy(net) if self.recover and self.kd_weight > 0 else None
         apply_plan_(net, plan)
