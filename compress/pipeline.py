@@ -45,7 +45,12 @@ def _run_benchmark(recipe: Recipe, ctx: RunContext) -> None:
     from compress.bench.runner import run_benchmark
     from compress.bench.spec import BenchSpec
 
-    spec = BenchSpec(models=[{"path": str(ctx.run_dir)}], **recipe.benchmark.model_dump())
+    # A run that starts from an already fine-tuned classifier (no finetune stage) measures
+    # that input as its baseline: the uncompressed model is what every speedup is against.
+    source = resolve_model_dir(recipe.model)
+    starts_fine_tuned = label_names_of(source) == ctx.splits.label_names
+    spec = BenchSpec(models=[{"path": str(ctx.run_dir)}], baseline=str(source) if starts_fine_tuned else None,
+                     data=recipe.data if starts_fine_tuned else None, **recipe.benchmark.model_dump())
     log.info("benchmark: %s", ", ".join(recipe.benchmark.targets))
     run_benchmark(resolve_models(spec), recipe.benchmark, ctx.run_dir / "bench", where="benchmark")
 

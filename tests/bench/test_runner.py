@@ -138,3 +138,21 @@ min_seconds: 0
     ]
     assert rows[1]["shape"] == "b2x16" and rows[1]["mean_real_tokens_per_item"] == 16
     assert rows[1]["examples"] == 20 and 0 <= rows[1]["accuracy"] <= 1  # fixed shapes; accuracy still on the eval set
+
+
+def test_run_from_a_fine_tuned_model_benchmarks_that_model_as_baseline(tmp_path, tiny_classifier_dir):
+    """No finetune stage (PTQ only, as in the headline recipe): the input classifier is the
+    uncompressed baseline on torch-cpu, with accuracy on the run's eval split."""
+    shutil.copytree(tiny_classifier_dir, tmp_path / "model")
+    write_csv(tmp_path / "reviews.csv", make_sentences(40))
+    stages = "\n  - kind: export_onnx\n  - kind: ptq\n"
+    block = BENCH_BLOCK.replace("[torch-cpu, ort-cpu, ort-trt]", "[torch-cpu, ort-cpu]")
+    (tmp_path / "recipe.yaml").write_text(tiny_recipe_text(stages=stages) + block)
+    ctx = run_recipe(load_recipe(tmp_path / "recipe.yaml"), tmp_path / "runs", recipe_path=tmp_path / "recipe.yaml")
+    rows = [r for r in rows_of(ctx.run_dir / "bench" / "results.jsonl") if r["status"] == "ok"]
+    assert [(r["model"].split("/")[-1], r["target"], r["role"]) for r in rows] == [
+        ("model", "torch-cpu", "baseline"), ("01-export_onnx", "ort-cpu", "ort_fp32"), ("02-ptq", "ort-cpu", None)]
+    assert rows[0]["examples"] == 10 and 0 <= rows[0]["accuracy"] <= 1
+    md = (ctx.run_dir / "bench" / "results.md").read_text()
+    baseline_row = [ln for ln in md.splitlines() if ln.startswith("| model |")][1]  # [0] is the header
+    assert "1.00x torch" in baseline_row
