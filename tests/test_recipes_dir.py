@@ -1,12 +1,17 @@
-"""Every recipe shipped in recipes/ validates (with the packaged model and data)."""
+"""Every recipe shipped in recipes/ validates (with the packaged model and data). The
+headline recipes start from a teacher that benchmarks/headline/prepare_teacher.sh makes
+outside git; where it is absent they are validated with a tiny classifier in its place."""
 
 from pathlib import Path
 
 import pytest
+import yaml
 
 from compress.recipe import load_recipe
 
-RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
+ROOT = Path(__file__).parents[1]
+RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
+TEACHER_CACHE = ROOT / "benchmarks" / ".cache"
 
 
 def test_there_are_recipes():
@@ -14,6 +19,12 @@ def test_there_are_recipes():
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
-def test_recipe_validates(path):
+def test_recipe_validates(path, tmp_path, tiny_classifier_dir):
+    raw = yaml.safe_load(path.read_text())
+    model = (path.parent / raw["model"]).resolve()
+    if model.is_relative_to(TEACHER_CACHE.resolve()) and not model.exists():
+        raw["model"] = str(tiny_classifier_dir)
+        path = tmp_path / path.name
+        path.write_text(yaml.safe_dump(raw))
     recipe = load_recipe(path)
     assert recipe.stages
