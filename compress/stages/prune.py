@@ -75,6 +75,7 @@ class PruneStage(StageConfig, TrainingSchedule):
 
     def run(self, model: Artifact, ctx) -> TorchModel:
         import torch
+        from accelerate import PartialState
         from accelerate.utils import set_seed
 
         from compress.models import count_parameters, load_classifier, load_tokenizer, model_structure
@@ -91,13 +92,13 @@ class PruneStage(StageConfig, TrainingSchedule):
         structure, params = model_structure(net), count_parameters(net)["parameters"]
         ctx.record(input=before, method=self.method, scope=self.scope, structure_before=structure)
         if self.method == "structured":
-            net, is_main = self._structured(net, examples, collate, ctx, seed, model)
+            net = self._structured(net, examples, collate, ctx, seed, model)
         else:
-            net, is_main = self._unstructured(net, examples, collate, ctx, seed)
+            net = self._unstructured(net, examples, collate, ctx, seed)
         after = count_parameters(net)["parameters"]
         ctx.record(parameters_before=params, parameters_removed=params - after,
                    parameters_removed_fraction=round((params - after) / params, 4))
-        if is_main:  # one writer when several processes train
+        if PartialState().is_main_process:  # one writer when several processes run the stage
             net.save_pretrained(ctx.artifact_dir)
             tokenizer.save_pretrained(ctx.artifact_dir)
         return TorchModel(ctx.artifact_dir)
@@ -130,7 +131,7 @@ class PruneStage(StageConfig, TrainingSchedule):
             accuracy_before_recovery=_eval_accuracy(net, ctx, collate, artifact),
         )
         if not self.recover:
-            return net, True
+            return net
         return self._train(net, teacher, examples, collate, ctx, seed, desc="recovery")
 
     def _unstructured(self, net, examples, collate, ctx, seed):
@@ -149,17 +150,15 @@ class PruneStage(StageConfig, TrainingSchedule):
                 magnitude_prune_(params, target, self.scope)
                 reached.append({"step": step, "sparsity": round(target, 4)})
 
-        net, is_main = self._train(net, teacher, examples, collate, ctx, seed, desc="gradual pruning",
-                                   on_step=on_step)
+        net = self._train(net, teacher, examples, collate, ctx, seed, desc="gradual pruning", on_step=on_step)
         magnitude_prune_(params, self.sparsity, self.scope)  # the target, even after keep_best restored earlier masks
         finish_masks_(params)
         ctx.record(warning=UNSTRUCTURED_WARNING, sparsity={"target": self.sparsity, "encoder_linear": round(
             sparsity_of(params), 4), "schedule": reached})
-        return net, is_main
+        return net
 
     def _train(self, net, teacher, examples, collate, ctx, seed, desc, on_step=None):
-        """Fine-tune `net` with the schedule fields: labels, plus KL to the teacher when given.
-        Returns (trained net, whether this is the main process)."""
+        """Fine-tune `net` with the schedule fields: labels, plus KL to the teacher when given."""
         from compress.distill import DistillationModule, LossWeights, teacher_outputs
         from compress.training import accuracy_eval, make_accelerator, split_validation, train_loop
 
@@ -187,7 +186,7 @@ class PruneStage(StageConfig, TrainingSchedule):
             accelerator=accelerator, on_step=on_step,
         )
         ctx.record(training=result.record(self.batch_size, self.gradient_accumulation_steps, seed))
-        return (result.model.student if teacher is not None else result.model), result.is_main_process
+        return result.model.student if teacher is not None else result.model
 
 
 def _seeded_order(n: int, seed: int) -> list[int]:
