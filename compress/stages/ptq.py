@@ -14,7 +14,7 @@ from pydantic import Field, model_validator
 from compress.artifacts import Artifact, ONNXModel
 from compress.stages.base import StageConfig
 
-STATIC_ONLY = ("calibration", "calibration_samples", "percentile")
+STATIC_ONLY = ("calibration", "calibration_samples", "percentile")  # None unless set
 
 
 class PTQStage(StageConfig):
@@ -27,8 +27,9 @@ class PTQStage(StageConfig):
         None, ge=1, le=100_000, description="Static only: train examples run for calibration (default 128).")
     percentile: float | None = Field(
         None, gt=90, le=100, description="Percentile calibration only: the range covers this percentile (99.999).")
-    symmetric_activations: bool = Field(
-        True, description="Static: activation zero points 0 (TensorRT needs it); false: asymmetric, ORT only.")
+    activation_type: Literal["int8", "uint8"] = Field(
+        "int8", description="Static: int8 = symmetric (zero point 0), what TensorRT takes; uint8 = asymmetric, "
+        "ONNX Runtime CPU's fast U8S8 kernels (much faster on CPUs without VNNI), not for TensorRT.")
     per_channel: bool = Field(False, description="Per-output-channel weight scales.")
     reduce_range: bool = Field(False, description="7-bit weights, for CPUs without VNNI.")
     op_types: list[str] | None = Field(

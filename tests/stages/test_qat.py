@@ -64,6 +64,16 @@ def test_qat_onnx_matches_the_torch_qat_model(tiny_classifier_dir):
         expected = stripped(**batch).logits.numpy()
     got = session.run(None, {k: v.numpy() for k, v in batch.items()})[0]
     np.testing.assert_allclose(got, expected, atol=1e-4)
+
+    from compress.qdq_export import activations_to_uint8
+
+    shifted = path.with_name("qat-direct-uint8.onnx")
+    shifted.write_bytes(path.read_bytes())
+    assert activations_to_uint8(shifted) > 0
+    zero_points = {t.name: t.data_type for t in onnx.load(str(shifted)).graph.initializer if t.name.endswith("_uint8")}
+    assert zero_points and set(zero_points.values()) == {onnx.TensorProto.UINT8}
+    u8 = ort.InferenceSession(str(shifted), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(u8.run(None, {k: v.numpy() for k, v in batch.items()})[0], got, atol=1e-5)  # exact
     with torch.no_grad():
         float_logits = net(**batch).logits.numpy()
     assert not np.allclose(got, float_logits, atol=1e-7)  # the quantizers really act
@@ -73,6 +83,12 @@ def test_mixed_preset_is_flagged_for_tensorrt(tmp_path, tiny_classifier_dir):
     record = stage_json(run_tiny(tmp_path, tiny_classifier_dir, QAT + "    preset: mixed\n"), "01-qat")
     assert not record["tensorrt_qdq"]["ok"] and "asymmetric" in record["tensorrt_qdq"]["problems"][0]
     assert record["parity"]["max_abs_diff"] < 1e-3  # ORT still runs it
+
+
+def test_uint8_activations_run_in_onnx_runtime_not_tensorrt(tmp_path, tiny_classifier_dir):
+    record = stage_json(run_tiny(tmp_path, tiny_classifier_dir, QAT + "    activation_type: uint8\n"), "01-qat")
+    assert record["parity"]["max_abs_diff"] < 1e-3 and record["qat"]["activation_type"] == "uint8"
+    assert not record["tensorrt_qdq"]["ok"] and "uint8" in record["tensorrt_qdq"]["problems"][0]
 
 
 def test_qat_budget_miss_fails_with_the_numbers(tmp_path, tiny_classifier_dir, monkeypatch):
