@@ -115,6 +115,19 @@ def test_bad_qat_configs_name_the_field(recipe_dir, fields, message):
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
+def test_onnx_stages_follow_qat(tmp_path, tiny_classifier_dir):
+    """optimize_onnx keeps the Q/DQ model's outputs (its own parity check) and its INT8 work;
+    build_engine validates after qat (and is skipped here without a GPU)."""
+    run_dir = run_tiny(tmp_path, tiny_classifier_dir, QAT + "  - kind: optimize_onnx\n  - kind: build_engine\n"
+                       "    precision: int8\n")
+    from compress.onnx_quantize import count_int8_coverage
+
+    qat, optimized = stage_json(run_dir, "01-qat"), stage_json(run_dir, "02-optimize_onnx")
+    assert optimized["accuracy"] == qat["accuracy"]
+    coverage = count_int8_coverage(run_dir / "02-optimize_onnx" / "model.onnx")
+    assert coverage["int8_matmul_nodes"] == qat["int8_coverage"]["int8_matmul_nodes"]
+
+
 def test_qat_needs_a_torch_model(recipe_dir):
     path = recipe_dir / "recipe.yaml"
     path.write_text(tiny_recipe_text(stages="\n  - kind: export_onnx\n  - kind: qat\n"))
