@@ -171,15 +171,15 @@ class StaticQuantizer:
             op_types_to_quantize=stage.op_types or STATIC_DEFAULT_OP_TYPES,
             per_channel=stage.per_channel,
             reduce_range=stage.reduce_range,
-            activation_type=QuantType.QInt8,
+            activation_type=QuantType.QUInt8 if stage.activation_type == "uint8" else QuantType.QInt8,
             weight_type=QuantType.QInt8,
             nodes_to_quantize=nodes_to_quantize,
             nodes_to_exclude=nodes_to_exclude or None,
             calibrate_method=getattr(CalibrationMethod, stage.calibration_method),
             calibration_cache_path=str(self.cache),
             extra_options={
-                # zero points 0 (int8 symmetric): what TensorRT's explicit quantization takes
-                "ActivationSymmetric": stage.symmetric_activations,
+                # int8: zero points 0, what TensorRT's explicit quantization takes
+                "ActivationSymmetric": stage.activation_type == "int8",
                 "WeightSymmetric": True,
                 # int32 bias quantization breaks on initializers shared between nodes (the exporter
                 # dedupes equal tensors); TensorRT and ORT's Q/DQ fusions take float biases.

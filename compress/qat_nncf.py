@@ -93,7 +93,7 @@ def run_qat(stage, model: TorchModel, ctx) -> ONNXModel:
     from compress.models import load_classifier, load_tokenizer
     from compress.onnx_quantize import count_int8_coverage
     from compress.parity import compare_logits
-    from compress.qdq_export import export_qdq_onnx
+    from compress.qdq_export import activations_to_uint8, export_qdq_onnx
     from compress.runtimes import ORTSession
     from compress.training import (accuracy_eval, classification_collate, classification_examples,
                                    split_validation, train_loop)
@@ -127,6 +127,8 @@ def run_qat(stage, model: TorchModel, ctx) -> ONNXModel:
     out = ONNXModel(ctx.artifact_dir)
     ctx.artifact_dir.mkdir(parents=True, exist_ok=True)
     input_names = export_qdq_onnx(stripped, example, out.onnx_path, stage.opset)
+    if stage.activation_type == "uint8":
+        activations_to_uint8(out.onnx_path)
     copy_sidecar_files(model.path, ctx.artifact_dir)
     tokenizer.save_pretrained(ctx.artifact_dir)
 
@@ -137,7 +139,7 @@ def run_qat(stage, model: TorchModel, ctx) -> ONNXModel:
     parity = {**compare_logits(torch_logits, onnx_logits), "atol": stage.atol, "examples": len(encoded)}
     problems = check_qdq_for_tensorrt(out.onnx_path)
     ctx.record(
-        qat={"preset": stage.preset, "per_channel": stage.per_channel, "calibration_samples": len(calibration),
+        qat={"preset": stage.preset, "per_channel": stage.per_channel, "activation_type": stage.activation_type, "calibration_samples": len(calibration),
              "calibration_seconds": round(calibrated_s, 1), "distill_weight": stage.distill_weight,
              "temperature": stage.temperature if stage.distill_weight else None},
         training=result.record(stage.batch_size, stage.gradient_accumulation_steps, seed),

@@ -99,3 +99,40 @@ def tidy_qdq_graph(onnx_path: Path) -> dict:
         graph.node.remove(node)
     onnx.save(model, str(onnx_path))
     return {"identities_folded": identities, "weight_transposes_folded": transposes}
+
+
+def activations_to_uint8(onnx_path: Path) -> int:
+    """In place: rewrite every int8 activation Q/DQ pair as uint8 with zero point + 128.
+    Exact (round(x/s) + z clamped to [-128, 127], shifted by 128, dequantizes to the same
+    values) and it moves ONNX Runtime on x86 from its slow S8S8 path to the U8S8 kernels;
+    TensorRT, which wants int8, then cannot take the graph. Weights stay int8. Returns the
+    number of pairs rewritten."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(onnx_path))
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    rewritten = 0
+    for q in [n for n in graph.node if n.op_type == "QuantizeLinear"]:
+        if q.input[0] in inits or len(q.input) < 3 or q.input[2] not in inits:
+            continue  # a weight, or a zero point we cannot see
+        zero = numpy_helper.to_array(inits[q.input[2]])
+        if zero.dtype != np.int8:
+            continue
+        name = f"{q.input[2]}_uint8"
+        if name not in inits:
+            shifted = (zero.astype(np.int16) + 128).astype(np.uint8)
+            inits[name] = numpy_helper.from_array(shifted, name)
+            graph.initializer.append(inits[name])
+        dqs = [d for d in consumers.get(q.output[0], []) if d.op_type == "DequantizeLinear"]
+        for node in (q, *dqs):
+            node.input[2] = name
+        rewritten += 1
+    onnx.save(model, str(onnx_path))
+    return rewritten

@@ -14,7 +14,7 @@ from pydantic import Field, model_validator
 from compress.artifacts import Artifact, ONNXModel
 from compress.stages.base import StageConfig
 
-STATIC_ONLY = ("calibration", "calibration_samples", "percentile")
+STATIC_ONLY = ("calibration", "calibration_samples", "percentile")  # None unless set
 
 
 class PTQStage(StageConfig):
@@ -27,8 +27,9 @@ class PTQStage(StageConfig):
         None, ge=1, le=100_000, description="Static only: train examples run for calibration (default 128).")
     percentile: float | None = Field(
         None, gt=90, le=100, description="Percentile calibration only: the range covers this percentile (99.999).")
-    symmetric_activations: bool = Field(
-        True, description="Static: activation zero points 0 (TensorRT needs it); false: asymmetric, ORT only.")
+    activation_type: Literal["int8", "uint8"] = Field(
+        "int8", description="Static: int8 = symmetric (zero point 0), what TensorRT takes; uint8 = asymmetric, "
+        "ONNX Runtime CPU's fast U8S8 kernels (much faster on CPUs without VNNI), not for TensorRT.")
     per_channel: bool = Field(False, description="Per-output-channel weight scales.")
     reduce_range: bool = Field(False, description="7-bit weights, for CPUs without VNNI.")
     op_types: list[str] | None = Field(
@@ -68,23 +69,25 @@ class PTQStage(StageConfig):
     def run(self, model: Artifact, ctx) -> ONNXModel:
         from compress.onnx_quantize import count_int8_coverage
 
-        quantize, cleanup = self._quantizer(model, ctx)
+        quantize, cleanup, graph = self._quantizer(model, ctx)
         try:
             if self.max_accuracy_drop is None:
                 quantized = quantize(ctx.artifact_dir, list(self.nodes_to_exclude), None)
             else:
-                quantized = self._fit_budget(model, ctx, quantize)
+                quantized = self._fit_budget(model, ctx, quantize, graph)
         finally:
             cleanup()
         ctx.record(int8_coverage=count_int8_coverage(quantized.onnx_path))
         return quantized
 
     def _quantizer(self, model: ONNXModel, ctx):
-        """(quantize(out_dir, nodes_to_exclude, nodes_to_quantize) -> ONNXModel, cleanup)."""
+        """(quantize(out_dir, nodes_to_exclude, nodes_to_quantize) -> ONNXModel, cleanup, the graph
+        whose node names the quantizer sees)."""
         from compress.onnx_quantize import StaticQuantizer, calibration_feeds, quantize_dynamic_int8
 
         if self.mode == "dynamic":
-            return (lambda out, exclude, only: quantize_dynamic_int8(model, out, self, exclude, only)), lambda: None
+            quantize = lambda out, exclude, only: quantize_dynamic_int8(model, out, self, exclude, only)  # noqa: E731
+            return quantize, lambda: None, model.onnx_path
         from compress.data import encode
         from compress.models import load_tokenizer
 
@@ -97,9 +100,9 @@ class PTQStage(StageConfig):
         ctx.record(calibration={"method": self.calibration_method, "samples": n, "source": "train split (first rows)",
                                 "percentile": (self.percentile or 99.999) if self.calibration == "Percentile" else None})
         static = StaticQuantizer(model, self, feeds)
-        return static.quantize, static.cleanup
+        return static.quantize, static.cleanup, static.prepared
 
-    def _fit_budget(self, model: ONNXModel, ctx, quantize) -> ONNXModel:
+    def _fit_budget(self, model: ONNXModel, ctx, quantize, graph) -> ONNXModel:
         """Quantize within max_accuracy_drop on a slice of the eval split, keeping the most
         sensitive layers in float if needed; the final model is written to the stage directory."""
         import shutil
@@ -109,7 +112,7 @@ class PTQStage(StageConfig):
         import numpy as np
 
         from compress.evaluate import predict_logits
-        from compress.onnx_quantize import matrix_node_names
+        from compress.onnx_quantize import STATIC_DEFAULT_OP_TYPES, matrix_node_names
         from compress.quant_budget import fit_accuracy_budget
         from compress.runtimes import ORTSession
 
@@ -126,7 +129,8 @@ class PTQStage(StageConfig):
             return logits
 
         try:
-            candidates = matrix_node_names(model.onnx_path, self.op_types)
+            default_ops = STATIC_DEFAULT_OP_TYPES if self.mode == "static" else None  # static never quantizes Attention
+            candidates = matrix_node_names(graph, self.op_types or default_ops)
             result = fit_accuracy_budget(logits_with, reference, labels, candidates,
                                          list(self.nodes_to_exclude), self.max_accuracy_drop)
         finally:

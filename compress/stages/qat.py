@@ -27,6 +27,9 @@ class QATStage(StageConfig, TrainingSchedule):
     distill_weight: float = Field(
         0.0, ge=0, le=1, description="Weight of the KL loss to the float model's logits (0: labels only).")
     temperature: float = Field(2.0, gt=0, le=100, description="Softmax temperature of the distillation loss.")
+    activation_type: Literal["int8", "uint8"] = Field(
+        "int8", description="Activation Q/DQ in the ONNX file: int8 (TensorRT takes it) or uint8 with zero point "
+        "+128 (exactly the same values; ONNX Runtime CPU's fast U8S8 kernels, not for TensorRT).")
     opset: int = Field(17, ge=13, le=21, description="ONNX opset (13+: per-channel Q/DQ).")
     atol: float = Field(0.05, gt=0, description="Max |logit difference| between the torch QAT model and ONNX.")
     parity_samples: int = Field(128, ge=1)

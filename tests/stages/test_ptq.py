@@ -49,6 +49,13 @@ def test_static_qdq_with_each_calibration_method(tmp_path, tiny_classifier_dir, 
     assert abs(record["accuracy"] - fp32["accuracy"]) <= 0.1
 
 
+def test_uint8_activations_for_onnx_runtime_are_flagged_for_tensorrt(tmp_path, tiny_classifier_dir):
+    run_dir = run_tiny(tmp_path, tiny_classifier_dir, STATIC + "    activation_type: uint8\n")
+    assert stage_json(run_dir, "02-ptq")["int8_coverage"]["int8_matmul_nodes"] == 18
+    problems = check_qdq_for_tensorrt(run_dir / "02-ptq" / "model.onnx")
+    assert problems and "uint8 (asymmetric)" in problems[0]
+
+
 def test_static_on_a_fused_graph_leaves_attention_float_and_says_so(tmp_path, tiny_classifier_dir):
     stages = "\n  - kind: export_onnx\n  - kind: optimize_onnx\n  - kind: ptq\n    mode: static\n" \
              "    calibration_samples: 8\n"

@@ -64,6 +64,16 @@ def test_qat_onnx_matches_the_torch_qat_model(tiny_classifier_dir):
         expected = stripped(**batch).logits.numpy()
     got = session.run(None, {k: v.numpy() for k, v in batch.items()})[0]
     np.testing.assert_allclose(got, expected, atol=1e-4)
+
+    from compress.qdq_export import activations_to_uint8
+
+    shifted = path.with_name("qat-direct-uint8.onnx")
+    shifted.write_bytes(path.read_bytes())
+    assert activations_to_uint8(shifted) > 0
+    zero_points = {t.name: t.data_type for t in onnx.load(str(shifted)).graph.initializer if t.name.endswith("_uint8")}
+    assert zero_points and set(zero_points.values()) == {onnx.TensorProto.UINT8}
+    u8 = ort.InferenceSession(str(shifted), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(u8.run(None, {k: v.numpy() for k, v in batch.items()})[0], got, atol=1e-5)  # exact
     with torch.no_grad():
         float_logits = net(**batch).logits.numpy()
     assert not np.allclose(got, float_logits, atol=1e-7)  # the quantizers really act
@@ -73,6 +83,12 @@ def test_mixed_preset_is_flagged_for_tensorrt(tmp_path, tiny_classifier_dir):
     record = stage_json(run_tiny(tmp_path, tiny_classifier_dir, QAT + "    preset: mixed\n"), "01-qat")
     assert not record["tensorrt_qdq"]["ok"] and "asymmetric" in record["tensorrt_qdq"]["problems"][0]
     assert record["parity"]["max_abs_diff"] < 1e-3  # ORT still runs it
+
+
+def test_uint8_activations_run_in_onnx_runtime_not_tensorrt(tmp_path, tiny_classifier_dir):
+    record = stage_json(run_tiny(tmp_path, tiny_classifier_dir, QAT + "    activation_type: uint8\n"), "01-qat")
+    assert record["parity"]["max_abs_diff"] < 1e-3 and record["qat"]["activation_type"] == "uint8"
+    assert not record["tensorrt_qdq"]["ok"] and "uint8" in record["tensorrt_qdq"]["problems"][0]
 
 
 def test_qat_budget_miss_fails_with_the_numbers(tmp_path, tiny_classifier_dir, monkeypatch):
@@ -99,8 +115,74 @@ def test_bad_qat_configs_name_the_field(recipe_dir, fields, message):
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
+def test_onnx_stages_follow_qat(tmp_path, tiny_classifier_dir):
+    """optimize_onnx keeps the Q/DQ model's outputs (its own parity check) and its INT8 work;
+    build_engine validates after qat (and is skipped here without a GPU)."""
+    run_dir = run_tiny(tmp_path, tiny_classifier_dir, QAT + "  - kind: optimize_onnx\n  - kind: build_engine\n"
+                       "    precision: int8\n")
+    from compress.onnx_quantize import count_int8_coverage
+
+    qat, optimized = stage_json(run_dir, "01-qat"), stage_json(run_dir, "02-optimize_onnx")
+    assert optimized["accuracy"] == qat["accuracy"]
+    coverage = count_int8_coverage(run_dir / "02-optimize_onnx" / "model.onnx")
+    assert coverage["int8_matmul_nodes"] == qat["int8_coverage"]["int8_matmul_nodes"]
+
+
 def test_qat_needs_a_torch_model(recipe_dir):
     path = recipe_dir / "recipe.yaml"
     path.write_text(tiny_recipe_text(stages="\n  - kind: export_onnx\n  - kind: qat\n"))
     with pytest.raises(RecipeError, match=r"stages\[1\] \(qat\) takes a torch model but gets an ONNX model"):
         load_recipe(path)
+
+
+def test_a_stale_extension_build_lock_is_cleared(tmp_path, monkeypatch):
+    """torch's extension builder waits forever on the lock file of a killed build."""
+    import os
+    import time
+    from pathlib import Path
+
+    from nncf.torch.quantization.extensions import QuantizedFunctionsCPULoader
+
+    from compress.qat_nncf import STALE_LOCK_S, prepare_nncf_environment
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    lock = Path(QuantizedFunctionsCPULoader.get_build_dir()) / "lock"
+    assert lock.is_relative_to(tmp_path)
+    lock.touch()
+    prepare_nncf_environment()
+    assert lock.exists()  # a build in progress keeps its lock
+    old = time.time() - STALE_LOCK_S - 60
+    os.utime(lock, (old, old))
+    prepare_nncf_environment()
+    assert not lock.exists()
+
+
+@pytest.mark.slow
+def test_first_nncf_use_on_a_fresh_machine_builds_the_extension(tmp_path):
+    """An empty extension cache: the C++ build takes 1-2 minutes on 2 busy cores, past
+    NNCF's own 60 s load time-out; the stage's settings must let it finish."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import torch\n"
+        "from compress.qat_nncf import prepare_nncf_environment, quantize_with_nncf\n"
+        "from compress.models import load_classifier\n"
+        "from compress.stages.qat import QATStage\n"
+        "prepare_nncf_environment()\n"
+        f"net = load_classifier({str(tmp_path / 'model')!r})\n"
+        "batch = {'input_ids': torch.randint(1000, 3000, (1, 8)), 'attention_mask': torch.ones(1, 8, dtype=torch.long)}\n"
+        "qnet = quantize_with_nncf(net, [batch], QATStage(kind='qat'))\n"
+        "qnet.train(); qnet(**batch).logits.sum().backward()\n"  # training runs the compiled kernels
+        "print('ok')\n"
+    )
+    from tests.conftest import _tiny_bert
+    from compress.models import builtin_model_dir
+
+    _tiny_bert(tmp_path / "model", builtin_model_dir("minilm-l6"), classifier=True)
+    env = {k: v for k, v in os.environ.items() if k != "NNCF_EXTENSION_LOAD_TIMEOUT"}
+    env["TORCH_EXTENSIONS_DIR"] = str(tmp_path / "extensions")
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-2000:]
+    assert any((tmp_path / "extensions").rglob("quantized_functions_cpu*.so"))
