@@ -75,7 +75,8 @@ def _run_stages(recipe: Recipe, ctx: RunContext, redo_from: int) -> tuple[Artifa
             log.warning("stage %d/%d: %s skipped: %s", i + 1, len(recipe.stages), stage.kind, reason)
             ctx.skip_stage(i, stage.kind, reason)
             continue
-        fingerprint = stage_fingerprint(recipe, i, input_sha, ctx.splits.record)
+        extra = [tree_sha256(p) for p in stage.extra_inputs(ctx.recipe_path) if p.is_dir()]
+        fingerprint = stage_fingerprint(recipe, i, ":".join([input_sha, *extra]), ctx.splits.record)
         record = reusable_record(ctx.run_dir / name, fingerprint) if i < redo_from else None
         if record is not None:
             log.info("stage %d/%d: %s unchanged, reusing %s", i + 1, len(recipe.stages), stage.kind, name)

@@ -3,6 +3,7 @@ and returns a new one written into the stage's own directory."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -29,6 +30,11 @@ class StageConfig(BaseModel):
     def check_in_recipe(self, index: int, stages: list) -> None:
         """Checks that need the other stages (e.g. a reference to an earlier stage's output);
         raise ValueError with a message naming the field."""
+
+    def extra_inputs(self, recipe_path: Path | None) -> list[Path]:
+        """Directories besides the incoming artifact that the output depends on (e.g. a teacher
+        checkpoint): their content joins the stage's fingerprint, so a changed one reruns it."""
+        return []
 
     def run(self, model: Artifact, ctx: StageContext) -> Artifact:  # pragma: no cover - abstract
         raise NotImplementedError

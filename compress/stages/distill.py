@@ -110,6 +110,16 @@ class DistillStage(StageConfig, TrainingSchedule):
 
     # ------------------------------------------------------------------------ run
 
+    def extra_inputs(self, recipe_path: Path | None) -> list[Path]:
+        # a stage's output is already covered by the fingerprints upstream; a directory is not
+        return [self.checkpoint_teacher(recipe_path)] if self.teacher and not self.teacher.startswith(STAGE_REF) \
+            else []
+
+    def checkpoint_teacher(self, recipe_path: Path | None) -> Path:
+        """A teacher given as a directory, relative to the recipe's directory."""
+        path = Path(self.teacher).expanduser()
+        return recipe_path.parent / path if not path.is_absolute() and recipe_path is not None else path
+
     def teacher_dir(self, model: Artifact, ctx) -> Path:
         if self.teacher is None:
             return model.path
@@ -117,9 +127,7 @@ class DistillStage(StageConfig, TrainingSchedule):
             k = find_stage(self.teacher[len(STAGE_REF):], list(ctx.recipe.stages), ctx.index)
             path = ctx.run.run_dir / ctx.run.stage_dir_name(k, ctx.recipe.stages[k].kind)
         else:
-            path = Path(self.teacher).expanduser()
-            if not path.is_absolute() and ctx.run.recipe_path is not None:
-                path = ctx.run.recipe_path.parent / path
+            path = self.checkpoint_teacher(ctx.run.recipe_path)
         if not (path / "config.json").is_file():
             raise StageError(f"teacher {self.teacher!r}: no model at {path} (was that stage skipped?)")
         return path

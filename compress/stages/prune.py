@@ -37,7 +37,8 @@ class PruneStage(StageConfig, TrainingSchedule):
     ffn: float = Field(0.0, ge=0, lt=1, description="Fraction of FFN neurons removed.")
     layers: int = Field(0, ge=0, le=256, description="Whole layers removed (least important first).")
     max_parameters: int | None = Field(
-        None, ge=1, description="Parameter budget: remove heads and FFN neurons until the model fits (instead of "
+        None, ge=1, description="Parameter budget: remove heads and FFN neurons, least important per parameter "
+                                "across all layers (scope does not apply), until the model fits (instead of "
                                 "heads/ffn/layers).")
     importance_batches: int = Field(32, ge=1, description="Train batches the Taylor importance is summed over.")
     recover: bool = Field(True, description="Fine-tune after structured pruning (with the schedule fields).")

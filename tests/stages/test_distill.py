@@ -168,3 +168,24 @@ def test_distill_runs_in_two_cpu_processes(tmp_path, tiny_classifier_dir):
     assert ranks[0]["weights"] == pytest.approx(ranks[1]["weights"], rel=1e-6)  # kept in sync
     student = load_classifier(tmp_path / "out" / "student")
     assert student.config.num_hidden_layers == 1
+
+
+def test_a_changed_teacher_checkpoint_reruns_the_stage(tmp_path, tiny_classifier_dir):
+    import shutil
+
+    import torch
+
+    from tests.helpers import manifest
+
+    shutil.copytree(tiny_classifier_dir, tmp_path / "teacher")
+    stages = "\n  - kind: distill\n    teacher: teacher\n    keep_layers: [0]\n    max_steps: 2\n    batch_size: 8\n"
+    run_dir = run_tiny(tmp_path, tiny_classifier_dir, stages)
+    assert stage_json(run_dir, "01-distill")["teacher"]["path"] == str(tmp_path / "teacher")
+    run_tiny(tmp_path, tiny_classifier_dir, stages)
+    assert manifest(run_dir)["stages"][0]["status"] == "reused"
+    teacher = load_classifier(tmp_path / "teacher")
+    with torch.no_grad():
+        teacher.classifier.weight.mul_(-1)
+    teacher.save_pretrained(tmp_path / "teacher")
+    run_tiny(tmp_path, tiny_classifier_dir, stages)
+    assert manifest(run_dir)["stages"][0]["status"] == "completed"  # not reused: the teacher changed
