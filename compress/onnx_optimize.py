@@ -22,6 +22,11 @@ def optimize_onnx(model: ONNXModel, out_dir: Path, opt_level: int) -> tuple[ONNX
     family = FUSION_FAMILY.get(cfg.get("model_type"), "bert")
     if cfg.get("model_type") not in FUSION_FAMILY:
         log.warning("no dedicated fusion rules for model_type %r; using the BERT rules", cfg.get("model_type"))
+    from onnxruntime.transformers.fusion_options import FusionOptions
+
+    options = FusionOptions(family)
+    # DQ(int8 weight) → MatMul would become QOrderedMatMul, a CUDA-only op that CPU sessions reject.
+    options.enable_qordered_matmul = False
     optimized = optimize_model(
         str(model.onnx_path),
         model_type=family,
@@ -29,6 +34,7 @@ def optimize_onnx(model: ONNXModel, out_dir: Path, opt_level: int) -> tuple[ONNX
         hidden_size=cfg.get("hidden_size", 0),
         opt_level=opt_level,
         use_gpu=False,
+        optimization_options=options,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     result = ONNXModel(out_dir)

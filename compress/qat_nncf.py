@@ -93,7 +93,7 @@ def run_qat(stage, model: TorchModel, ctx) -> ONNXModel:
     from compress.models import load_classifier, load_tokenizer
     from compress.onnx_quantize import count_int8_coverage
     from compress.parity import compare_logits
-    from compress.qdq_export import activations_to_uint8, export_qdq_onnx
+    from compress.qdq_export import activations_to_uint8, export_qdq_onnx, fold_weight_quantization
     from compress.runtimes import ORTSession
     from compress.training import (accuracy_eval, classification_collate, classification_examples,
                                    split_validation, train_loop)
@@ -129,6 +129,7 @@ def run_qat(stage, model: TorchModel, ctx) -> ONNXModel:
     input_names = export_qdq_onnx(stripped, example, out.onnx_path, stage.opset)
     if stage.activation_type == "uint8":
         activations_to_uint8(out.onnx_path)
+    weights_folded = fold_weight_quantization(out.onnx_path) if stage.fold_weights else 0
     copy_sidecar_files(model.path, ctx.artifact_dir)
     tokenizer.save_pretrained(ctx.artifact_dir)
 
@@ -139,9 +140,10 @@ def run_qat(stage, model: TorchModel, ctx) -> ONNXModel:
     parity = {**compare_logits(torch_logits, onnx_logits), "atol": stage.atol, "examples": len(encoded)}
     problems = check_qdq_for_tensorrt(out.onnx_path)
     ctx.record(
-        qat={"preset": stage.preset, "per_channel": stage.per_channel, "activation_type": stage.activation_type, "calibration_samples": len(calibration),
+        qat={"preset": stage.preset, "per_channel": stage.per_channel, "activation_type": stage.activation_type,
+             "calibration_samples": len(calibration),
              "calibration_seconds": round(calibrated_s, 1), "distill_weight": stage.distill_weight,
-             "temperature": stage.temperature if stage.distill_weight else None},
+             "temperature": stage.temperature if stage.distill_weight else None, "weights_folded": weights_folded},
         training=result.record(stage.batch_size, stage.gradient_accumulation_steps, seed),
         parity=parity, int8_coverage=count_int8_coverage(out.onnx_path),
         tensorrt_qdq={"ok": not problems, "problems": problems[:5], "problem_count": len(problems)},

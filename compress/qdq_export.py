@@ -136,3 +136,57 @@ def activations_to_uint8(onnx_path: Path) -> int:
         rewritten += 1
     onnx.save(model, str(onnx_path))
     return rewritten
+
+
+def fold_weight_quantization(onnx_path: Path) -> int:
+    """In place: replace `float initializer → QuantizeLinear` on weights by the quantized
+    initializer itself (int8 weight → DequantizeLinear → MatMul). Otherwise ONNX Runtime
+    quantizes every weight again on each call; TensorRT reads either form. Rounding is
+    half-to-even, as QuantizeLinear specifies. Returns the number of weights folded."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(onnx_path))
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    uses: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    folded, removed = 0, []
+    for q in [n for n in graph.node if n.op_type == "QuantizeLinear"]:
+        if len(q.input) < 3 or not all(name in inits for name in q.input[:3]):
+            continue  # an activation, or a default zero point (uint8) we leave alone
+        users = consumers.get(q.output[0], [])
+        if not users or any(u.op_type != "DequantizeLinear" for u in users):
+            continue
+        weight = numpy_helper.to_array(inits[q.input[0]]).astype(np.float32)
+        scale = numpy_helper.to_array(inits[q.input[1]]).astype(np.float32)
+        zero = numpy_helper.to_array(inits[q.input[2]])
+        axis = next((a.i for a in q.attribute if a.name == "axis"), 1)
+        if scale.ndim == 1 and scale.size > 1:  # per-channel: broadcast along the axis
+            shape = [1] * weight.ndim
+            shape[axis % weight.ndim] = scale.size
+            scale, zero_b = scale.reshape(shape), zero.reshape(shape).astype(np.int32)
+        else:
+            zero_b = zero.astype(np.int32)
+        info = np.iinfo(zero.dtype)
+        quantized = np.clip(np.rint(weight / scale) + zero_b, info.min, info.max).astype(zero.dtype)
+        name = f"{q.input[0]}_quantized"
+        graph.initializer.append(numpy_helper.from_array(quantized, name))
+        for dq in users:
+            dq.input[0] = name
+        removed.append(q)
+        folded += 1
+    for q in removed:
+        graph.node.remove(q)
+    still_used = {name for node in graph.node for name in node.input}
+    for t in [t for t in graph.initializer if t.name not in still_used]:
+        graph.initializer.remove(t)  # the float weights now nothing reads
+    onnx.save(model, str(onnx_path))
+    return folded

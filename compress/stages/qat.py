@@ -30,8 +30,13 @@ class QATStage(StageConfig, TrainingSchedule):
     activation_type: Literal["int8", "uint8"] = Field(
         "int8", description="Activation Q/DQ in the ONNX file: int8 (TensorRT takes it) or uint8 with zero point "
         "+128 (exactly the same values; ONNX Runtime CPU's fast U8S8 kernels, not for TensorRT).")
+    fold_weights: bool = Field(
+        True, description="Store weights as their INT8 values feeding DequantizeLinear (a quarter of the file; "
+        "the same outputs); false keeps float weights → QuantizeLinear → DequantizeLinear.")
     opset: int = Field(17, ge=13, le=21, description="ONNX opset (13+: per-channel Q/DQ).")
-    atol: float = Field(0.05, gt=0, description="Max |logit difference| between the torch QAT model and ONNX.")
+    atol: float = Field(
+        0.1, gt=0, description="Max |logit difference| between the torch QAT model and ONNX (INT8 kernels round "
+        "differently from torch's fake quantization: MiniLM showed 0.04 with all labels agreeing).")
     parity_samples: int = Field(128, ge=1)
     max_accuracy_drop: float | None = Field(
         None, ge=0, le=1, description="Fail when the ONNX model loses more accuracy than this against the "

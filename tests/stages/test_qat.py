@@ -27,13 +27,17 @@ def test_qat_exports_qdq_pairs_that_onnx_runtime_runs(tmp_path, tiny_classifier_
     model = onnx.load(str(run_dir / "01-qat" / "model.onnx"))
     assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 13
     ops = [n.op_type for n in model.graph.node]
-    assert "FakeQuantize" not in ops and ops.count("QuantizeLinear") == ops.count("DequantizeLinear") > 0
-    # every Linear: float initializer -> Q -> DQ -> MatMul/Gemm (no Transpose between: ORT fuses it to INT8)
-    inits, producers = {t.name for t in model.graph.initializer}, _producers(model.graph)
+    # activations: Q/DQ pairs; weights (folded): DQ only
+    assert "FakeQuantize" not in ops and 0 < ops.count("QuantizeLinear") < ops.count("DequantizeLinear")
+    # every Linear: int8 initializer -> DQ -> MatMul/Gemm (folded weights, no Transpose between: ORT fuses it)
+    inits = {t.name: t for t in model.graph.initializer}
+    producers = _producers(model.graph)
     linear = [n for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and
               producers.get(n.input[1]) is not None and producers[n.input[1]].op_type == "DequantizeLinear"
-              and producers[producers[n.input[1]].input[0]].input[0] in inits]
+              and inits.get(producers[n.input[1]].input[0]) is not None
+              and inits[producers[n.input[1]].input[0]].data_type == onnx.TensorProto.INT8]
     assert len(linear) == 2 * 6 + 2  # Q, K, V, attention output, FFN in, FFN out per layer; pooler; classifier
+    assert record["qat"]["weights_folded"] >= 14
     assert record["int8_coverage"]["int8_matmul_nodes"] == 14
 
 
@@ -74,6 +78,18 @@ def test_qat_onnx_matches_the_torch_qat_model(tiny_classifier_dir):
     assert zero_points and set(zero_points.values()) == {onnx.TensorProto.UINT8}
     u8 = ort.InferenceSession(str(shifted), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(u8.run(None, {k: v.numpy() for k, v in batch.items()})[0], got, atol=1e-5)  # exact
+
+    from compress.qdq_export import fold_weight_quantization
+
+    folded = path.with_name("qat-direct-folded.onnx")
+    folded.write_bytes(path.read_bytes())
+    assert fold_weight_quantization(folded) >= 14  # every Linear's weight
+    assert folded.stat().st_size < path.stat().st_size / 2
+    graph = onnx.load(str(folded)).graph
+    weight_qs = [n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] in {t.name for t in graph.initializer}]
+    assert not weight_qs
+    same = ort.InferenceSession(str(folded), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(same.run(None, {k: v.numpy() for k, v in batch.items()})[0], got, atol=1e-5)
     with torch.no_grad():
         float_logits = net(**batch).logits.numpy()
     assert not np.allclose(got, float_logits, atol=1e-7)  # the quantizers really act

@@ -1,0 +1,59 @@
+"""Batch-1 ONNX Runtime CPU latency of several ONNX models, interleaved: every round runs
+each model (in a fresh random order) on the same real eval snippets, so load from other
+processes on a shared machine falls on all models alike. Prints a Markdown table.
+
+usage: python interleaved_latency.py RUN_DIR NAME=MODEL_DIR [NAME=MODEL_DIR ...]
+RUN_DIR supplies the recipe's eval split (its recipe.resolved.yaml)."""
+
+from __future__ import annotations
+
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def main(run_dir: str, models: list[str], rounds: int = 30, per_round: int = 20, threads: int = 2) -> None:
+    import yaml
+
+    from compress.artifacts import ONNXModel
+    from compress.data import encode, load_splits, pad_batch
+    from compress.models import load_tokenizer
+    from compress.recipe import Recipe
+    from compress.runtimes import ORTSession
+
+    recipe = Recipe.model_validate(yaml.safe_load((Path(run_dir) / "recipe.resolved.yaml").read_text()))
+    named = [m.split("=", 1) for m in models]
+    first = ONNXModel(Path(named[0][1]))
+    tokenizer = load_tokenizer(first.path)
+    eval_split = load_splits(recipe.data).eval
+    encoded = encode(tokenizer, eval_split, recipe.data.max_length)[: rounds * per_round]
+    sessions = {name: ORTSession(ONNXModel(Path(path)), threads) for name, path in named}
+    feeds = {name: [pad_batch([e], s.input_names, s.pad_id) for e in encoded] for name, s in sessions.items()}
+    for name, s in sessions.items():  # warm-up
+        for f in feeds[name][:20]:
+            s.run(f)
+    samples: dict[str, list[float]] = {name: [] for name in sessions}
+    rng = random.Random(0)
+    for r in range(rounds):
+        order = list(sessions)
+        rng.shuffle(order)
+        for name in order:
+            for f in feeds[name][r * per_round : (r + 1) * per_round]:
+                start = time.perf_counter()
+                sessions[name].run(f)
+                samples[name].append((time.perf_counter() - start) * 1000)
+    lengths = [len(e["input_ids"]) for e in encoded]
+    base = float(np.median(samples[named[0][0]]))
+    print(f"batch 1, {threads} threads, {len(encoded)} real eval snippets (median {int(np.median(lengths))} tokens), "
+          f"{rounds} interleaved rounds")
+    print("| model | p50 ms | p90 ms | speedup vs first |\n|---|---|---|---|")
+    for name, values in samples.items():
+        p50, p90 = np.percentile(values, [50, 90])
+        print(f"| {name} | {p50:.2f} | {p90:.2f} | {base / p50:.2f}x |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2:])
