@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import traceback
+import warnings
 from pathlib import Path
 
 import typer
@@ -39,6 +40,12 @@ def _setup(verbose: bool) -> None:
         # machine it warns about its CUDA kernels, and torch about its enum registrations.
         for name in ("torchao", "torch.utils._pytree"):
             logging.getLogger(name).setLevel(logging.ERROR)
+        # Advice that does not apply to what compress does: the tracer's note on constants in
+        # the attention mask (the export's parity check covers it) and ORT's suggestion to
+        # pre-process before dynamic quantization (static mode does pre-process).
+        warnings.filterwarnings("ignore", message="torch.tensor results are registered as constants")
+        logging.getLogger().handlers[0].addFilter(
+            lambda record: not record.getMessage().startswith("Please consider to run pre-processing"))
 
 
 def _fail(message: str, code: int) -> typer.Exit:
