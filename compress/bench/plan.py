@@ -113,6 +113,8 @@ def _run_models(run_dir: Path, data: dict | None) -> list[BenchModel]:
     for entry in manifest.get("stages", []):
         if entry.get("status") not in ("completed", "reused") or not entry.get("path"):
             continue
+        if entry["kind"] == "package":  # holds the previous stage's model: measured once, there
+            continue
         kind = entry.get("artifact")
         artifact = ARTIFACT_KINDS[kind](run_dir / entry["path"])
         role = None

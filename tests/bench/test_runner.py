@@ -56,6 +56,14 @@ def test_benchmark_runs_before_package_so_the_model_card_holds_its_table(bench_r
     assert "04-package" not in measured  # the package holds the ptq model: not measured twice
 
 
+def test_a_runs_package_stage_is_not_measured_again(bench_run):
+    from compress.bench.plan import resolve_models
+    from compress.bench.spec import BenchSpec
+
+    models = resolve_models(BenchSpec(models=[str(bench_run)]))
+    assert [m.name.split("/")[-1] for m in models] == ["01-finetune", "02-export_onnx", "03-ptq"]
+
+
 def test_cells_measured_in_subprocesses_with_numbers_and_fingerprint(bench_run):
     rows = rows_of(bench_run / "bench" / "results.jsonl")
     ok = [r for r in rows if r["status"] == "ok"]
