@@ -194,8 +194,11 @@ def train_loop(
     if best is not None and schedule.keep_best:
         unwrapped.load_state_dict(best["state"])
         log.info("%s: keeping the best evaluation (step %d, accuracy %.4f)", desc, best["step"], best["accuracy"])
-    if checkpoint_dir and accelerator.is_main_process:
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)  # the finished artifact carries no training state
+    if checkpoint_dir and schedule.checkpoint_every and not (resumed and resumed["step"] == step):
+        # The finished state, kept until the stage completes (the stage removes it): a failure
+        # while saving or measuring the trained model must not cost the training itself.
+        _save_checkpoint(accelerator, checkpoint_dir, resume_key, step, epoch, batch_in_epoch,
+                         losses, evaluations, best)
     return TrainResult(
         model=unwrapped.eval(), steps=step, losses=losses, train_examples=len(examples),
         seconds=time.perf_counter() - started, processes=accelerator.num_processes,

@@ -196,3 +196,31 @@ def test_kill_9_after_a_training_checkpoint_resumes_mid_stage(recipe_dir, tiny_b
     assert a["accuracy"] == b["accuracy"]
     assert a["artifact_sha256"] == b["artifact_sha256"]  # bit-identical weights, no checkpoint left inside
     assert not (killed_out / "tiny" / "01-finetune" / "checkpoint").exists()
+
+
+def test_a_failure_after_training_keeps_the_finished_training(recipe_dir, tiny_base_dir, tmp_path, monkeypatch, caplog):
+    """With checkpoint_every, the finished training state stays until the stage completes: a
+    stage that fails while measuring its trained model resumes at the last step on the rerun
+    instead of training again."""
+    import compress.pipeline
+
+    stages = "\n  - kind: finetune\n    max_steps: 6\n    batch_size: 8\n    checkpoint_every: 4\n"
+    path = setup_recipe(recipe_dir, tiny_base_dir, stages)
+    real_measure = compress.pipeline.measure_artifact
+
+    def failing_measure(*args, **kwargs):
+        raise RuntimeError("measurement broke")
+
+    monkeypatch.setattr(compress.pipeline, "measure_artifact", failing_measure)
+    with pytest.raises(RuntimeError, match="measurement broke"):
+        run_recipe(load_recipe(path), tmp_path, recipe_path=path)
+    state = tmp_path / "tiny" / ".01-finetune.partial" / "checkpoint" / "state.json"
+    assert json.loads(state.read_text())["step"] == 6
+
+    monkeypatch.setattr(compress.pipeline, "measure_artifact", real_measure)
+    with caplog.at_level("INFO", logger="compress"):
+        run_dir = run_recipe(load_recipe(path), tmp_path, recipe_path=path).run_dir
+    assert "finetune: resuming from step 6" in caplog.text
+    record = json.loads((run_dir / "01-finetune" / "stage.json").read_text())
+    assert record["training"]["steps"] == 6 and record["training"]["resumed_from_step"] == 6
+    assert not (run_dir / "01-finetune" / "checkpoint").exists() and not list(run_dir.glob(".*.partial"))
