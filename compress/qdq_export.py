@@ -53,11 +53,7 @@ def tidy_qdq_graph(onnx_path: Path) -> dict:
 
     model = onnx.load(str(onnx_path))
     graph = model.graph
-    inits = {t.name: t for t in graph.initializer}
-    consumers: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    inits, consumers = _index_graph(graph)
 
     # Identity(initializer) → the initializer itself
     removed, identities = [], 0
@@ -113,11 +109,7 @@ def activations_to_uint8(onnx_path: Path) -> int:
 
     model = onnx.load(str(onnx_path))
     graph = model.graph
-    inits = {t.name: t for t in graph.initializer}
-    consumers: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    inits, consumers = _index_graph(graph)
     rewritten = 0
     for q in [n for n in graph.node if n.op_type == "QuantizeLinear"]:
         if q.input[0] in inits or len(q.input) < 3 or q.input[2] not in inits:
@@ -190,3 +182,13 @@ def fold_weight_quantization(onnx_path: Path) -> int:
         graph.initializer.remove(t)  # the float weights now nothing reads
     onnx.save(model, str(onnx_path))
     return folded
+
+
+def _index_graph(graph) -> tuple[dict, dict[str, list]]:
+    """Initializers by name, and the nodes consuming each tensor name."""
+    inits = {t.name: t for t in graph.initializer}
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    return inits, consumers
