@@ -6,6 +6,9 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
+
+from compress.errors import RecipeError
 from compress.pipeline import run_recipe
 from compress.recipe import load_recipe
 from tests.conftest import make_sentences, tiny_recipe_text, write_csv
@@ -27,3 +30,14 @@ def stage_json(run_dir: Path, name: str) -> dict:
 
 def manifest(run_dir: Path) -> dict:
     return json.loads((run_dir / "manifest.json").read_text())
+
+
+def recipe_error(recipe_dir: Path, text: str) -> str:
+    """Load `text` as recipe.yaml, expecting the loader to refuse it; the message is one line."""
+    path = recipe_dir / "recipe.yaml"
+    path.write_text(text)
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path)
+    message = str(info.value)
+    assert "\n" not in message, message
+    return message

@@ -9,9 +9,8 @@ import pytest
 
 from compress.errors import RecipeError
 from compress.models import load_classifier
-from compress.recipe import load_recipe
 from tests.conftest import tiny_recipe_text
-from tests.helpers import run_tiny, stage_json
+from tests.helpers import recipe_error, run_tiny, stage_json
 
 TRAIN = """
     max_steps: 15
@@ -122,12 +121,8 @@ def test_bad_distill_config_is_one_line_naming_the_field(recipe_dir, case):
         pattern = r"stages\[3\] \(distill\): teacher 'stage:export_onnx' is an ONNX model"
     else:
         text = tiny_recipe_text(stages=f"\n  - kind: distill\n    {body}\n")
-    path = recipe_dir / "recipe.yaml"
-    path.write_text(text)
-    with pytest.raises(RecipeError) as info:
-        load_recipe(path)
-    message = str(info.value)
-    assert "\n" not in message and re.search(pattern, message), message
+    message = recipe_error(recipe_dir, text)
+    assert re.search(pattern, message), message
 
 
 def test_distill_runs_in_two_cpu_processes(tmp_path, tiny_classifier_dir):

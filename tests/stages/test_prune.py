@@ -9,11 +9,9 @@ import re
 
 import pytest
 
-from compress.errors import RecipeError
 from compress.models import FFN_WIDTHS_KEY, count_parameters, load_classifier, model_structure
-from compress.recipe import load_recipe
 from tests.conftest import tiny_recipe_text
-from tests.helpers import run_tiny, stage_json
+from tests.helpers import recipe_error, run_tiny, stage_json
 
 TRAIN = """
     max_steps: 6
@@ -116,9 +114,5 @@ BAD = {
 @pytest.mark.parametrize("case", list(BAD))
 def test_bad_prune_config_is_one_line_naming_the_field(recipe_dir, case):
     body, pattern = BAD[case]
-    path = recipe_dir / "recipe.yaml"
-    path.write_text(tiny_recipe_text(stages=f"\n  - kind: prune\n    {body}\n"))
-    with pytest.raises(RecipeError) as info:
-        load_recipe(path)
-    message = str(info.value)
-    assert "\n" not in message and re.search(pattern, message), message
+    message = recipe_error(recipe_dir, tiny_recipe_text(stages=f"\n  - kind: prune\n    {body}\n"))
+    assert re.search(pattern, message), message
