@@ -86,27 +86,19 @@ class _TorchLogits:
 
 
 def run_qat(stage, model: TorchModel, ctx) -> ONNXModel:
-    import torch
-    from accelerate.utils import set_seed
-
     from compress.evaluate import predict_logits
-    from compress.models import load_classifier, load_tokenizer
+    from compress.models import load_classifier
     from compress.onnx_quantize import count_int8_coverage
     from compress.parity import compare_logits
     from compress.qdq_export import activations_to_uint8, export_qdq_onnx, fold_weight_quantization
     from compress.runtimes import ORTSession
-    from compress.training import (accuracy_eval, classification_collate, classification_examples,
-                                   split_validation, train_loop)
+    from compress.training import accuracy_eval, split_validation, tokenized_train_split, train_loop
     from compress.trt_engine import check_qdq_for_tensorrt
 
     prepare_nncf_environment()
-    seed = stage.seed if stage.seed is not None else ctx.recipe.data.seed
-    set_seed(seed)
-    torch.set_num_threads(ctx.measure.threads)
+    seed = stage.start(ctx)
     net = load_classifier(model.path, ctx.splits.label_names, ctx.recipe.trust_remote_code)
-    tokenizer = load_tokenizer(model.path, ctx.recipe.trust_remote_code)
-    collate = classification_collate(tokenizer)
-    examples = classification_examples(tokenizer, ctx.splits.train, ctx.recipe.data.max_length)
+    tokenizer, collate, examples = tokenized_train_split(model.path, ctx)
     train, validation = split_validation(examples, stage, seed)
 
     calibration = [_without_labels(collate([e])) for e in train[: stage.calibration_samples]]

@@ -297,6 +297,15 @@ def save_trained(result: TrainResult, out_dir: Path, tokenizer, model=None):
 # ---------------------------------------------------------------------------- classification helpers
 
 
+def tokenized_train_split(model_path: Path, ctx) -> tuple[Any, Callable[[list], dict], list[dict]]:
+    """The model's own tokenizer, its collate function, and the run's train split encoded with it."""
+    from compress.models import load_tokenizer
+
+    tokenizer = load_tokenizer(model_path, ctx.recipe.trust_remote_code)
+    examples = classification_examples(tokenizer, ctx.splits.train, ctx.recipe.data.max_length)
+    return tokenizer, classification_collate(tokenizer), examples
+
+
 def classification_examples(tokenizer, dataset, max_length: int) -> list[dict]:
     from compress.data import encode
 

@@ -61,6 +61,17 @@ class TrainingSchedule(BaseModel):
     checkpoint_every: int | None = Field(
         None, ge=1, description="Save the training state every N steps; a rerun after a crash resumes from it.")
 
+    def start(self, ctx) -> int:
+        """Seed every RNG (the stage's seed, else data.seed) and set torch's threads, before the
+        model is built or loaded (a new head is initialised from it); returns the seed."""
+        import torch
+        from accelerate.utils import set_seed
+
+        seed = self.seed if self.seed is not None else ctx.recipe.data.seed
+        set_seed(seed)
+        torch.set_num_threads(ctx.measure.threads)
+        return seed
+
     @model_validator(mode="after")
     def _keep_best_needs_eval(self):
         if self.keep_best and not self.eval_every:

@@ -150,18 +150,13 @@ class DistillStage(StageConfig, TrainingSchedule):
         return student, in_map if same_teacher else spread_layers(teacher_layers, n_student)
 
     def run(self, model: Artifact, ctx) -> TorchModel:
-        import torch
-        from accelerate.utils import set_seed
-
         from compress.distill import (DistillationModule, LossWeights, cache_teacher_logits, distillation_loss,
                                       encoder_layers, teacher_outputs, with_teacher_logits)
-        from compress.models import label_names_of, load_classifier, load_tokenizer, model_structure
-        from compress.training import (accuracy_eval, classification_collate, classification_examples,
-                                       make_accelerator, save_trained, split_validation, train_loop)
+        from compress.models import label_names_of, load_classifier, model_structure
+        from compress.training import (accuracy_eval, make_accelerator, save_trained, split_validation,
+                                       tokenized_train_split, train_loop)
 
-        seed = self.seed if self.seed is not None else ctx.recipe.data.seed
-        set_seed(seed)
-        torch.set_num_threads(ctx.measure.threads)
+        seed = self.start(ctx)
         labels = ctx.splits.label_names
         teacher_path = self.teacher_dir(model, ctx)
         for what, path in (("incoming model", model.path), ("teacher", teacher_path)):
@@ -176,9 +171,8 @@ class DistillStage(StageConfig, TrainingSchedule):
         weights = LossWeights(kl=self.kl_weight, ce=self.ce_weight, hidden=self.hidden_weight,
                               attention=self.attention_weight, temperature=self.temperature)
 
-        tokenizer = load_tokenizer(model.path, ctx.recipe.trust_remote_code)
-        collate = with_teacher_logits(classification_collate(tokenizer))
-        examples = classification_examples(tokenizer, ctx.splits.train, ctx.recipe.data.max_length)
+        tokenizer, collate, examples = tokenized_train_split(model.path, ctx)
+        collate = with_teacher_logits(collate)
         train, validation = split_validation(examples, self, seed)
         accelerator = make_accelerator(self.gradient_accumulation_steps)
         teacher.to(accelerator.device).eval().requires_grad_(False)

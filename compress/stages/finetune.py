@@ -14,20 +14,13 @@ class FinetuneStage(StageConfig, TrainingSchedule):
     trains = True
 
     def run(self, model: Artifact, ctx) -> TorchModel:
-        import torch
-        from accelerate.utils import set_seed
+        from compress.models import load_classifier
+        from compress.training import (accuracy_eval, save_trained, split_validation, tokenized_train_split,
+                                       train_loop)
 
-        from compress.models import load_classifier, load_tokenizer
-        from compress.training import (accuracy_eval, classification_collate, classification_examples,
-                                       save_trained, split_validation, train_loop)
-
-        seed = self.seed if self.seed is not None else ctx.recipe.data.seed
-        set_seed(seed)  # the new head's initialisation
-        torch.set_num_threads(ctx.measure.threads)
+        seed = self.start(ctx)  # before the new head's initialisation
         net = load_classifier(model.path, ctx.splits.label_names, ctx.recipe.trust_remote_code)
-        tokenizer = load_tokenizer(model.path, ctx.recipe.trust_remote_code)
-        collate = classification_collate(tokenizer)
-        examples = classification_examples(tokenizer, ctx.splits.train, ctx.recipe.data.max_length)
+        tokenizer, collate, examples = tokenized_train_split(model.path, ctx)
         train, validation = split_validation(examples, self, seed)
         result = train_loop(
             net, train, collate, self, loss_fn=lambda m, batch: m(**batch).loss,

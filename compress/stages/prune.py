@@ -75,21 +75,15 @@ class PruneStage(StageConfig, TrainingSchedule):
         return self
 
     def run(self, model: Artifact, ctx) -> TorchModel:
-        import torch
         from accelerate import PartialState
-        from accelerate.utils import set_seed
 
-        from compress.models import count_parameters, load_classifier, load_tokenizer, model_structure
-        from compress.training import classification_collate, classification_examples
+        from compress.models import count_parameters, load_classifier, model_structure
+        from compress.training import tokenized_train_split
 
-        seed = self.seed if self.seed is not None else ctx.recipe.data.seed
-        set_seed(seed)
-        torch.set_num_threads(ctx.measure.threads)
+        seed = self.start(ctx)
         before = ctx.input_measurement(model)
         net = load_classifier(model.path, ctx.splits.label_names, ctx.recipe.trust_remote_code)
-        tokenizer = load_tokenizer(model.path, ctx.recipe.trust_remote_code)
-        collate = classification_collate(tokenizer)
-        examples = classification_examples(tokenizer, ctx.splits.train, ctx.recipe.data.max_length)
+        tokenizer, collate, examples = tokenized_train_split(model.path, ctx)
         structure, params = model_structure(net), count_parameters(net)["parameters"]
         ctx.record(input=before, method=self.method, scope=self.scope, structure_before=structure)
         if self.method == "structured":
