@@ -131,7 +131,18 @@ def environment_line(rows: list[dict]) -> str:
     cvs = [r["cv"] for r in _ok(rows) if r.get("cv") is not None]
     cv = f"; CV of per-call latency: median {sorted(cvs)[len(cvs) // 2]:.3f}, max {max(cvs):.3f}" if cvs else ""
     return (f"Environment: {env.get('processor', '?')}, {env.get('cores_usable', '?')} usable cores, {libs}; "
-            f"git {env.get('git_commit', '?')}; load average at start {env.get('load_avg_at_start', '?')}{cv}.")
+            f"git {env.get('git_commit', '?')}; load average at start {env.get('load_avg_at_start', '?')}{cv}."
+            + repeats_line(rows))
+
+
+def repeats_line(rows: list[dict]) -> str:
+    spreads = sorted(r["repeats"]["spread"] for r in _ok(rows) if r.get("repeats"))
+    if not spreads:
+        return ""
+    n = max(r["repeats"]["n"] for r in _ok(rows) if r.get("repeats"))
+    return (f" Each cell measured {n} times in interleaved rounds, each in a fresh process; the table shows the "
+            f"median. Spread of a cell's p50 between repeats ((max - min) / median): median "
+            f"{spreads[len(spreads) // 2]:.1%}, max {spreads[-1]:.1%}.")
 
 
 def write_plot(rows: list[dict], path: Path) -> None:

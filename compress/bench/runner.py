@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -20,6 +22,8 @@ from compress.bench.settings import BenchSettings
 log = logging.getLogger(__name__)
 
 RESULTS_JSONL = "results.jsonl"
+REPEATS_JSONL = "repeats.jsonl"  # every repeat of every cell, when repeats > 1
+REPEATED_STATS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "cv", "throughput")
 
 
 def fingerprint() -> dict:
@@ -109,27 +113,64 @@ def append_row(path: Path, row: dict) -> None:
 
 def run_plan(plan: Plan, settings: BenchSettings, out_dir: Path,
              on_row: Callable[[dict], None] | None = None) -> list[dict]:
+    """Measure every cell `settings.repeats` times in interleaved rounds; a cell's row is
+    appended to results.jsonl as soon as its last repeat finishes."""
     out_dir.mkdir(parents=True, exist_ok=True)
     jsonl = out_dir / RESULTS_JSONL
     jsonl.write_text("", encoding="utf-8")  # a new benchmark starts a new results file
+    repeats_jsonl = out_dir / REPEATS_JSONL
+    repeats_jsonl.unlink(missing_ok=True)
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     env = fingerprint()
+    measured: list[list[dict]] = [[] for _ in plan.cells]
     rows = []
     with tempfile.TemporaryDirectory(prefix="compress-bench-") as tmp:
-        for i, cell in enumerate(plan.cells):
-            row = base_row(cell, run_id, env)
-            if cell.skipped:
-                row |= {"status": "skipped", "reason": cell.skipped}
-            else:
-                log.info("cell %d/%d: %s on %s, %s, %d threads", i + 1, len(plan.cells), cell.model.name,
-                         cell.target, row["shape"], cell.threads)
-                row |= run_cell(cell, settings, Path(tmp))
-            row["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-            append_row(jsonl, row)
-            rows.append(row)
-            if on_row:
-                on_row(row)
+        for repeat in range(1, settings.repeats + 1):
+            last_round = repeat == settings.repeats
+            for i, cell in enumerate(plan.cells):
+                row = base_row(cell, run_id, env)
+                if cell.skipped:
+                    if last_round:
+                        rows.append(_finish(row | {"status": "skipped", "reason": cell.skipped}, jsonl, on_row))
+                    continue
+                round_note = f" (repeat {repeat}/{settings.repeats})" if settings.repeats > 1 else ""
+                log.info("cell %d/%d: %s on %s, %s, %d threads%s", i + 1, len(plan.cells), cell.model.name,
+                         cell.target, row["shape"], cell.threads, round_note)
+                # Accuracy does not change between repeats: measured in the first only.
+                result = run_cell(cell if repeat == 1 else replace(cell, accuracy=False), settings, Path(tmp))
+                measured[i].append(result)
+                if settings.repeats > 1:
+                    append_row(repeats_jsonl, row | result | {"repeat": repeat})
+                if last_round:
+                    rows.append(_finish(row | combine_repeats(measured[i]), jsonl, on_row))
     return rows
+
+
+def _finish(row: dict, jsonl: Path, on_row: Callable[[dict], None] | None) -> dict:
+    row["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    append_row(jsonl, row)
+    if on_row:
+        on_row(row)
+    return row
+
+
+def combine_repeats(results: list[dict]) -> dict:
+    """One cell's repeats as one row: the median of each latency/throughput statistic,
+    the first successful repeat's other fields (accuracy, memory), and each repeat's p50
+    with their spread ((max - min) / median)."""
+    ok = [r for r in results if r["status"] == "ok"]
+    if len(results) == 1 or not ok:
+        return results[0]
+    row = dict(ok[0])
+    for key in REPEATED_STATS:
+        values = [r[key] for r in ok if r.get(key) is not None]
+        if values:
+            row[key] = round(statistics.median(values), 4)
+    row["iterations"] = sum(r.get("iterations", 0) for r in ok)
+    p50s = [r["p50_ms"] for r in ok]
+    row["repeats"] = {"n": len(results), "failed": len(results) - len(ok), "p50_ms": p50s,
+                      "spread": round((max(p50s) - min(p50s)) / statistics.median(p50s), 4)}
+    return row
 
 
 def run_benchmark(models, settings: BenchSettings, out_dir: Path, where: str = "spec",

@@ -61,6 +61,9 @@ class BenchSettings(_Spec):
     eval_batch_size: int = Field(64, ge=1)
     max_eval_samples: int | None = Field(None, ge=1, description="Cap the eval set (accuracy and real shapes).")
     cell_timeout: float = Field(1800.0, gt=0, description="Seconds before a cell's subprocess is killed.")
+    repeats: int = Field(1, ge=1, le=100, description=(
+        "Measure every cell this many times, each in a fresh process, in interleaved rounds (every cell once, "
+        "then every cell again): a load change hits all models alike. Rows report the median of the repeats."))
 
     @field_validator("targets", "threads")
     @classmethod
