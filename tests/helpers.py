@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
 from compress.errors import RecipeError
 from compress.pipeline import run_recipe
@@ -41,3 +42,37 @@ def recipe_error(recipe_dir: Path, text: str) -> str:
     message = str(info.value)
     assert "\n" not in message, message
     return message
+
+
+RECIPES = Path(__file__).parents[1] / "recipes"
+TINY_DATA = {"train": "reviews.csv", "eval_fraction": 0.25, "seed": 7, "max_length": 32}
+TINY_STAGE = {  # per stage kind: what shrinks so a shipped recipe runs in seconds
+    "finetune": {"epochs": 1, "max_steps": 2, "batch_size": 8},
+    "distill": {"epochs": 1, "max_steps": 2, "batch_size": 8},
+    "prune": {"epochs": 1, "max_steps": 2, "batch_size": 8, "importance_batches": 2},
+    "qat": {"epochs": 1, "max_steps": 2, "batch_size": 8, "calibration_samples": 16},
+    "ptq": {"calibration_samples": 16, "budget_samples": 16},
+}
+
+
+def run_shipped_recipe(name: str, tmp: Path, model_dir: Path, data: dict | None = None,
+                       stage_overrides: dict | None = None) -> Path:
+    """Run recipes/NAME in tiny form: the given model, tiny data (80 synthetic snippets
+    unless `data` is given), TINY_STAGE (then `stage_overrides`) per stage kind, a quick
+    benchmark block; only fields a stage already sets are shrunk. Returns the run directory."""
+    raw = yaml.safe_load((RECIPES / name).read_text())
+    write_csv(tmp / "reviews.csv", make_sentences(80))
+    raw["model"] = str(model_dir)
+    raw["data"] = data or TINY_DATA
+    raw["measure"] = {"threads": 1, "latency_iterations": 5, "warmup": 1}
+    if raw.get("benchmark"):
+        raw["benchmark"].update(warmup=1, min_iterations=3, min_seconds=0, threads=[1],
+                                shapes={"batch_sizes": [1, 4], "real": True})
+    for stage in raw["stages"]:
+        shrink = TINY_STAGE.get(stage["kind"], {}) | (stage_overrides or {}).get(stage["kind"], {})
+        has_schedule = "epochs" in stage or "max_steps" in stage
+        stage.update({k: v for k, v in shrink.items()
+                      if k in stage or (has_schedule and k in ("epochs", "max_steps", "batch_size"))})
+    path = tmp / name
+    path.write_text(yaml.safe_dump(raw))
+    return run_recipe(load_recipe(path), tmp / "runs", recipe_path=path).run_dir

@@ -7,14 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
 
-from compress.pipeline import run_recipe
-from compress.recipe import load_recipe
-from tests.conftest import make_sentences, write_csv
-from tests.helpers import manifest, stage_json
-
-RECIPES = Path(__file__).parents[1] / "recipes"
+from tests.helpers import manifest, run_shipped_recipe, stage_json
 
 
 @pytest.fixture(scope="module")
@@ -36,34 +30,12 @@ def tiny_mpnet_dir(tmp_path_factory, minilm_tokenizer_dir) -> Path:
     return path
 
 
-def run_tiny(name: str, tmp_path: Path, model_dir: Path) -> Path:
-    raw = yaml.safe_load((RECIPES / name).read_text())
-    write_csv(tmp_path / "reviews.csv", make_sentences(80))
-    raw["model"] = str(model_dir)
-    raw["data"] = {"train": "reviews.csv", "eval_fraction": 0.25, "seed": 7, "max_length": 32}
-    raw["measure"] = {"threads": 1, "latency_iterations": 5, "warmup": 1}
-    raw["benchmark"].update(warmup=1, min_iterations=3, min_seconds=0, shapes={"batch_sizes": [1, 4], "real": True},
-                            threads=[1])
-    for stage in raw["stages"]:
-        if "epochs" in stage:
-            stage.update(epochs=1, max_steps=2, batch_size=8)
-        if stage["kind"] == "prune":
-            stage["importance_batches"] = 2
-        if stage["kind"] in ("qat", "ptq") and "calibration_samples" in stage:
-            stage["calibration_samples"] = 16
-        if "budget_samples" in stage:
-            stage["budget_samples"] = 16
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(raw))
-    return run_recipe(load_recipe(path), tmp_path / "runs", recipe_path=path).run_dir
-
-
 def bench_rows(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "bench" / "results.jsonl").read_text().splitlines()]
 
 
 def test_headline_ptq_in_tiny_form(tmp_path, tiny_mpnet_dir):
-    run_dir = run_tiny("headline-ptq.yaml", tmp_path, tiny_mpnet_dir)
+    run_dir = run_shipped_recipe("headline-ptq.yaml", tmp_path, tiny_mpnet_dir)
     assert [s["status"] for s in manifest(run_dir)["stages"]] == ["completed"] * 3
     assert stage_json(run_dir, "03-ptq")["int8_coverage"]
     rows = [r for r in bench_rows(run_dir) if r["status"] == "ok"]
@@ -72,7 +44,7 @@ def test_headline_ptq_in_tiny_form(tmp_path, tiny_mpnet_dir):
 
 
 def test_headline_full_chain_in_tiny_form(tmp_path, tiny_mpnet_dir):
-    run_dir = run_tiny("headline-full.yaml", tmp_path, tiny_mpnet_dir)
+    run_dir = run_shipped_recipe("headline-full.yaml", tmp_path, tiny_mpnet_dir)
     assert [s["status"] for s in manifest(run_dir)["stages"]] == ["completed"] * 4
     assert stage_json(run_dir, "01-distill")["student"]["structure"]["layers"] == 2  # every: 2 on 4 layers
     pruned = stage_json(run_dir, "02-prune")
