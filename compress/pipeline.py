@@ -48,11 +48,17 @@ def _run_benchmark(recipe: Recipe, ctx: RunContext) -> None:
     # A run that starts from an already fine-tuned classifier (no finetune stage) measures
     # that input as its baseline: the uncompressed model is what every speedup is against.
     source = resolve_model_dir(recipe.model)
-    starts_fine_tuned = label_names_of(source) == ctx.splits.label_names
-    spec = BenchSpec(models=[{"path": str(ctx.run_dir)}], baseline=str(source) if starts_fine_tuned else None,
-                     data=recipe.data if starts_fine_tuned else None, **recipe.benchmark.model_dump())
+    fine_tuned = starts_fine_tuned(source, ctx)
+    spec = BenchSpec(models=[{"path": str(ctx.run_dir)}], baseline=str(source) if fine_tuned else None,
+                     data=recipe.data if fine_tuned else None, **recipe.benchmark.model_dump())
     log.info("benchmark: %s", ", ".join(recipe.benchmark.targets))
     run_benchmark(resolve_models(spec), recipe.benchmark, ctx.run_dir / "bench", where="benchmark")
+
+
+def starts_fine_tuned(model_dir: Path, ctx: RunContext) -> bool:
+    """The recipe's input is already a classifier for the run's labels: it is measured as
+    the run's input, and a benchmark block takes it as the baseline."""
+    return label_names_of(model_dir) == ctx.splits.label_names
 
 
 def _run_stages(recipe: Recipe, ctx: RunContext, redo_from: int) -> tuple[Artifact, bool]:
@@ -62,7 +68,7 @@ def _run_stages(recipe: Recipe, ctx: RunContext, redo_from: int) -> tuple[Artifa
     model: Artifact = TorchModel(resolve_model_dir(recipe.model))
     input_sha = tree_sha256(model.path)
     ctx.manifest["model_sha256"] = input_sha
-    if label_names_of(model.path) == ctx.splits.label_names:  # already a classifier for these labels
+    if starts_fine_tuned(model.path, ctx):
         log.info("measuring the input model")
         ctx.record_input(measure_artifact(model, ctx))
     for i, stage in enumerate(recipe.stages):
