@@ -111,21 +111,27 @@ def check_stage_chain(stages: list) -> None:
 # ---------------------------------------------------------------------------- loading
 
 
-def load_recipe(path: str | Path, check_files: bool = True) -> Recipe:
-    """Parse, validate and resolve a recipe file. Relative paths resolve against the
-    recipe's directory. Raises RecipeError with a one-line message."""
-    path = Path(path)
+def read_yaml_file(path: Path, what: str, error: type[CompressError]) -> object:
+    """The parsed document of a YAML file (safe_load: no tags run), or `error` with one
+    line naming the file and, for a syntax error, the line and column."""
     if not path.is_file():
-        raise RecipeError(f"{path}: recipe file not found")
+        raise error(f"{path}: {what} file not found")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as e:
-        raise RecipeError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        raise error(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise RecipeError(f"{path}: invalid YAML: {where}{problem}") from None
+        raise error(f"{path}: invalid YAML: {where}{problem}") from None
+
+
+def load_recipe(path: str | Path, check_files: bool = True) -> Recipe:
+    """Parse, validate and resolve a recipe file. Relative paths resolve against the
+    recipe's directory. Raises RecipeError with a one-line message."""
+    path = Path(path)
+    raw = read_yaml_file(path, "recipe", RecipeError)
     if not isinstance(raw, dict):
         raise RecipeError(f"{path}: expected a mapping of recipe fields at the top level, got {type(raw).__name__}")
     try:

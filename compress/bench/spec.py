@@ -5,12 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
 from pydantic import Field, ValidationError, field_validator
 
 from compress.bench.settings import BenchSettings, ShapeSpec, TargetName, _Spec
 from compress.errors import CompressError
-from compress.recipe import DataSpec, describe_validation_error
+from compress.recipe import DataSpec, describe_validation_error, read_yaml_file
 
 
 class BenchSpecError(CompressError):
@@ -59,16 +58,7 @@ def parse_settings(raw: object, cls: type = BenchSpec, where: str = "spec"):
 def load_bench_spec(path: str | Path) -> BenchSpec:
     """Parse and validate a spec; relative paths resolve against the spec's directory."""
     path = Path(path)
-    if not path.is_file():
-        raise BenchSpecError(f"{path}: bench spec file not found")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as e:
-        raise BenchSpecError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise BenchSpecError(f"{path}: invalid YAML: {where}{getattr(e, 'problem', None) or e}") from None
+    raw = read_yaml_file(path, "bench spec", BenchSpecError)
     spec = parse_settings(raw, BenchSpec, str(path))
     base = path.parent
 
