@@ -90,7 +90,8 @@ def run_qat(stage, model: TorchModel, ctx) -> ONNXModel:
     from compress.models import load_classifier
     from compress.onnx_quantize import count_int8_coverage
     from compress.parity import compare_logits
-    from compress.qdq_export import activations_to_uint8, export_qdq_onnx, fold_weight_quantization
+    from compress.qdq_export import (activations_to_uint8, export_qdq_onnx, fold_weight_quantization,
+                                     gather_before_dequantize)
     from compress.runtimes import ORTSession
     from compress.training import accuracy_eval, split_validation, tokenized_train_split, train_loop
     from compress.trt_engine import check_qdq_for_tensorrt
@@ -122,6 +123,7 @@ def run_qat(stage, model: TorchModel, ctx) -> ONNXModel:
     if stage.activation_type == "uint8":
         activations_to_uint8(out.onnx_path)
     weights_folded = fold_weight_quantization(out.onnx_path) if stage.fold_weights else 0
+    lookups_rewritten = gather_before_dequantize(out.onnx_path) if weights_folded else 0
     copy_sidecar_files(model.path, ctx.artifact_dir)
     tokenizer.save_pretrained(ctx.artifact_dir)
 
@@ -135,7 +137,8 @@ def run_qat(stage, model: TorchModel, ctx) -> ONNXModel:
         qat={"preset": stage.preset, "per_channel": stage.per_channel, "activation_type": stage.activation_type,
              "calibration_samples": len(calibration),
              "calibration_seconds": round(calibrated_s, 1), "distill_weight": stage.distill_weight,
-             "temperature": stage.temperature if stage.distill_weight else None, "weights_folded": weights_folded},
+             "temperature": stage.temperature if stage.distill_weight else None, "weights_folded": weights_folded,
+             "embedding_lookups_gathered_before_dequantize": lookups_rewritten},
         training=result.record(stage.batch_size, stage.gradient_accumulation_steps, seed),
         parity=parity, int8_coverage=count_int8_coverage(out.onnx_path),
         tensorrt_qdq={"ok": not problems, "problems": problems[:5], "problem_count": len(problems)},

@@ -8,5 +8,5 @@ def test_optimize_fuses_attention_and_layernorm(tmp_path, tiny_classifier_dir):
     assert fused.get("Attention") == 2  # one per layer
     assert fused.get("SkipLayerNormalization", 0) >= 2
     assert fused.get("EmbedLayerNormalization") == 1
-    assert record["parity"]["max_abs_diff"] <= 1e-3
+    assert record["parity"]["max_abs_diff"] <= record["parity"]["atol"] == 1e-3  # a float graph's default
     assert record["accuracy"] == stage_json(run_dir, "01-export_onnx")["accuracy"]

@@ -94,6 +94,16 @@ def test_qat_onnx_matches_the_torch_qat_model(tiny_classifier_dir):
         float_logits = net(**batch).logits.numpy()
     assert not np.allclose(got, float_logits, atol=1e-7)  # the quantizers really act
 
+    from compress.qdq_export import gather_before_dequantize
+
+    assert gather_before_dequantize(folded) >= 1  # the quantized word embeddings at least
+    graph = onnx.load(str(folded)).graph
+    dq_outputs = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    assert not [n for n in graph.node if n.op_type == "Gather" and n.input[0] in dq_outputs]
+    gathered = ort.InferenceSession(str(folded), providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(gathered.run(None, {k: v.numpy() for k, v in batch.items()})[0],
+                                  same.run(None, {k: v.numpy() for k, v in batch.items()})[0])
+
 
 def test_mixed_preset_is_flagged_for_tensorrt(tmp_path, tiny_classifier_dir):
     record = stage_json(run_tiny(tmp_path, tiny_classifier_dir, QAT + "    preset: mixed\n"), "01-qat")
@@ -136,6 +146,7 @@ def test_onnx_stages_follow_qat(tmp_path, tiny_classifier_dir):
 
     qat, optimized = stage_json(run_dir, "01-qat"), stage_json(run_dir, "02-optimize_onnx")
     assert optimized["accuracy"] == qat["accuracy"]
+    assert optimized["parity"]["atol"] == 0.1  # the quantized graph's default tolerance
     coverage = count_int8_coverage(run_dir / "02-optimize_onnx" / "model.onnx")
     assert coverage["int8_matmul_nodes"] == qat["int8_coverage"]["int8_matmul_nodes"]
 
