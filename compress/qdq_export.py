@@ -141,15 +141,7 @@ def fold_weight_quantization(onnx_path: Path) -> int:
 
     model = onnx.load(str(onnx_path))
     graph = model.graph
-    inits = {t.name: t for t in graph.initializer}
-    uses: dict[str, int] = {}
-    for node in graph.node:
-        for name in node.input:
-            uses[name] = uses.get(name, 0) + 1
-    consumers: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    inits, consumers = _index_graph(graph)
     folded, removed = 0, []
     for q in [n for n in graph.node if n.op_type == "QuantizeLinear"]:
         if len(q.input) < 3 or not all(name in inits for name in q.input[:3]):
@@ -208,10 +200,11 @@ def gather_before_dequantize(onnx_path: Path) -> int:
     model = onnx.load(str(onnx_path))
     graph = model.graph
     inits, consumers = _index_graph(graph)
+    graph_outputs = {o.name for o in graph.output}
     last_axis = "gather_dq_last_axis"
-    rewritten, new_nodes_at = 0, {}
+    rewritten, new_nodes_at, replaced_dqs = 0, {}, set()
     for dq in [n for n in graph.node if n.op_type == "DequantizeLinear"]:
-        if not all(name in inits for name in dq.input) or len(dq.input) < 3:
+        if not all(name in inits for name in dq.input) or len(dq.input) < 3 or dq.output[0] in graph_outputs:
             continue
         users = consumers.get(dq.output[0], [])
         gathers = [u for u in users if u.op_type == "Gather" and u.input[0] == dq.output[0]
@@ -246,16 +239,15 @@ def gather_before_dequantize(onnx_path: Path) -> int:
                 nodes.append(helper.make_node("Mul", [rows, f"{p}_scale_col"], [gather.output[0]]))
             new_nodes_at[id(gather)] = nodes
             rewritten += 1
+        replaced_dqs.add(id(dq))  # every reader of the table's float form is rewritten
     if not rewritten:
         return 0
     if last_axis not in inits:
         graph.initializer.append(numpy_helper.from_array(np.array([-1], dtype=np.int64), last_axis))
     kept = []
     for node in graph.node:  # each replacement where its Gather stood: the graph stays sorted
-        kept.extend(new_nodes_at.get(id(node), [node]))
-    still_read = {name for node in kept for name in node.input}
-    kept = [n for n in kept if n.op_type != "DequantizeLinear" or any(o in still_read for o in n.output)
-            or any(o in {g.name for g in graph.output} for o in n.output)]
+        if id(node) not in replaced_dqs:
+            kept.extend(new_nodes_at.get(id(node), [node]))
     del graph.node[:]
     graph.node.extend(kept)
     read = {name for node in kept for name in node.input}
