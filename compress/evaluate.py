@@ -8,7 +8,7 @@ import numpy as np
 from rich.progress import Progress
 
 from compress.data import iter_batches, pad_batch
-from compress.runtimes import Session
+from compress.sessions import Session
 
 
 def predict_logits(session: Session, encoded: list[dict], batch_size: int, desc: str = "evaluating") -> np.ndarray:
@@ -82,7 +82,7 @@ def measure_artifact(artifact, run_ctx) -> dict:
     """What every stage records about its artifact: size, parameters, eval accuracy and
     batch-1 latency, all on the same eval split and with the same thread count."""
     from compress.artifacts import artifact_kind
-    from compress.runtimes import open_session
+    from compress.sessions import open_session
 
     measure = run_ctx.recipe.measure
     encoded = run_ctx.encoded_eval(artifact)

@@ -8,7 +8,7 @@ import numpy as np
 from compress.artifacts import Artifact
 from compress.errors import StageError
 from compress.evaluate import predict_logits
-from compress.runtimes import open_session
+from compress.sessions import open_session
 
 
 def compare_logits(reference: np.ndarray, candidate: np.ndarray) -> dict:

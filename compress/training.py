@@ -122,7 +122,13 @@ def train_loop(
     import torch
     from accelerate import skip_first_batches
     from accelerate.utils import set_seed
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
     from torch.utils.data import DataLoader
     from transformers import get_scheduler
 

@@ -47,7 +47,7 @@ def _reference_probs(package: Path, texts: list[str], batch_size: int) -> np.nda
     from compress.data import TextDataset, encode, pad_batch
     from compress.models import load_tokenizer
     from compress.runtime import plan_batches
-    from compress.runtimes import ORTSession
+    from compress.sessions import ORTSession
 
     max_length = json.loads((package / "deploy.json").read_text())["max_sequence_length"]
     encoded = encode(load_tokenizer(package), TextDataset(texts, [0] * len(texts)), max_length)
@@ -127,7 +127,7 @@ def test_model_card(run_dir, package, tmp_path):
     assert "## Benchmark" not in card  # no bench/results.md in this run
     assert '"onnxruntime"' in card and '"tokenizers"' in card  # environment
 
-    from compress.deploy import model_card
+    from compress.stages.package.deploy import model_card
 
     copy = shutil.copytree(run_dir, tmp_path / "run")
     (copy / "bench").mkdir()
@@ -140,7 +140,7 @@ def test_model_card(run_dir, package, tmp_path):
 def test_validation_fails_against_a_different_model(run_dir, package):
     """The self-check can fail: the fp32 export is not the packaged INT8 model."""
     from compress.data import TextDataset, encode
-    from compress.deploy import validate_package
+    from compress.stages.package.deploy import validate_package
     from compress.models import load_tokenizer
 
     texts = _eval_texts(run_dir)[:20]
@@ -170,7 +170,7 @@ def test_package_must_be_last_and_take_onnx(recipe_dir, stages, pattern):
 
 def test_engine_source_onnx_is_found_by_hash(tmp_path):
     from compress.artifacts import TRTEngine
-    from compress.deploy import engine_source_onnx
+    from compress.stages.package.deploy import engine_source_onnx
 
     for name in ("01-export_onnx", "02-ptq"):
         (tmp_path / name).mkdir()

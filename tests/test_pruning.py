@@ -9,7 +9,7 @@ import torch
 
 from compress.errors import StageError
 from compress.models import FFN_WIDTHS_KEY, heads_output_projection, load_classifier, model_structure
-from compress.pruning import (PrunePlan, apply_plan_, cubic_sparsity, magnitude_prune_, plan_budget, plan_fractions,
+from compress.stages.prune.surgery import (PrunePlan, apply_plan_, cubic_sparsity, magnitude_prune_, plan_budget, plan_fractions,
                               sparsity_of, start_masks_, taylor_importance)
 
 HEAD_DIM = 8
@@ -117,7 +117,7 @@ def test_pruned_model_saves_reloads_and_exports_to_onnx(tmp_path, minilm_tokeniz
     from transformers import AutoTokenizer
 
     from compress.artifacts import TorchModel
-    from compress.onnx_export import export_to_onnx
+    from compress.stages.export_onnx import export_to_onnx
 
     model = _model(layers=3)
     model.config.id2label, model.config.label2id = {0: "neg", 1: "pos"}, {"neg": 0, "pos": 1}

@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from compress.qdq_export import gather_before_dequantize
+from compress.stages.qat.qdq_export import gather_before_dequantize
 
 VOCAB, WIDTH = 50, 8
 

@@ -4,7 +4,6 @@ misspelt field or enum fails to parse; then checked against the ONNX graph."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 
@@ -13,7 +12,7 @@ pytest.importorskip("google.protobuf")
 from google.protobuf import descriptor_pb2, descriptor_pool, text_format  # noqa: E402
 from google.protobuf.message_factory import GetMessageClass  # noqa: E402
 
-from compress.triton_config import triton_config, write_triton_repository  # noqa: E402
+from compress.stages.package.triton_repository import triton_config, write_triton_repository  # noqa: E402
 
 F = descriptor_pb2.FieldDescriptorProto
 # Triton's DataType enum (model_config.proto) and ModelInstanceGroup.Kind

@@ -12,7 +12,14 @@ from pathlib import Path
 
 import yaml
 
-from compress.artifacts import ARTIFACT_KINDS, Artifact, ONNXModel, TorchModel, TRTEngine, artifact_kind
+from compress.artifacts import (
+    ARTIFACT_KINDS,
+    Artifact,
+    ONNXModel,
+    TorchModel,
+    TRTEngine,
+    artifact_kind,
+)
 from compress.bench.settings import BenchSettings
 from compress.bench.spec import BenchSpec, BenchSpecError, ModelRef
 from compress.bench.targets import TARGETS, unavailable_reason

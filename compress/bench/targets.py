@@ -76,8 +76,8 @@ def target_report() -> list[tuple[str, str, str | None]]:
 
 
 def open_target_session(artifact: Artifact, target: Target, threads: int):
-    """A runtime session for the artifact on the target (compress.runtimes sessions)."""
-    from compress.runtimes import ORTSession, TorchSession, TRTSession
+    """A runtime session for the artifact on the target (compress.sessions sessions)."""
+    from compress.sessions import ORTSession, TorchSession, TRTSession
 
     if not isinstance(artifact, target.accepts):
         raise TypeError(f"{target.name} runs {target.accepts.description}, not {type(artifact).description}")
@@ -95,7 +95,7 @@ class TorchCUDASession:
     """PyTorch eager on the GPU; run() returns host logits, so each call is synchronised."""
 
     def __init__(self, model: TorchModel, threads: int):
-        from compress.runtimes import TorchSession
+        from compress.sessions import TorchSession
 
         self._inner = TorchSession(model, threads)
         self._inner.model.to("cuda")

@@ -134,7 +134,12 @@ class DistillStage(StageConfig, TrainingSchedule):
 
     def build_student(self, incoming, teacher_layers: int, same_teacher: bool):
         """(student, layer_map): layer_map[j] = the teacher layer that student layer j imitates."""
-        from compress.distill import encoder_layers, spread_layers, student_from_config, student_from_layers
+        from compress.distillation import (
+            encoder_layers,
+            spread_layers,
+            student_from_config,
+            student_from_layers,
+        )
 
         n_in = len(encoder_layers(incoming))
         if self.student is not None:
@@ -150,11 +155,24 @@ class DistillStage(StageConfig, TrainingSchedule):
         return student, in_map if same_teacher else spread_layers(teacher_layers, n_student)
 
     def run(self, model: Artifact, ctx) -> TorchModel:
-        from compress.distill import (DistillationModule, LossWeights, cache_teacher_logits, distillation_loss,
-                                      encoder_layers, teacher_outputs, with_teacher_logits)
+        from compress.distillation import (
+            DistillationModule,
+            LossWeights,
+            cache_teacher_logits,
+            distillation_loss,
+            encoder_layers,
+            teacher_outputs,
+            with_teacher_logits,
+        )
         from compress.models import label_names_of, load_classifier, model_structure
-        from compress.training import (accuracy_eval, make_accelerator, save_trained, split_validation,
-                                       tokenized_train_split, train_loop)
+        from compress.training import (
+            accuracy_eval,
+            make_accelerator,
+            save_trained,
+            split_validation,
+            tokenized_train_split,
+            train_loop,
+        )
 
         seed = self.start(ctx)
         labels = ctx.splits.label_names

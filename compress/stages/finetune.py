@@ -15,8 +15,13 @@ class FinetuneStage(StageConfig, TrainingSchedule):
 
     def run(self, model: Artifact, ctx) -> TorchModel:
         from compress.models import load_classifier
-        from compress.training import (accuracy_eval, save_trained, split_validation, tokenized_train_split,
-                                       train_loop)
+        from compress.training import (
+            accuracy_eval,
+            save_trained,
+            split_validation,
+            tokenized_train_split,
+            train_loop,
+        )
 
         seed = self.start(ctx)  # before the new head's initialisation
         net = load_classifier(model.path, ctx.splits.label_names, ctx.recipe.trust_remote_code)

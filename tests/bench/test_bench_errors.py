@@ -132,7 +132,7 @@ def test_ort_refuses_silent_cpu_fallback(tiny_classifier_dir, tmp_path):
 
     from compress.artifacts import ONNXModel
     from compress.errors import CompressError
-    from compress.runtimes import ORTSession
+    from compress.sessions import ORTSession
 
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("CUDA provider available: no fallback to provoke")

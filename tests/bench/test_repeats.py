@@ -6,7 +6,6 @@ scheduling and the combining, not the timing."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 

@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from compress.errors import CompressError
-from compress.stages.build_engine import BuildEngineStage, ProfileSpec
+from compress.stages.build_engine import ProfileSpec
 from compress.trt_engine import (
     check_engine_compatible,
     check_qdq_for_tensorrt,
@@ -103,7 +103,7 @@ def test_build_engine_is_skipped_with_a_reason_without_tensorrt(tmp_path, tiny_c
 
 def test_onnx_side_parity_with_polygraphy(tmp_path, tiny_classifier_dir):
     from compress.artifacts import ONNXModel
-    from compress.runtimes import ORTSession
+    from compress.sessions import ORTSession
 
     run_dir = run_tiny(tmp_path, tiny_classifier_dir, "\n  - kind: export_onnx\n")
     model = ONNXModel(run_dir / "01-export_onnx")

@@ -53,7 +53,7 @@ def test_smaller_config_student_with_hidden_and_attention_losses(tmp_path, tiny_
 def test_cached_teacher_logits_are_used_instead_of_the_teacher():
     import torch
 
-    from compress.distill import LossWeights, teacher_outputs
+    from compress.distillation import LossWeights, teacher_outputs
 
     class Exploding(torch.nn.Module):
         def forward(self, **kw):

@@ -87,7 +87,7 @@ def test_unstructured_reaches_the_sparsity_and_warns(tmp_path, tiny_classifier_d
     assert any("no speed" in r.getMessage() for r in caplog.records)
     model = load_classifier(run_dir / "01-prune")  # masks made permanent: a plain checkpoint
     assert not any("_orig" in k or "_mask" in k for k in model.state_dict())
-    from compress.pruning import prunable_linears, sparsity_of
+    from compress.stages.prune.surgery import prunable_linears, sparsity_of
 
     assert sparsity_of(prunable_linears(model)) == pytest.approx(0.6, abs=1e-3)
     assert record["weight_sparsity"] > 0  # the pipeline's count over every matrix (embeddings dominate it)

@@ -5,7 +5,7 @@ import numpy as np
 import onnx
 import pytest
 
-from compress.onnx_quantize import count_int8_coverage
+from compress.onnx_graph import count_int8_coverage
 from compress.trt_engine import check_qdq_for_tensorrt
 from tests.conftest import tiny_recipe_text
 from tests.helpers import recipe_error, run_tiny, stage_json
@@ -119,7 +119,7 @@ def test_budget_already_met_searches_nothing(tmp_path, tiny_classifier_dir):
 
 def test_budget_search_order_and_clear_failure():
     from compress.errors import StageError
-    from compress.quant_budget import fit_accuracy_budget
+    from compress.stages.ptq.budget import fit_accuracy_budget
 
     labels = np.array([0, 1, 0, 1])
     reference = np.eye(2)[labels]

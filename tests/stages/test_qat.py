@@ -48,8 +48,8 @@ def test_qat_onnx_matches_the_torch_qat_model(tiny_classifier_dir):
     import torch
 
     from compress.models import load_classifier
-    from compress.qat_nncf import prepare_nncf_environment, quantize_with_nncf
-    from compress.qdq_export import export_qdq_onnx
+    from compress.stages.qat.nncf_qat import prepare_nncf_environment, quantize_with_nncf
+    from compress.stages.qat.qdq_export import export_qdq_onnx
     from compress.stages.qat import QATStage
 
     prepare_nncf_environment()
@@ -69,7 +69,7 @@ def test_qat_onnx_matches_the_torch_qat_model(tiny_classifier_dir):
     got = session.run(None, {k: v.numpy() for k, v in batch.items()})[0]
     np.testing.assert_allclose(got, expected, atol=1e-4)
 
-    from compress.qdq_export import activations_to_uint8
+    from compress.stages.qat.qdq_export import activations_to_uint8
 
     shifted = path.with_name("qat-direct-uint8.onnx")
     shifted.write_bytes(path.read_bytes())
@@ -79,7 +79,7 @@ def test_qat_onnx_matches_the_torch_qat_model(tiny_classifier_dir):
     u8 = ort.InferenceSession(str(shifted), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(u8.run(None, {k: v.numpy() for k, v in batch.items()})[0], got, atol=1e-5)  # exact
 
-    from compress.qdq_export import fold_weight_quantization
+    from compress.stages.qat.qdq_export import fold_weight_quantization
 
     folded = path.with_name("qat-direct-folded.onnx")
     folded.write_bytes(path.read_bytes())
@@ -94,7 +94,7 @@ def test_qat_onnx_matches_the_torch_qat_model(tiny_classifier_dir):
         float_logits = net(**batch).logits.numpy()
     assert not np.allclose(got, float_logits, atol=1e-7)  # the quantizers really act
 
-    from compress.qdq_export import gather_before_dequantize
+    from compress.stages.qat.qdq_export import gather_before_dequantize
 
     assert gather_before_dequantize(folded) >= 1  # the quantized word embeddings at least
     graph = onnx.load(str(folded)).graph
@@ -118,7 +118,7 @@ def test_uint8_activations_run_in_onnx_runtime_not_tensorrt(tmp_path, tiny_class
 
 
 def test_qat_budget_miss_fails_with_the_numbers(tmp_path, tiny_classifier_dir, monkeypatch):
-    import compress.quant_budget as quant_budget
+    import compress.stages.ptq.budget as quant_budget
 
     scores = iter([0.9, 0.5])  # the input model, then the INT8 model
     monkeypatch.setattr(quant_budget, "accuracy_of", lambda logits, labels: next(scores))
@@ -142,7 +142,7 @@ def test_onnx_stages_follow_qat(tmp_path, tiny_classifier_dir):
     build_engine validates after qat (and is skipped here without a GPU)."""
     run_dir = run_tiny(tmp_path, tiny_classifier_dir, QAT + "  - kind: optimize_onnx\n  - kind: build_engine\n"
                        "    precision: int8\n")
-    from compress.onnx_quantize import count_int8_coverage
+    from compress.onnx_graph import count_int8_coverage
 
     qat, optimized = stage_json(run_dir, "01-qat"), stage_json(run_dir, "02-optimize_onnx")
     assert optimized["accuracy"] == qat["accuracy"]
@@ -166,7 +166,7 @@ def test_a_stale_extension_build_lock_is_cleared(tmp_path, monkeypatch):
 
     from nncf.torch.quantization.extensions import QuantizedFunctionsCPULoader
 
-    from compress.qat_nncf import STALE_LOCK_S, prepare_nncf_environment
+    from compress.stages.qat.nncf_qat import STALE_LOCK_S, prepare_nncf_environment
 
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
     lock = Path(QuantizedFunctionsCPULoader.get_build_dir()) / "lock"
@@ -190,7 +190,7 @@ def test_first_nncf_use_on_a_fresh_machine_builds_the_extension(tmp_path):
 
     script = (
         "import torch\n"
-        "from compress.qat_nncf import prepare_nncf_environment, quantize_with_nncf\n"
+        "from compress.stages.qat.nncf_qat import prepare_nncf_environment, quantize_with_nncf\n"
         "from compress.models import load_classifier\n"
         "from compress.stages.qat import QATStage\n"
         "prepare_nncf_environment()\n"

@@ -22,7 +22,7 @@ def main(run_dir: str, models: list[str], rounds: int = 30, per_round: int = 20,
     from compress.data import encode, load_splits, pad_batch
     from compress.models import load_tokenizer
     from compress.recipe import Recipe
-    from compress.runtimes import ORTSession
+    from compress.sessions import ORTSession
 
     recipe = Recipe.model_validate(yaml.safe_load((Path(run_dir) / "recipe.resolved.yaml").read_text()))
     named = [m.split("=", 1) for m in models]

@@ -77,26 +77,6 @@ def onnx_signature(onnx_path: Path) -> tuple[list[dict], list[dict]]:
     return inputs, [describe(v) for v in graph.output]
 
 
-_INT8_OPS = {"MatMulInteger", "DynamicQuantizeLinear", "QLinearMatMul", "QAttention", "DynamicQuantizeMatMul",
-             "QuantizeLinear", "DequantizeLinear", "ConvInteger", "QLinearConv", "MatMulIntegerToFloat"}
-
-
-def onnx_precision(onnx_path: Path) -> str:
-    """What the graph computes in, read from its ops and weights."""
-    import onnx
-
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    ops = {n.op_type for n in model.graph.node}
-    for f in model.functions:
-        ops |= {n.op_type for n in f.node}
-    if ops & _INT8_OPS:
-        static = "QuantizeLinear" in ops and "DynamicQuantizeLinear" not in ops
-        return "int8 (static Q/DQ)" if static else "int8 (dynamic activations)"
-    if any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer):
-        return "fp16"
-    return "fp32"
-
-
 # ---------------------------------------------------------------------------- TensorRT
 
 
@@ -124,7 +104,7 @@ def validate_package(package: Path, reference: ONNXModel, texts: list[str], refe
     training tokenizer and (2) the same labels, and probabilities within atol, as an ONNX
     Runtime session on the reference model fed the same batches. Raises StageError."""
     from compress.data import pad_batch
-    from compress.runtimes import ORTSession
+    from compress.sessions import ORTSession
 
     predictor = Predictor.load(package, threads=threads)
     with warnings.catch_warnings():

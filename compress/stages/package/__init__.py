@@ -32,10 +32,18 @@ class PackageStage(StageConfig):
 
         from compress.artifacts import copy_sidecar_files
         from compress.context import environment
-        from compress.deploy import (CARD_FILE, deploy_spec, engine_source_onnx, model_card,
-                                     onnx_precision, validate_package, write_deploy_spec, write_fast_tokenizer)
         from compress.errors import StageError
-        from compress.triton_config import write_triton_repository
+        from compress.onnx_graph import onnx_precision
+        from compress.stages.package.deploy import (
+            CARD_FILE,
+            deploy_spec,
+            engine_source_onnx,
+            model_card,
+            validate_package,
+            write_deploy_spec,
+            write_fast_tokenizer,
+        )
+        from compress.stages.package.triton_repository import write_triton_repository
 
         if ctx.recipe.data.text_pair_column:
             raise StageError("package: text-pair models are not supported by the light runtime yet")

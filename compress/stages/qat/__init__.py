@@ -55,6 +55,6 @@ class QATStage(StageConfig, TrainingSchedule):
         return self
 
     def run(self, model: Artifact, ctx) -> ONNXModel:
-        from compress.qat_nncf import run_qat
+        from compress.stages.qat.nncf_qat import run_qat
 
         return run_qat(self, model, ctx)

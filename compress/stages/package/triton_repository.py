@@ -50,7 +50,7 @@ def triton_config(name: str, kind: str, inputs: list[dict], outputs: list[dict],
 def write_triton_repository(root: Path, name: str, kind: str, model_file: Path, inputs: list[dict],
                             outputs: list[dict], labels: list[str], max_batch_size: int) -> Path:
     """Write the repository under root/<name>/; the model file is hard-linked (or copied)."""
-    from compress.deploy import link_or_copy
+    from compress.stages.package.deploy import link_or_copy
 
     model_dir = root / name
     (model_dir / "1").mkdir(parents=True, exist_ok=True)

@@ -39,7 +39,10 @@ def prepare_nncf_environment() -> None:
 
 def quantize_with_nncf(net, batches: list[dict], stage):
     import nncf
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, QuantizationParameters
+    from nncf.quantization.advanced_parameters import (
+        AdvancedQuantizationParameters,
+        QuantizationParameters,
+    )
 
     preset = nncf.QuantizationPreset.PERFORMANCE if stage.preset == "performance" else nncf.QuantizationPreset.MIXED
     advanced = AdvancedQuantizationParameters(
@@ -88,12 +91,21 @@ class _TorchLogits:
 def run_qat(stage, model: TorchModel, ctx) -> ONNXModel:
     from compress.evaluate import predict_logits
     from compress.models import load_classifier
-    from compress.onnx_quantize import count_int8_coverage
+    from compress.onnx_graph import count_int8_coverage
     from compress.parity import compare_logits
-    from compress.qdq_export import (activations_to_uint8, export_qdq_onnx, fold_weight_quantization,
-                                     gather_before_dequantize)
-    from compress.runtimes import ORTSession
-    from compress.training import accuracy_eval, split_validation, tokenized_train_split, train_loop
+    from compress.sessions import ORTSession
+    from compress.stages.qat.qdq_export import (
+        activations_to_uint8,
+        export_qdq_onnx,
+        fold_weight_quantization,
+        gather_before_dequantize,
+    )
+    from compress.training import (
+        accuracy_eval,
+        split_validation,
+        tokenized_train_split,
+        train_loop,
+    )
     from compress.trt_engine import check_qdq_for_tensorrt
 
     prepare_nncf_environment()
@@ -157,8 +169,8 @@ def _without_labels(batch: dict) -> dict:
 
 def _check_budget(stage, model: TorchModel, quantized: ONNXModel, ctx) -> None:
     from compress.evaluate import predict_logits
-    from compress.quant_budget import EPSILON, accuracy_of
-    from compress.runtimes import ORTSession, TorchSession
+    from compress.sessions import ORTSession, TorchSession
+    from compress.stages.ptq.budget import EPSILON, accuracy_of
 
     encoded = ctx.encoded_eval(quantized)[: stage.budget_samples]
     labels = np.asarray(ctx.splits.eval.labels[: len(encoded)])

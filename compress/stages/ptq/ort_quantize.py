@@ -5,55 +5,17 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from compress.artifacts import ONNXModel, copy_sidecar_files
+from compress.onnx_graph import FLOAT_MATRIX_OPS
 
 log = logging.getLogger(__name__)
 
-MATRIX_OPS = {"MatMul", "Gemm"}
-FLOAT_MATRIX_OPS = MATRIX_OPS | {"Attention"}
-INT8_MATMUL_OPS = {
-    "MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QAttention", "QGemm", "QLinearMatMul",
-}
 STATIC_DEFAULT_OP_TYPES = ["MatMul", "Gemm"]  # the matrix work; other ops would only add Q/DQ round trips
-
-
-# ---------------------------------------------------------------------------- coverage
-
-
-def _is_qdq_fed(node, producers: dict) -> bool:
-    """A float MatMul/Gemm whose two matrix inputs both come out of DequantizeLinear:
-    ONNX Runtime (QDQ fusion) and TensorRT run it as an INT8 GEMM."""
-    return all(producers.get(name) == "DequantizeLinear" for name in node.input[:2])
-
-
-def count_int8_coverage(onnx_path: Path) -> dict:
-    """Matrix-multiplying nodes (MatMul/Gemm/Attention) in the graph and how many run INT8:
-    the integer ops of dynamic quantization, or float MatMul/Gemm fed by DequantizeLinear on
-    both inputs (static Q/DQ, QAT). A MatMul whose weight alone is dequantized stays float work."""
-    import onnx
-
-    nodes = onnx.load(str(onnx_path), load_external_data=False).graph.node
-    producers = {out: n.op_type for n in nodes for out in n.output}
-    ops = Counter(n.op_type for n in nodes)
-    qdq = sum(1 for n in nodes if n.op_type in MATRIX_OPS and _is_qdq_fed(n, producers))
-    int8 = sum(ops[o] for o in INT8_MATMUL_OPS) + qdq
-    float_ = sum(ops[o] for o in FLOAT_MATRIX_OPS) - qdq
-    int8_ops = {o: ops[o] for o in sorted(INT8_MATMUL_OPS) if ops[o]}
-    if qdq:
-        int8_ops["MatMul/Gemm (Q/DQ)"] = qdq
-    return {
-        "int8_matmul_nodes": int8,
-        "float_matmul_nodes": float_,
-        "int8_fraction": round(int8 / (int8 + float_), 4) if int8 + float_ else 0.0,
-        "int8_ops": int8_ops,
-        "qdq_pairs": min(ops["QuantizeLinear"], ops["DequantizeLinear"]),
-    }
 
 
 def matrix_node_names(onnx_path: Path, op_types: list[str] | None) -> list[str]:
@@ -157,7 +119,12 @@ class StaticQuantizer:
 
     def quantize(self, out_dir: Path, nodes_to_exclude: list[str],
                  nodes_to_quantize: list[str] | None = None) -> ONNXModel:
-        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+        from onnxruntime.quantization import (
+            CalibrationMethod,
+            QuantFormat,
+            QuantType,
+            quantize_static,
+        )
 
         stage = self.stage
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -104,7 +104,12 @@ class PruneStage(StageConfig, TrainingSchedule):
         import copy
 
         from compress.models import heads_prunable, model_structure
-        from compress.pruning import apply_plan_, plan_budget, plan_fractions, taylor_importance
+        from compress.stages.prune.surgery import (
+            apply_plan_,
+            plan_budget,
+            plan_fractions,
+            taylor_importance,
+        )
 
         if self.heads and not heads_prunable(net):
             raise StageError(f"prune.heads: {type(net).__name__} shares one relative position bias across all "
@@ -132,7 +137,13 @@ class PruneStage(StageConfig, TrainingSchedule):
     def _unstructured(self, net, examples, collate, ctx, seed):
         import copy
 
-        from compress.pruning import cubic_sparsity, finish_masks_, magnitude_prune_, sparsity_of, start_masks_
+        from compress.stages.prune.surgery import (
+            cubic_sparsity,
+            finish_masks_,
+            magnitude_prune_,
+            sparsity_of,
+            start_masks_,
+        )
 
         log.warning("prune: %s", UNSTRUCTURED_WARNING)
         teacher = copy.deepcopy(net) if self.kd_weight > 0 else None
@@ -154,8 +165,17 @@ class PruneStage(StageConfig, TrainingSchedule):
 
     def _train(self, net, teacher, examples, collate, ctx, seed, desc, on_step=None):
         """Fine-tune `net` with the schedule fields: labels, plus KL to the teacher when given."""
-        from compress.distill import DistillationModule, LossWeights, teacher_outputs
-        from compress.training import accuracy_eval, make_accelerator, split_validation, train_loop
+        from compress.distillation import (
+            DistillationModule,
+            LossWeights,
+            teacher_outputs,
+        )
+        from compress.training import (
+            accuracy_eval,
+            make_accelerator,
+            split_validation,
+            train_loop,
+        )
 
         train, validation = split_validation(examples, self, seed)
         accelerator = make_accelerator(self.gradient_accumulation_steps)

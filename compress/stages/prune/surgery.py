@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from compress.distill import encoder_layers, keep_encoder_layers_, model_inputs
+from compress.distillation import encoder_layers, keep_encoder_layers_, model_inputs
 from compress.errors import StageError
 from compress.models import FFN_WIDTHS_KEY, heads_output_projection, self_attention
 

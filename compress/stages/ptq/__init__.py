@@ -67,7 +67,7 @@ class PTQStage(StageConfig):
         return self.calibration or "MinMax"
 
     def run(self, model: Artifact, ctx) -> ONNXModel:
-        from compress.onnx_quantize import count_int8_coverage
+        from compress.onnx_graph import count_int8_coverage
 
         quantize, cleanup, graph = self._quantizer(model, ctx)
         try:
@@ -83,19 +83,24 @@ class PTQStage(StageConfig):
     def _quantizer(self, model: ONNXModel, ctx):
         """(quantize(out_dir, nodes_to_exclude, nodes_to_quantize) -> ONNXModel, cleanup, the graph
         whose node names the quantizer sees)."""
-        from compress.onnx_quantize import StaticQuantizer, calibration_feeds, quantize_dynamic_int8
+        from compress.stages.ptq.ort_quantize import (
+            StaticQuantizer,
+            calibration_feeds,
+            quantize_dynamic_int8,
+        )
 
         if self.mode == "dynamic":
             quantize = lambda out, exclude, only: quantize_dynamic_int8(model, out, self, exclude, only)  # noqa: E731
             return quantize, lambda: None, model.onnx_path
         from compress.data import encode
         from compress.models import load_tokenizer
+        from compress.onnx_graph import graph_inputs
 
         tokenizer = load_tokenizer(model.path, ctx.recipe.trust_remote_code)
         train = ctx.splits.train
         n = min(self.calibration_samples or 128, len(train))
         encoded = encode(tokenizer, train.subset(list(range(n))), ctx.recipe.data.max_length)
-        input_names = _graph_inputs(model)
+        input_names = graph_inputs(model.onnx_path)
         feeds = calibration_feeds(encoded, input_names, tokenizer.pad_token_id or 0)
         ctx.record(calibration={"method": self.calibration_method, "samples": n, "source": "train split (first rows)",
                                 "percentile": (self.percentile or 99.999) if self.calibration == "Percentile" else None})
@@ -112,9 +117,12 @@ class PTQStage(StageConfig):
         import numpy as np
 
         from compress.evaluate import predict_logits
-        from compress.onnx_quantize import STATIC_DEFAULT_OP_TYPES, matrix_node_names
-        from compress.quant_budget import fit_accuracy_budget
-        from compress.runtimes import ORTSession
+        from compress.sessions import ORTSession
+        from compress.stages.ptq.budget import fit_accuracy_budget
+        from compress.stages.ptq.ort_quantize import (
+            STATIC_DEFAULT_OP_TYPES,
+            matrix_node_names,
+        )
 
         threads, batch = ctx.measure.threads, ctx.measure.eval_batch_size
         encoded = ctx.encoded_eval(model)[: self.budget_samples]
@@ -138,11 +146,3 @@ class PTQStage(StageConfig):
         ctx.record(accuracy_budget=result.record(float((reference.argmax(-1) == labels).mean()),
                                                  self.max_accuracy_drop, len(encoded), list(self.nodes_to_exclude)))
         return quantize(ctx.artifact_dir, result.excluded, None)
-
-
-def _graph_inputs(model: ONNXModel) -> list[str]:
-    import onnx
-
-    graph = onnx.load(str(model.onnx_path), load_external_data=False).graph
-    initializers = {t.name for t in graph.initializer}
-    return [i.name for i in graph.input if i.name not in initializers]
