@@ -1,4 +1,5 @@
-"""Run and stage directories, the per-stage record (stage.json) and manifest.json.
+"""Run and stage directories, the per-stage record (stage.json) and manifest.json, and
+the read-only context a stage runs in.
 
 A stage writes into a hidden `.NN-kind.partial/` directory that is renamed into
 place only after the stage and its measurements finished, so a directory named
@@ -9,20 +10,27 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 import shutil
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from compress.artifacts import Artifact, artifact_kind
-from compress.recipe import MeasureSpec, Recipe
+from compress.artifacts import ARTIFACT_KINDS, Artifact, artifact_kind
+from compress.errors import StageError
+from compress.manifest import Manifest, StageEntry
+
+if TYPE_CHECKING:
+    from compress.data import DataSplits
+    from compress.evaluate import EvalSet
+    from compress.recipe import MeasureSpec, Recipe
+    from compress.tasks import Task
 
 log = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoint"
@@ -49,7 +57,7 @@ def _replace_dir(src: Path, dst: Path) -> None:
 def _clear_partial(partial: Path, fingerprint: str) -> None:
     """Empty a stage's .partial directory, keeping a training checkpoint written for the
     same fingerprint (so a rerun after a kill resumes mid-stage instead of from step 0)."""
-    from compress.training import checkpoint_key
+    from compress.resume import checkpoint_key
 
     checkpoint = partial / CHECKPOINT_DIR
     if not partial.exists():
@@ -63,42 +71,38 @@ def _clear_partial(partial: Path, fingerprint: str) -> None:
             shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 
-def environment() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
 
-    versions = {}
-    for pkg in ("compress", "torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime", "nncf"):
-        try:
-            versions[pkg] = version(pkg)
-        except PackageNotFoundError:
-            pass
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "processor": _cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "packages": versions,
-    }
+def stage_dir_name(index: int, kind: str) -> str:
+    return f"{index + 1:02d}-{kind}"
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
+def summarize_record(record: dict, metric: str) -> dict:
+    """The parts of a stage record that a later stage compares itself against."""
+    return {metric: record.get(metric), "parameters": record.get("parameters"),
+            "latency_p50_ms": (record.get("latency") or {}).get("p50_ms"), "structure": record.get("structure")}
 
 
-@dataclass
+@dataclass(frozen=True)
 class StageContext:
-    run: RunContext
+    """Everything a stage may see, read-only: its own output directory and record, the
+    recipe, the task, the data splits and encoded eval set, its input's record, and the
+    artifacts of earlier stages by reference. Never the run manifest or another stage's
+    files by name; measuring is the pipeline's job."""
+
     index: int
     kind: str
     artifact_dir: Path  # where the stage writes its artifact (the .partial directory)
-    info: dict = field(default_factory=dict)
+    recipe: Recipe
+    task: Task
+    splits: DataSplits
+    eval_set: EvalSet
+    recipe_path: Path | None = None
     fingerprint: str | None = None  # the stage's input fingerprint: a training checkpoint resumes only on a match
+    earlier: tuple[tuple[StageEntry, Artifact | None], ...] = ()  # earlier stages of this run, in order
+    ledger: tuple[dict, ...] = ()  # the input's and earlier stages' records (compress.report.ledger_rows)
+    benchmark_markdown: str | None = None  # the run's benchmark table, when it ran before this stage
+    read_input_record: Callable[[], dict] = dict  # the pipeline's: the input's record, measured if it has none
+    info: dict = field(default_factory=dict)  # this stage's own record (stage.json), filled by record()
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -106,36 +110,44 @@ class StageContext:
         return self.artifact_dir / CHECKPOINT_DIR
 
     @property
-    def recipe(self) -> Recipe:
-        return self.run.recipe
+    def name(self) -> str:
+        return stage_dir_name(self.index, self.kind)
 
     @property
     def measure(self) -> MeasureSpec:
-        return self.run.recipe.measure
-
-    @property
-    def splits(self):
-        return self.run.splits
+        return self.recipe.measure
 
     def encoded_eval(self, artifact: Artifact) -> list[dict]:
-        return self.run.encoded_eval(artifact)
+        return self.eval_set.encoded(artifact)
 
-    def input_measurement(self, artifact: Artifact) -> dict:
-        """Accuracy, parameters and batch-1 latency already measured for this stage's input
-        (the previous stage's stage.json, or the input model's baseline), for before/after
-        comparisons; measured now when nothing was recorded."""
-        from compress.evaluate import measure_artifact
-        from compress.models import resolve_model_dir
-        from compress.resume import read_stage_record
+    @cached_property
+    def input_record(self) -> dict:
+        """The input artifact's record (the previous stage's stage.json, or the run's input
+        measurement), with the task's metrics, parameters and latency."""
+        return self.read_input_record()
 
-        record = read_stage_record(artifact.path)
-        if record is None and "input" in self.run.manifest and artifact.path == resolve_model_dir(self.recipe.model):
-            record = self.run.manifest["input"]
-        if record is None or "accuracy" not in record:
-            record = measure_artifact(artifact, self.run)
-        return {"accuracy": record.get("accuracy"), "parameters": record.get("parameters"),
-                "latency_p50_ms": (record.get("latency") or {}).get("p50_ms"),
-                "structure": record.get("structure")}
+    def input_summary(self) -> dict:
+        return summarize_record(self.input_record, self.task.primary_metric)
+
+    def artifact_of(self, ref: str) -> Artifact:
+        """An earlier stage's artifact: 'stage:<n|NN-kind|kind>' (see find_stage) or an artifact
+        kind ('torch', 'onnx', 'trt': the latest earlier stage that made one)."""
+        from compress.stages.base import STAGE_REF, find_stage
+
+        if ref.startswith(STAGE_REF):
+            k = find_stage(ref[len(STAGE_REF):], list(self.recipe.stages), self.index)
+            entry, artifact = self.earlier[k]
+            if artifact is None:
+                why = f": {entry.reason or entry.error}" if entry.reason or entry.error else ""
+                raise StageError(f"{ref} ({entry.name}) has no artifact: it was {entry.status}{why}")
+            return artifact
+        if ref not in ARTIFACT_KINDS:
+            raise StageError(f"cannot resolve {ref!r}: expected 'stage:<n|name|kind>' or one of "
+                             f"{', '.join(ARTIFACT_KINDS)}")
+        found = [a for e, a in self.earlier if a is not None and e.artifact == ref]
+        if not found:
+            raise StageError(f"no earlier stage of this run made {ARTIFACT_KINDS[ref].description}")
+        return found[-1]
 
     def record(self, **values: Any) -> None:
         """Add entries to this stage's stage.json."""
@@ -143,74 +155,83 @@ class StageContext:
 
 
 class RunContext:
-    def __init__(self, recipe: Recipe, run_dir: Path, recipe_path: Path | None = None):
+    """The run directory: manifest.json, the data split, the eval set, and the stages'
+    directories (each written as .partial and renamed into place when complete)."""
+
+    def __init__(self, recipe: Recipe, run_dir: Path, recipe_path: Path | None = None, manifest: Manifest | None = None):
+        from compress.tasks import get_task
+
         self.recipe = recipe
         self.run_dir = run_dir
         self.recipe_path = recipe_path
-        self.manifest: dict[str, Any] = {}
-        self._encoded: dict[Path, list[dict]] = {}
+        self.task = get_task(recipe.task)
+        self.manifest = manifest or Manifest.read(run_dir)
 
     @classmethod
     def create(cls, recipe: Recipe, run_dir: Path, recipe_path: Path | None = None) -> RunContext:
+        from compress.environment import environment
+
         run_dir.mkdir(parents=True, exist_ok=True)
-        ctx = cls(recipe, run_dir, recipe_path)
         resolved = recipe.model_dump(mode="json")
         (run_dir / "recipe.resolved.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8")
-        ctx.manifest = {
-            "name": recipe.name,
-            "status": "running",
-            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "recipe": str(recipe_path) if recipe_path else None,
-            "model": recipe.model,
-            "task": recipe.task,
-            "environment": environment(),
-            "stages": [],
-        }
+        manifest = Manifest(name=recipe.name, status="running",
+                            started=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                            recipe=str(recipe_path) if recipe_path else None, model=recipe.model, task=recipe.task,
+                            environment=environment())
+        ctx = cls(recipe, run_dir, recipe_path, manifest)
         ctx.write_manifest()
         return ctx
 
     @cached_property
-    def splits(self):
+    def splits(self) -> DataSplits:
         from compress.data import load_splits
 
         splits = load_splits(self.recipe.data)
-        self.manifest["data"] = splits.record
+        self.manifest.data = splits.record
         write_json(self.run_dir / "data_split.json", {
             **splits.record, "train_rows": splits.train.rows, "eval_rows": splits.eval.rows,
         })
         self.write_manifest()
         return splits
 
-    def encoded_eval(self, artifact: Artifact) -> list[dict]:
-        """The eval split tokenized with the artifact's own tokenizer (cached per tokenizer files)."""
-        from compress.data import encode
-        from compress.models import load_tokenizer
+    @cached_property
+    def eval_set(self) -> EvalSet:
+        from compress.evaluate import EvalSet
 
-        key = artifact.path / "tokenizer.json"
-        key = key if key.exists() else artifact.path / "vocab.txt"
-        sig = (key.read_bytes() if key.exists() else str(artifact.path).encode()).__hash__()
-        if sig not in self._encoded:
-            tokenizer = load_tokenizer(artifact.path, self.recipe.trust_remote_code)
-            self._encoded[sig] = encode(tokenizer, self.splits.eval, self.recipe.data.max_length)
-        return self._encoded[sig]
+        return EvalSet(self.task, self.splits.eval, self.recipe.data.max_length, self.recipe.trust_remote_code)
 
     def write_manifest(self) -> None:
-        write_json(self.run_dir / "manifest.json", self.manifest)
+        write_json(self.run_dir / "manifest.json", self.manifest.to_json())
 
-    def stage_dir_name(self, index: int, kind: str) -> str:
-        return f"{index + 1:02d}-{kind}"
+    def earlier_artifacts(self) -> tuple[tuple[StageEntry, Artifact | None], ...]:
+        """Every stage entry so far with its artifact (None where it has none: skipped, failed)."""
+        return tuple((e, ARTIFACT_KINDS[e.artifact](self.run_dir / e.path) if e.done and e.artifact else None)
+                     for e in self.manifest.stages)
+
+    def stage_context(self, index: int, kind: str, artifact_dir: Path, fingerprint: str | None = None,
+                      read_input_record: Callable[[], dict] = dict, benchmark_markdown: str | None = None
+                      ) -> StageContext:
+        from compress.report import ledger_rows
+
+        return StageContext(index=index, kind=kind, artifact_dir=artifact_dir, recipe=self.recipe, task=self.task,
+                            splits=self.splits, eval_set=self.eval_set, recipe_path=self.recipe_path,
+                            fingerprint=fingerprint, earlier=self.earlier_artifacts(),
+                            ledger=tuple(ledger_rows(self.manifest, self.run_dir)),
+                            benchmark_markdown=benchmark_markdown, read_input_record=read_input_record)
 
     @contextmanager
-    def stage(self, index: int, kind: str, config: dict, fingerprint: str):
+    def stage(self, index: int, kind: str, config: dict, fingerprint: str, **context: Any):
+        """Run a stage into .NN-kind.partial/; on success its record goes to stage.json and the
+        directory is renamed to NN-kind/. `context`: stage_context's keyword arguments."""
         from compress.resume import tree_sha256
 
-        name = self.stage_dir_name(index, kind)
+        name = stage_dir_name(index, kind)
         final, partial = self.run_dir / name, self.run_dir / f".{name}.partial"
         _clear_partial(partial, fingerprint)  # left by a killed run
         partial.mkdir(parents=True, exist_ok=True)
-        sctx = StageContext(self, index, kind, partial, fingerprint=fingerprint)
-        entry = {"name": name, "kind": kind, "status": "running", "config": config}
-        self.manifest["stages"].append(entry)
+        sctx = self.stage_context(index, kind, partial, fingerprint, **context)
+        entry = StageEntry(name=name, kind=kind, status="running", config=config)
+        self.manifest.stages.append(entry)
         self.write_manifest()
         started = time.perf_counter()
         try:
@@ -218,8 +239,8 @@ class RunContext:
             shutil.rmtree(sctx.checkpoint_dir, ignore_errors=True)
             sctx.record(fingerprint=fingerprint, artifact_sha256=tree_sha256(partial))
         except BaseException as e:
-            entry.update(status="failed", error=str(e) or type(e).__name__,
-                         wall_seconds=round(time.perf_counter() - started, 2))
+            entry.status, entry.error = "failed", str(e) or type(e).__name__
+            entry.wall_seconds = round(time.perf_counter() - started, 2)
             self.finish("failed", error=f"stage {name}: {e or type(e).__name__}")
             _clear_partial(partial, fingerprint)  # a training checkpoint survives for the rerun
             raise
@@ -227,37 +248,37 @@ class RunContext:
                   "wall_seconds": round(time.perf_counter() - started, 2)}
         write_json(partial / "stage.json", record)
         _replace_dir(partial, final)
-        entry.update(status="completed", path=name, wall_seconds=record["wall_seconds"],
-                     artifact=record.get("artifact"), accuracy=record.get("accuracy"),
-                     artifact_sha256=record["artifact_sha256"])
+        self._complete(entry, "completed", record)
+
+    def _complete(self, entry: StageEntry, status: str, record: dict) -> None:
+        entry.status, entry.path = status, entry.name
+        entry.wall_seconds, entry.artifact = record.get("wall_seconds"), record.get("artifact")
+        entry.metrics = {k: record[k] for k in self.task.metric_names if k in record} or None
+        entry.artifact_sha256 = record["artifact_sha256"]
         self.write_manifest()
 
     def reuse_stage(self, index: int, kind: str, record: dict) -> None:
         """Record a stage whose earlier output is reused as is (same fingerprint, intact files)."""
-        name = self.stage_dir_name(index, kind)
-        self.manifest["stages"].append({
-            "name": name, "kind": kind, "status": "reused", "config": record.get("config"), "path": name,
-            "wall_seconds": record.get("wall_seconds"), "artifact": record.get("artifact"),
-            "accuracy": record.get("accuracy"), "artifact_sha256": record["artifact_sha256"],
-        })
-        self.write_manifest()
+        entry = StageEntry(name=stage_dir_name(index, kind), kind=kind, status="reused", config=record.get("config"))
+        self.manifest.stages.append(entry)
+        self._complete(entry, "reused", record)
 
     def skip_stage(self, index: int, kind: str, reason: str) -> None:
-        name = self.stage_dir_name(index, kind)
-        self.manifest["stages"].append({"name": name, "kind": kind, "status": "skipped", "reason": reason})
+        self.manifest.stages.append(StageEntry(name=stage_dir_name(index, kind), kind=kind, status="skipped",
+                                               reason=reason))
         self.write_manifest()
 
     def record_input(self, record: dict) -> None:
-        self.manifest["input"] = record
+        self.manifest.input = record
         self.write_manifest()
 
     def finish(self, status: str, final: Artifact | None = None, error: str | None = None) -> None:
-        self.manifest["status"] = status
-        self.manifest["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.manifest.status = status
+        self.manifest.finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
         if final is not None:
             inside = final.path.is_relative_to(self.run_dir)  # not when every stage was skipped
             path = final.path.relative_to(self.run_dir) if inside else final.path
-            self.manifest["final_artifact"] = {"kind": artifact_kind(final), "path": str(path)}
+            self.manifest.final_artifact = {"kind": artifact_kind(final), "path": str(path)}
         if error:
-            self.manifest["error"] = error
+            self.manifest.error = error
         self.write_manifest()

@@ -1,4 +1,5 @@
-"""Task metrics and batch-1 latency on any runtime session."""
+"""Task metrics and batch-1 latency on any runtime session, and what the pipeline
+records about every stage's artifact (measure_artifact)."""
 
 from __future__ import annotations
 
@@ -24,10 +25,34 @@ def predict_logits(session: Session, encoded: list[dict], batch_size: int, desc:
     return np.stack(out)
 
 
-def evaluate_accuracy(session: Session, encoded: list[dict], labels: list[int], batch_size: int) -> dict:
-    logits = predict_logits(session, encoded, batch_size)
-    preds = logits.argmax(-1)
-    return {"accuracy": round(float((preds == np.asarray(labels)).mean()), 5), "examples": len(labels)}
+def evaluate_task(session: Session, encoded: list[dict], references: list, task, batch_size: int) -> dict:
+    """The task's metrics of the session's outputs, rounded for the record."""
+    metrics = task.metrics(predict_logits(session, encoded, batch_size), references)
+    return {k: round(v, 5) if isinstance(v, float) else v for k, v in metrics.items()}
+
+
+class EvalSet:
+    """The run's eval split: encoded once per tokenizer (artifacts of one run mostly share
+    one), with the task's references. Every stage is measured on exactly these examples."""
+
+    def __init__(self, task, dataset, max_length: int, trust_remote_code: bool = False):
+        self.task, self.dataset, self.max_length = task, dataset, max_length
+        self.trust_remote_code = trust_remote_code
+        self.references = task.references(dataset)
+        self._encoded: dict[int, list[dict]] = {}
+
+    def encoded(self, artifact) -> list[dict]:
+        """The eval split tokenized with the artifact's own tokenizer (cached per tokenizer files)."""
+        from compress.data import encode
+        from compress.models import load_tokenizer
+
+        key = artifact.path / "tokenizer.json"
+        key = key if key.exists() else artifact.path / "vocab.txt"
+        sig = hash(key.read_bytes() if key.exists() else str(artifact.path).encode())
+        if sig not in self._encoded:
+            tokenizer = load_tokenizer(artifact.path, self.trust_remote_code)
+            self._encoded[sig] = encode(tokenizer, self.dataset, self.max_length)
+        return self._encoded[sig]
 
 
 def percentile_summary(samples_ms: list[float]) -> dict:
@@ -71,27 +96,26 @@ def count_artifact_parameters(artifact) -> dict:
 
         graph = onnx.load(str(artifact.onnx_path)).graph
         return {"parameters": int(sum(np.prod(t.dims) for t in graph.initializer))}
-    from compress.models import count_parameters, load_classifier, model_structure
+    from compress.models import count_parameters, load_model, model_structure
 
-    model = load_classifier(artifact.path)
+    model = load_model(artifact.path)
     structure = model_structure(model)
     return {**count_parameters(model), **({"structure": structure} if structure else {})}
 
 
-def measure_artifact(artifact, run_ctx) -> dict:
-    """What every stage records about its artifact: size, parameters, eval accuracy and
-    batch-1 latency, all on the same eval split and with the same thread count."""
+def measure_artifact(artifact, eval_set: EvalSet, measure) -> dict:
+    """What the pipeline records about every stage's artifact: size, parameters, the task's
+    metrics on the eval split and batch-1 latency, all with the same thread count."""
     from compress.artifacts import artifact_kind
     from compress.sessions import open_session
 
-    measure = run_ctx.recipe.measure
-    encoded = run_ctx.encoded_eval(artifact)
+    encoded = eval_set.encoded(artifact)
     session = open_session(artifact, measure.threads)
     record = {
         "artifact": artifact_kind(artifact),
         "size_bytes": artifact.size_bytes(),
         **count_artifact_parameters(artifact),
-        **evaluate_accuracy(session, encoded, run_ctx.splits.eval.labels, measure.eval_batch_size),
+        **evaluate_task(session, encoded, eval_set.references, eval_set.task, measure.eval_batch_size),
     }
     if measure.latency_iterations:
         record["latency"] = measure_latency(session, encoded, measure.latency_iterations, measure.warmup, measure.threads)

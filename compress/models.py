@@ -55,11 +55,13 @@ def check_model_spec(model: str, trust_remote_code: bool = False) -> None:
         raise CompressError(f"{path} has no tokenizer files (tokenizer.json or vocab.txt)")
 
 
-def load_classifier(path: Path, label_names: list[str] | None = None, trust_remote_code: bool = False):
-    """A sequence classifier from a checkpoint. With label_names, the head is sized (and
-    re-initialised if the checkpoint has none or a different one) for those labels."""
+def load_model(path: Path, head: str | None = None, label_names: list[str] | None = None,
+               trust_remote_code: bool = False):
+    """A torch model from a checkpoint. head: the transformers auto class of the task's head
+    (e.g. "AutoModelForSequenceClassification"; default: the class the checkpoint was saved
+    as). With label_names, the head is sized (and re-initialised if the checkpoint has none
+    or a different one) for those labels."""
     import transformers
-    from transformers import AutoModelForSequenceClassification
 
     kwargs = {"trust_remote_code": trust_remote_code}
     if label_names is not None:
@@ -72,16 +74,34 @@ def load_classifier(path: Path, label_names: list[str] | None = None, trust_remo
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # "newly initialized head" is expected for a base model
     try:
+        model_class = getattr(transformers, head) if head else _saved_class(Path(path), trust_remote_code)
         if ffn_widths_of(path):
-            model = _load_with_ffn_widths(Path(path), kwargs)
+            model = _load_with_ffn_widths(Path(path), model_class, kwargs)
         else:
-            model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+            model = model_class.from_pretrained(path, **kwargs)
+    except CompressError:
+        raise
     except Exception as e:  # corrupt or truncated weights, broken config: the input's fault, not ours
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CompressError(f"cannot load the model in {path}: {reason}") from e
     finally:
         transformers.logging.set_verbosity(verbosity)
     return model.eval()
+
+
+def _saved_class(path: Path, trust_remote_code: bool):
+    """The class a checkpoint was saved as (config.json `architectures`), or AutoModel."""
+    import transformers
+
+    cfg = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    name = (cfg.get("architectures") or [None])[0]
+    if name and hasattr(transformers, name):
+        return getattr(transformers, name)
+    if name and trust_remote_code:  # custom code: the auto class that its auto_map names
+        for auto in (cfg.get("auto_map") or {}):
+            if auto.startswith("AutoModelFor"):
+                return getattr(transformers, auto)
+    return transformers.AutoModel
 
 
 # config.json key for per-layer FFN widths after structured pruning: transformers' own
@@ -113,16 +133,17 @@ def resize_ffn_(model, widths: list[int]) -> None:
             layer.output.dense = prune_linear_layer(layer.output.dense, keep, dim=1)
 
 
-def _load_with_ffn_widths(path: Path, kwargs: dict):
+def _load_with_ffn_widths(path: Path, model_class, kwargs: dict):
     """A structurally pruned checkpoint: build the model from its config (transformers re-applies
     pruned_heads), resize each FFN to its recorded width, then load the weights exactly."""
     from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoConfig
 
     kwargs = {k: v for k, v in kwargs.items() if k != "ignore_mismatched_sizes"}
     trust = kwargs.pop("trust_remote_code", False)
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust, **kwargs)
-    model = AutoModelForSequenceClassification.from_config(config, trust_remote_code=trust)
+    model = model_class.from_config(config, trust_remote_code=trust) if model_class.__name__.startswith("Auto") \
+        else model_class(config)
     resize_ffn_(model, config.intermediate_sizes)
     files = sorted(path.glob("*.safetensors"))
     if len(files) != 1:
@@ -145,14 +166,6 @@ def load_tokenizer(path: Path, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-
-
-def label_names_of(path: Path) -> list[str] | None:
-    cfg = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    id2label = cfg.get("id2label")
-    if not id2label or "architectures" not in cfg or not any("ForSequenceClassification" in a for a in cfg["architectures"]):
-        return None
-    return [id2label[str(i)] for i in range(len(id2label))]
 
 
 def self_attention(layer):

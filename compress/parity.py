@@ -11,13 +11,11 @@ from compress.evaluate import predict_logits
 from compress.sessions import open_session
 
 
-def compare_logits(reference: np.ndarray, candidate: np.ndarray) -> dict:
+def compare_outputs(reference: np.ndarray, candidate: np.ndarray, task) -> dict:
+    """How far two models' raw outputs are apart, and how often their task outputs agree."""
     diff = np.abs(reference.astype(np.float64) - candidate.astype(np.float64))
-    return {
-        "max_abs_diff": float(diff.max()),
-        "mean_abs_diff": float(diff.mean()),
-        "label_agreement": round(float((reference.argmax(-1) == candidate.argmax(-1)).mean()), 5),
-    }
+    agreement = {k: round(v, 5) for k, v in task.agreement(reference, candidate).items()}
+    return {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()), **agreement}
 
 
 def check_parity(reference: Artifact, candidate: Artifact, ctx, atol: float, samples: int) -> dict:
@@ -25,10 +23,11 @@ def check_parity(reference: Artifact, candidate: Artifact, ctx, atol: float, sam
     threads = ctx.measure.threads
     ref = predict_logits(open_session(reference, threads), encoded, 16, "parity (reference)")
     cand = predict_logits(open_session(candidate, threads), encoded, 16, "parity (candidate)")
-    result = {**compare_logits(ref, cand), "atol": atol, "examples": len(encoded)}
+    result = {**compare_outputs(ref, cand, ctx.task), "atol": atol, "examples": len(encoded)}
     if result["max_abs_diff"] > atol:
+        agreement = ", ".join(f"{k.replace('_', ' ')} {v:.2%}" for k, v in result.items() if k.endswith("agreement"))
         raise StageError(
             f"parity check failed: max |logit difference| {result['max_abs_diff']:.3g} > atol {atol:g} "
-            f"on {len(encoded)} eval examples (label agreement {result['label_agreement']:.2%})"
+            f"on {len(encoded)} eval examples ({agreement})"
         )
     return result

@@ -1,4 +1,6 @@
-"""run_recipe: the whole flow. The artifact is the only thing passed between stages.
+"""run_recipe: the whole flow. The artifact is the only thing passed between stages;
+the pipeline measures every artifact, owns the run's bookkeeping and hands each stage a
+read-only context.
 
 A rerun into the same directory reuses every stage whose fingerprint (recipe up to
 the stage, input artifact content, data split) is unchanged and whose files are
@@ -10,13 +12,20 @@ import logging
 from pathlib import Path
 
 from compress.artifacts import ARTIFACT_KINDS, Artifact, TorchModel
-from compress.context import RunContext
+from compress.context import RunContext, stage_dir_name
 from compress.evaluate import measure_artifact
-from compress.models import label_names_of, resolve_model_dir
+from compress.models import resolve_model_dir
 from compress.recipe import Recipe
-from compress.resume import RunLock, reusable_record, stage_fingerprint, tree_sha256
+from compress.resume import (
+    RunLock,
+    read_stage_record,
+    reusable_record,
+    stage_fingerprint,
+    tree_sha256,
+)
 
 log = logging.getLogger(__name__)
+BENCH_DIR = "bench"
 
 
 def run_recipe(
@@ -31,51 +40,54 @@ def run_recipe(
         try:
             model, benchmarked = _run_stages(recipe, ctx, redo_from)
         except BaseException as e:
-            if ctx.manifest.get("status") == "running":  # failed outside a stage (e.g. loading data)
+            if ctx.manifest.status == "running":  # failed outside a stage (e.g. loading data)
                 ctx.finish("failed", error=str(e) or type(e).__name__)
             raise
         ctx.finish("completed", final=model)
-        if recipe.benchmark is not None and not benchmarked:  # into runs/<name>/bench/
+        if recipe.benchmark is not None and benchmarked is None:  # into runs/<name>/bench/
             _run_benchmark(recipe, ctx)
     return ctx
 
 
-def _run_benchmark(recipe: Recipe, ctx: RunContext) -> None:
+def _run_benchmark(recipe: Recipe, ctx: RunContext) -> str:
+    """Benchmark the run's artifacts so far; returns the Markdown table (bench/results.md)."""
     from compress.bench.plan import resolve_models
     from compress.bench.runner import run_benchmark
     from compress.bench.spec import BenchSpec
 
-    # A run that starts from an already fine-tuned classifier (no finetune stage) measures
+    # A run that starts from an already fine-tuned model (no finetune stage) measures
     # that input as its baseline: the uncompressed model is what every speedup is against.
     source = resolve_model_dir(recipe.model)
     fine_tuned = starts_fine_tuned(source, ctx)
     spec = BenchSpec(models=[{"path": str(ctx.run_dir)}], baseline=str(source) if fine_tuned else None,
-                     data=recipe.data if fine_tuned else None, **recipe.benchmark.model_dump())
+                     data=recipe.data if fine_tuned else None, task=recipe.task, **recipe.benchmark.model_dump())
     log.info("benchmark: %s", ", ".join(recipe.benchmark.targets))
-    run_benchmark(resolve_models(spec), recipe.benchmark, ctx.run_dir / "bench", where="benchmark")
+    out_dir = ctx.run_dir / BENCH_DIR
+    run_benchmark(resolve_models(spec), recipe.benchmark, out_dir, where="benchmark")
+    return (out_dir / "results.md").read_text(encoding="utf-8")
 
 
 def starts_fine_tuned(model_dir: Path, ctx: RunContext) -> bool:
-    """The recipe's input is already a classifier for the run's labels: it is measured as
-    the run's input, and a benchmark block takes it as the baseline."""
-    return label_names_of(model_dir) == ctx.splits.label_names
+    """The recipe's input already does the run's task for the run's labels: it is measured
+    as the run's input, and a benchmark block takes it as the baseline."""
+    return ctx.task.labels_of(model_dir) == ctx.splits.label_names
 
 
-def _run_stages(recipe: Recipe, ctx: RunContext, redo_from: int) -> tuple[Artifact, bool]:
-    """Runs the stages; returns the final artifact and whether the benchmark already ran
-    (it runs before a final stage such as package, so the model card can hold its table)."""
-    benchmarked = False
-    model: Artifact = TorchModel(resolve_model_dir(recipe.model))
+def _run_stages(recipe: Recipe, ctx: RunContext, redo_from: int) -> tuple[Artifact, str | None]:
+    """Runs the stages; returns the final artifact and the benchmark table if the benchmark
+    already ran (it runs before a final stage such as package, so the model card can hold it)."""
+    benchmark: str | None = None
+    source = TorchModel(resolve_model_dir(recipe.model))
+    model: Artifact = source
     input_sha = tree_sha256(model.path)
-    ctx.manifest["model_sha256"] = input_sha
+    ctx.manifest.model_sha256 = input_sha
     if starts_fine_tuned(model.path, ctx):
         log.info("measuring the input model")
-        ctx.record_input(measure_artifact(model, ctx))
+        ctx.record_input(measure_artifact(model, ctx.eval_set, recipe.measure))
     for i, stage in enumerate(recipe.stages):
-        name = ctx.stage_dir_name(i, stage.kind)
-        if stage.final and recipe.benchmark is not None and not benchmarked:
-            _run_benchmark(recipe, ctx)
-            benchmarked = True
+        name = stage_dir_name(i, stage.kind)
+        if stage.final and recipe.benchmark is not None and benchmark is None:
+            benchmark = _run_benchmark(recipe, ctx)
         reason = stage.unavailable_reason()
         if reason:  # e.g. build_engine without a GPU: never faked, the input passes through
             log.warning("stage %d/%d: %s skipped: %s", i + 1, len(recipe.stages), stage.kind, reason)
@@ -89,10 +101,27 @@ def _run_stages(recipe: Recipe, ctx: RunContext, redo_from: int) -> tuple[Artifa
             ctx.reuse_stage(i, stage.kind, record)
         else:
             log.info("stage %d/%d: %s", i + 1, len(recipe.stages), stage.kind)
-            with ctx.stage(i, stage.kind, stage.model_dump(mode="json", exclude={"kind"}), fingerprint) as sctx:
+            with ctx.stage(i, stage.kind, stage.model_dump(mode="json", exclude={"kind"}), fingerprint,
+                           read_input_record=_input_record_reader(model, source, ctx),
+                           benchmark_markdown=benchmark) as sctx:
                 produced = stage.run(model, sctx)
-                sctx.record(**measure_artifact(produced, ctx))
+                sctx.record(**measure_artifact(produced, ctx.eval_set, recipe.measure))
             record = sctx.info
         model = ARTIFACT_KINDS[record["artifact"]](ctx.run_dir / name)
         input_sha = record["artifact_sha256"]
-    return model, benchmarked
+    return model, benchmark
+
+
+def _input_record_reader(model: Artifact, source: TorchModel, ctx: RunContext):
+    """What a stage reads as its input's record: the previous stage's stage.json or the run's
+    input measurement; an input never measured (a base model) is measured when asked."""
+
+    def read() -> dict:
+        record = read_stage_record(model.path)
+        if record is None and model.path == source.path:
+            record = ctx.manifest.input
+        if record is None or ctx.task.primary_metric not in record:
+            record = measure_artifact(model, ctx.eval_set, ctx.recipe.measure)
+        return record
+
+    return read

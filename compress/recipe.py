@@ -14,9 +14,9 @@ from compress.artifacts import TorchModel
 from compress.bench.settings import BenchSettings, ShapeSpec
 from compress.errors import CompressError, RecipeError
 from compress.stages import STAGE_CLASSES, STAGE_KINDS, Stage
+from compress.tasks import get_task, task_names
 
 BUILTIN_PREFIX = "builtin:"
-TASKS_IMPLEMENTED = ("text-classification",)
 
 
 class _Spec(BaseModel):
@@ -67,7 +67,8 @@ class MeasureSpec(_Spec):
 class Recipe(_Spec):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
     model: str = Field(description="A local Hugging Face checkpoint directory or 'builtin:minilm-l6'.")
-    task: Literal["text-classification", "token-classification", "question-answering", "causal-lm"]
+    task: str = Field(description="What the model does: one module under compress/tasks "
+                                  f"({', '.join(task_names())}).", json_schema_extra={"enum": task_names()})
     trust_remote_code: bool = False
     data: DataSpec
     stages: list[Stage] = Field(min_length=1)
@@ -79,8 +80,7 @@ class Recipe(_Spec):
     @field_validator("task")
     @classmethod
     def _task_implemented(cls, task: str) -> str:
-        if task not in TASKS_IMPLEMENTED:
-            raise ValueError(f"task '{task}' is not supported yet (supported: {', '.join(TASKS_IMPLEMENTED)})")
+        get_task(task)  # ValueError naming the supported tasks
         return task
 
     @field_validator("stages")

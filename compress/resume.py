@@ -17,6 +17,7 @@ from compress.errors import CompressError
 
 log = logging.getLogger(__name__)
 RECORD_FILE = "stage.json"
+STATE_FILE = "state.json"  # training counters, beside accelerate's files in a checkpoint directory
 
 
 class ArtifactIntegrityError(CompressError):
@@ -50,6 +51,14 @@ def stage_fingerprint(recipe, index: int, input_sha256: str, split_record: dict)
         "split": {k: split_record[k] for k in ("seed", "label_names", "train", "eval", "source_sha256")},
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def checkpoint_key(directory: Path) -> str | None:
+    """The resume key a checkpoint directory was written with (None if there is none)."""
+    try:
+        return json.loads((directory / STATE_FILE).read_text(encoding="utf-8"))["resume_key"]
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def read_stage_record(stage_dir: Path) -> dict | None:

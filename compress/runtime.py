@@ -83,12 +83,6 @@ def plan_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
 def _check_texts(texts) -> list[str]:
     if isinstance(texts, (str, bytes)):
         raise PackageError("predict() takes a list of texts, not a single string: wrap it in a list")
@@ -105,10 +99,14 @@ def _check_texts(texts) -> list[str]:
 
 
 class Predictor:
-    """A packaged text classifier: tokenize, pad per batch, run ONNX Runtime, softmax."""
+    """A packaged model: tokenize, pad per batch, run ONNX Runtime, and let the package's
+    task (deploy.json `task`) turn the outputs into predictions."""
 
     def __init__(self, path: Path, spec: dict, session, tokenizer, batch_size: int = 32):
+        from compress.tasks import get_task
+
         self.path, self.spec, self.session, self.tokenizer = path, spec, session, tokenizer
+        self.task = get_task(spec.get("task", "text-classification"))
         self.labels: list[str] = spec["labels"]
         self.max_length: int = spec["max_sequence_length"]
         self.pad_id: int = spec["tokenizer"]["pad_id"]
@@ -170,21 +168,23 @@ class Predictor:
             batch[name] = arr
         return batch
 
-    def predict_proba(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
-        """Class probabilities, one row per text, in input order."""
+    def outputs(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
+        """The model's raw outputs (logits), one row per text, in input order."""
         encoded = self.encode(texts)
-        probs = np.empty((len(encoded), len(self.labels)), dtype=np.float64)
+        rows: list[np.ndarray | None] = [None] * len(encoded)
         for idx in plan_batches([len(e["input_ids"]) for e in encoded], batch_size or self.batch_size):
             logits = self.session.run([self.output_name], self._pad([encoded[i] for i in idx]))[0]
-            probs[idx] = _softmax(logits)
-        return probs
+            for i, row in zip(idx, logits):
+                rows[i] = row
+        return np.stack(rows)
+
+    def predict_proba(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
+        """Class probabilities, one row per text, in input order."""
+        from compress.tasks.text_classification import softmax
+
+        return softmax(self.outputs(texts, batch_size))
 
     def predict(self, texts: Sequence[str], batch_size: int | None = None) -> list[dict]:
-        """[{label, score, scores: {label: probability}}] per text, in input order."""
-        probs = self.predict_proba(texts, batch_size)
-        out = []
-        for row in probs:
-            best = int(row.argmax())
-            out.append({"label": self.labels[best], "score": float(row[best]),
-                        "scores": {name: float(p) for name, p in zip(self.labels, row)}})
-        return out
+        """The task's predictions per text, in input order (text classification:
+        [{label, score, scores: {label: probability}}])."""
+        return self.task.postprocess(self.outputs(texts, batch_size), self.labels)

@@ -28,10 +28,10 @@ class TorchSession:
     def __init__(self, model: TorchModel, threads: int):
         import torch
 
-        from compress.models import load_classifier, load_tokenizer
+        from compress.models import load_model, load_tokenizer
 
         torch.set_num_threads(threads)
-        self.model = load_classifier(model.path)
+        self.model = load_model(model.path)
         tokenizer = load_tokenizer(model.path)
         self.pad_id = tokenizer.pad_token_id or 0
         self.input_names = list(tokenizer.model_input_names)

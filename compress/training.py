@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from compress.resume import STATE_FILE
+
 log = logging.getLogger(__name__)
-STATE_FILE = "state.json"  # beside accelerate's files in the checkpoint directory
 
 
 @dataclass
@@ -113,7 +114,7 @@ def train_loop(
     on_step: Callable[[Any, int, int], None] | None = None,
 ) -> TrainResult:
     """Train `model` on `examples` by `schedule` (a TrainingSchedule). eval_fn(model) returns
-    metrics whose "accuracy" (higher is better) drives keep-best. on_step(model, step, total)
+    metrics whose `eval_fn.metric` (higher is better) drives keep-best. on_step(model, step, total)
     runs after each optimizer step (e.g. gradual pruning masks). loss_fn must call `model(...)`
     itself (not a sub-module), so DistributedDataParallel syncs every gradient: a stage with
     extra trainable parts (distillation projections) wraps them into one module. Checkpoints every
@@ -199,7 +200,7 @@ def train_loop(
     unwrapped = accelerator.unwrap_model(model)
     if best is not None and schedule.keep_best:
         unwrapped.load_state_dict(best["state"])
-        log.info("%s: keeping the best evaluation (step %d, accuracy %.4f)", desc, best["step"], best["accuracy"])
+        log.info("%s: keeping the best evaluation (step %d, %s %.4f)", desc, best["step"], best["metric"], best["value"])
     if checkpoint_dir and schedule.checkpoint_every and not (resumed and resumed["step"] == step):
         # The finished state, kept until the stage completes (the stage removes it): a failure
         # while saving or measuring the trained model must not cost the training itself.
@@ -221,9 +222,10 @@ def _evaluate(model, accelerator, eval_fn, step, evaluations, best, keep_best) -
     unwrapped.train()
     evaluations.append({"step": step, **metrics})
     log.info("step %d: %s", step, ", ".join(f"{k} {v}" for k, v in metrics.items()))
-    if keep_best and (best is None or metrics["accuracy"] > best["accuracy"]):
+    key = getattr(eval_fn, "metric", "accuracy")
+    if keep_best and (best is None or metrics[key] > best["value"]):
         state = {k: v.detach().clone() for k, v in unwrapped.state_dict().items()}
-        return {"step": step, "accuracy": metrics["accuracy"], "state": state}
+        return {"step": step, "metric": key, "value": metrics[key], "state": state}
     return best
 
 
@@ -252,14 +254,6 @@ def _save_checkpoint(accelerator, directory: Path, key, step, epoch, batch, loss
         shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     log.debug("checkpoint at step %d in %s", step, directory)
-
-
-def checkpoint_key(directory: Path) -> str | None:
-    """The resume key a checkpoint directory was written with (None if there is none)."""
-    try:
-        return json.loads((directory / STATE_FILE).read_text(encoding="utf-8"))["resume_key"]
-    except (OSError, ValueError, KeyError):
-        return None
 
 
 def _load_checkpoint(accelerator, directory: Path | None, key) -> dict | None:
@@ -300,54 +294,38 @@ def save_trained(result: TrainResult, out_dir: Path, tokenizer, model=None):
     return TorchModel(out_dir)
 
 
-# ---------------------------------------------------------------------------- classification helpers
+# ---------------------------------------------------------------------------- task helpers
 
 
 def tokenized_train_split(model_path: Path, ctx) -> tuple[Any, Callable[[list], dict], list[dict]]:
-    """The model's own tokenizer, its collate function, and the run's train split encoded with it."""
+    """The model's own tokenizer, the task's collate function, and the run's train split encoded with it."""
     from compress.models import load_tokenizer
 
     tokenizer = load_tokenizer(model_path, ctx.recipe.trust_remote_code)
-    examples = classification_examples(tokenizer, ctx.splits.train, ctx.recipe.data.max_length)
-    return tokenizer, classification_collate(tokenizer), examples
+    examples = ctx.task.encode(tokenizer, ctx.splits.train, ctx.recipe.data.max_length)
+    return tokenizer, ctx.task.collate(tokenizer), examples
 
 
-def classification_examples(tokenizer, dataset, max_length: int) -> list[dict]:
-    from compress.data import encode
+class TaskEval:
+    """eval_fn for train_loop: the task's metrics of `forward(model)` (default: the model
+    itself) on collated examples; `metric` names the one keep-best compares."""
 
-    return [{**enc, "label": y} for enc, y in zip(encode(tokenizer, dataset, max_length), dataset.labels)]
+    def __init__(self, task, examples: list[dict], collate, batch_size: int = 64, forward=None):
+        self.task, self.examples, self.collate = task, examples, collate
+        self.batch_size, self.forward = batch_size, forward
+        self.metric = task.primary_metric
 
-
-def classification_collate(tokenizer) -> Callable[[list], dict]:
-    """Pads a list of encoded examples into tensors (labels under "labels")."""
-    input_names, pad_id = list(tokenizer.model_input_names), tokenizer.pad_token_id or 0
-
-    def collate(batch: list[dict]) -> dict:
+    def __call__(self, model) -> dict:
+        import numpy as np
         import torch
 
-        from compress.data import pad_batch
-
-        tensors = {k: torch.from_numpy(v) for k, v in pad_batch(batch, input_names, pad_id).items()}
-        tensors["labels"] = torch.tensor([b["label"] for b in batch], dtype=torch.long)
-        return tensors
-
-    return collate
-
-
-def accuracy_eval(examples: list[dict], collate, batch_size: int = 64, forward=None) -> Callable[[Any], dict]:
-    """eval_fn for train_loop: accuracy of `forward(model)` (default: the model itself)."""
-
-    def evaluate(model) -> dict:
-        import torch
-
-        net = forward(model) if forward else model
-        correct = 0
+        net = self.forward(model) if self.forward else model
+        outputs, references = [], []
         with torch.no_grad():
-            for start in range(0, len(examples), batch_size):
-                batch = collate(examples[start : start + batch_size])
-                labels = batch.pop("labels")
+            for start in range(0, len(self.examples), self.batch_size):
+                batch = self.collate(self.examples[start : start + self.batch_size])
+                references.extend(batch.pop("labels").tolist())
                 batch = {k: v.to(next(net.parameters()).device) for k, v in batch.items()}
-                correct += int((net(**batch).logits.argmax(-1).cpu() == labels).sum())
-        return {"accuracy": round(correct / max(1, len(examples)), 5)}
-
-    return evaluate
+                outputs.append(net(**batch).logits.float().cpu().numpy())
+        metrics = self.task.metrics(np.concatenate(outputs), references)
+        return {k: round(v, 5) if isinstance(v, float) else v for k, v in metrics.items() if k != "examples"}

@@ -66,7 +66,12 @@ def minilm_tokenizer_dir() -> Path:
 
 def _tiny_bert(path: Path, tokenizer_dir: Path, classifier: bool) -> Path:
     import torch
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, BertModel
+    from transformers import (
+        AutoTokenizer,
+        BertConfig,
+        BertForSequenceClassification,
+        BertModel,
+    )
 
     torch.manual_seed(0)
     config = BertConfig(

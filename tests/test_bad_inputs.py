@@ -4,8 +4,8 @@ and nothing that was already written is lost."""
 from __future__ import annotations
 
 import errno
-import re
 import json
+import re
 
 import pytest
 from typer.testing import CliRunner

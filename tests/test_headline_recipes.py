@@ -16,7 +16,11 @@ def tiny_mpnet_dir(tmp_path_factory, minilm_tokenizer_dir) -> Path:
     """A randomly initialised 4-layer MPNetForSequenceClassification; its tokenizer is an
     MPNet tokenizer over the packaged MiniLM WordPiece vocabulary."""
     import torch
-    from transformers import MPNetConfig, MPNetForSequenceClassification, MPNetTokenizerFast
+    from transformers import (
+        MPNetConfig,
+        MPNetForSequenceClassification,
+        MPNetTokenizerFast,
+    )
 
     path = tmp_path_factory.mktemp("tiny-mpnet")
     tokenizer = MPNetTokenizerFast(vocab_file=str(minilm_tokenizer_dir / "vocab.txt"))

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -127,21 +126,22 @@ def test_model_card(run_dir, package, tmp_path):
     assert "## Benchmark" not in card  # no bench/results.md in this run
     assert '"onnxruntime"' in card and '"tokenizers"' in card  # environment
 
+    from compress.context import RunContext
     from compress.stages.package.deploy import model_card
 
-    copy = shutil.copytree(run_dir, tmp_path / "run")
-    (copy / "bench").mkdir()
-    (copy / "bench" / "results.md").write_text("| target | p50 ms |\n|---|---|\n| ort-cpu | 1.23 |\n")
+    # the benchmark reaches the card as the stage's input, never as a file it goes looking for
+    run = RunContext(load_recipe(run_dir.parent.parent / "recipe.yaml"), run_dir)
     spec = json.loads((package / "deploy.json").read_text())
-    with_bench = model_card(spec, manifest(copy), copy, "03-package", {})
+    table = "| target | p50 ms |\n|---|---|\n| ort-cpu | 1.23 |\n"
+    with_bench = model_card(spec, run.stage_context(2, "package", tmp_path, benchmark_markdown=table), {})
     assert "## Benchmark" in with_bench and "| ort-cpu | 1.23 |" in with_bench
 
 
 def test_validation_fails_against_a_different_model(run_dir, package):
     """The self-check can fail: the fp32 export is not the packaged INT8 model."""
     from compress.data import TextDataset, encode
-    from compress.stages.package.deploy import validate_package
     from compress.models import load_tokenizer
+    from compress.stages.package.deploy import validate_package
 
     texts = _eval_texts(run_dir)[:20]
     encoded = encode(load_tokenizer(package), TextDataset(texts, [0] * len(texts)), 32)
@@ -177,14 +177,19 @@ def test_engine_source_onnx_is_found_by_hash(tmp_path):
         (tmp_path / name / "model.onnx").write_bytes(name.encode())
     (tmp_path / "03-build_engine").mkdir()
     (tmp_path / "03-build_engine" / "engine.json").write_text(json.dumps({"onnx_sha256": "aaa"}))
-    stages = [{"name": "01-export_onnx", "path": "01-export_onnx", "status": "completed", "artifact": "onnx",
-               "artifact_sha256": "aaa"},
-              {"name": "02-ptq", "path": "02-ptq", "status": "reused", "artifact": "onnx", "artifact_sha256": "bbb"}]
+    from compress.artifacts import ONNXModel
+    from compress.manifest import StageEntry
+
+    def earlier(first_sha: str):
+        return [(StageEntry(name=name, kind=kind, status=status, path=name, artifact="onnx", artifact_sha256=sha),
+                 ONNXModel(tmp_path / name))
+                for name, kind, status, sha in (("01-export_onnx", "export_onnx", "completed", first_sha),
+                                                ("02-ptq", "ptq", "reused", "bbb"))]
+
     engine = TRTEngine(tmp_path / "03-build_engine")
-    assert engine_source_onnx(engine, {"stages": stages}, tmp_path).path == tmp_path / "01-export_onnx"
-    stages[0]["artifact_sha256"] = "ccc"
+    assert engine_source_onnx(engine, earlier("aaa")).path == tmp_path / "01-export_onnx"
     with pytest.raises(StageError, match="cannot find the ONNX model this engine was built from"):
-        engine_source_onnx(engine, {"stages": stages}, tmp_path)
+        engine_source_onnx(engine, earlier("ccc"))
 
 
 def test_engine_input_ships_the_engine_and_its_onnx(tmp_path, tiny_classifier_dir):
@@ -192,27 +197,28 @@ def test_engine_input_ships_the_engine_and_its_onnx(tmp_path, tiny_classifier_di
     package one) gives a package with the engine, its metadata, the ONNX model it was
     built from, a TensorRT Triton repository and build_engine's parity in deploy.json."""
     from compress.artifacts import TRTEngine
-    from compress.context import RunContext, StageContext
+    from compress.context import RunContext
+    from compress.manifest import StageEntry
     from compress.stages import PackageStage
 
     run_dir = run_tiny(tmp_path, tiny_classifier_dir, "\n  - kind: export_onnx\n")
     recipe = load_recipe(tmp_path / "recipe.yaml")
     run = RunContext(recipe, run_dir)
-    run.manifest = manifest(run_dir)
     engine_dir = run_dir / "02-build_engine"
     engine_dir.mkdir()
     (engine_dir / "model.engine").write_bytes(b"serialized engine")
     metadata = {"tensorrt": "10.9", "gpu": "Test GPU", "precision": "fp16",
                 "profiles": [{"max_batch": 8}, {"max_batch": 64}],
-                "onnx_sha256": run.manifest["stages"][0]["artifact_sha256"]}
+                "onnx_sha256": run.manifest.stages[0].artifact_sha256}
     (engine_dir / "engine.json").write_text(json.dumps(metadata))
     parity = {"max_abs_diff": 0.004, "label_agreement": 1.0, "examples": 20}
     (engine_dir / "stage.json").write_text(json.dumps({"parity": parity}))
-    run.manifest["stages"].append({"name": "02-build_engine", "kind": "build_engine", "status": "completed",
-                                   "path": "02-build_engine", "artifact": "trt", "artifact_sha256": "x"})
+    run.manifest.stages.append(StageEntry(name="02-build_engine", kind="build_engine", status="completed",
+                                          path="02-build_engine", artifact="trt", artifact_sha256="x"))
     out = tmp_path / "pkg"
     out.mkdir()
-    produced = PackageStage(kind="package").run(TRTEngine(engine_dir), StageContext(run, 2, "package", out))
+    ctx = run.stage_context(2, "package", out, read_input_record=lambda: {"parity": parity})
+    produced = PackageStage(kind="package").run(TRTEngine(engine_dir), ctx)
 
     assert isinstance(produced, TRTEngine) and produced.path == out
     assert (out / "model.engine").read_bytes() == b"serialized engine"

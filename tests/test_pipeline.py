@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from compress.manifest import Manifest
 from compress.pipeline import run_recipe
 from compress.recipe import load_recipe
 from compress.report import ledger_rows, markdown_summary
@@ -39,7 +40,7 @@ def test_quickstart_in_tiny_form(tmp_path, tiny_base_dir):
     split = json.loads((run_dir / "data_split.json").read_text())
     assert len(split["eval_rows"]) == 48 and not set(split["eval_rows"]) & set(split["train_rows"])
 
-    rows = ledger_rows(run_dir)
+    rows = ledger_rows(Manifest.read(run_dir), run_dir)
     assert [r["stage"] for r in rows] == names
     for r in rows:  # every stage measured on the same eval split, with size, params, latency
         assert r["examples"] == 48 and 0 <= r["accuracy"] <= 1
@@ -69,6 +70,6 @@ def test_validate_path_does_not_import_torch():
 def test_quickstart_recipe_for_real(tmp_path):
     """The shipped quickstart as is (~3 min on 2 cores)."""
     run_dir = run_recipe(load_recipe(QUICKSTART), tmp_path).run_dir
-    rows = ledger_rows(run_dir)
+    rows = ledger_rows(Manifest.read(run_dir), run_dir)
     assert rows[0]["accuracy"] > 0.75
     assert rows[-1]["accuracy"] > rows[0]["accuracy"] - 0.02

@@ -8,15 +8,34 @@ import pytest
 import torch
 
 from compress.errors import StageError
-from compress.models import FFN_WIDTHS_KEY, heads_output_projection, load_classifier, model_structure
-from compress.stages.prune.surgery import (PrunePlan, apply_plan_, cubic_sparsity, magnitude_prune_, plan_budget, plan_fractions,
-                              sparsity_of, start_masks_, taylor_importance)
+from compress.models import (
+    FFN_WIDTHS_KEY,
+    heads_output_projection,
+    load_model,
+    model_structure,
+)
+from compress.stages.prune.surgery import (
+    PrunePlan,
+    apply_plan_,
+    cubic_sparsity,
+    magnitude_prune_,
+    plan_budget,
+    plan_fractions,
+    sparsity_of,
+    start_masks_,
+    taylor_importance,
+)
 
 HEAD_DIM = 8
 
 
 def _model(layers=2, heads=4, ffn=64, arch="bert"):
-    from transformers import BertConfig, BertForSequenceClassification, MPNetConfig, MPNetForSequenceClassification
+    from transformers import (
+        BertConfig,
+        BertForSequenceClassification,
+        MPNetConfig,
+        MPNetForSequenceClassification,
+    )
 
     torch.manual_seed(0)
     config_class, model_class = {"bert": (BertConfig, BertForSequenceClassification),
@@ -93,7 +112,7 @@ def test_mpnet_ffn_and_layer_pruning_keeps_outputs_and_round_trips(tmp_path):
     assert model_structure(model)["ffn_per_layer"] == [60, 60] and model_structure(model)["layers"] == 2
     model.config.id2label, model.config.label2id = {0: "neg", 1: "pos"}, {"neg": 0, "pos": 1}
     model.save_pretrained(tmp_path / "pruned")
-    reloaded = load_classifier(tmp_path / "pruned")
+    reloaded = load_model(tmp_path / "pruned")
     torch.testing.assert_close(_logits(reloaded, batch), before, atol=1e-5, rtol=1e-5)
 
 
@@ -132,7 +151,7 @@ def test_pruned_model_saves_reloads_and_exports_to_onnx(tmp_path, minilm_tokeniz
     assert config[FFN_WIDTHS_KEY] == [54, 62] and config["num_hidden_layers"] == 2
     assert {int(k): sorted(v) for k, v in config["pruned_heads"].items()} == {0: [0, 2], 1: [3]}
 
-    reloaded = load_classifier(tmp_path / "pruned")
+    reloaded = load_model(tmp_path / "pruned")
     assert model_structure(reloaded) == model_structure(model)
     batch = _batches(1, seed=3)[0]
     torch.testing.assert_close(_logits(reloaded, batch), _logits(model, batch), atol=0, rtol=0)

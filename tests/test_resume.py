@@ -16,7 +16,12 @@ import pytest
 from compress.errors import CompressError
 from compress.pipeline import run_recipe
 from compress.recipe import load_recipe
-from compress.resume import ArtifactIntegrityError, RunLock, resolve_from_stage, verify_artifact
+from compress.resume import (
+    ArtifactIntegrityError,
+    RunLock,
+    resolve_from_stage,
+    verify_artifact,
+)
 from tests.conftest import tiny_recipe_text
 
 STAGES = "\n  - kind: export_onnx\n  - kind: optimize_onnx\n"

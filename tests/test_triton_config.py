@@ -4,7 +4,6 @@ misspelt field or enum fails to parse; then checked against the ONNX graph."""
 
 from __future__ import annotations
 
-
 import pytest
 
 pytest.importorskip("google.protobuf")
@@ -12,7 +11,10 @@ pytest.importorskip("google.protobuf")
 from google.protobuf import descriptor_pb2, descriptor_pool, text_format  # noqa: E402
 from google.protobuf.message_factory import GetMessageClass  # noqa: E402
 
-from compress.stages.package.triton_repository import triton_config, write_triton_repository  # noqa: E402
+from compress.stages.package.triton_repository import (  # noqa: E402
+    triton_config,
+    write_triton_repository,
+)
 
 F = descriptor_pb2.FieldDescriptorProto
 # Triton's DataType enum (model_config.proto) and ModelInstanceGroup.Kind

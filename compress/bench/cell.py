@@ -38,7 +38,8 @@ def real_batches(session, encoded: list[dict], batch_size: int) -> list[dict]:
         pad_batch(encoded, session.input_names, session.pad_id)]
 
 
-def load_eval(job: dict, artifact) -> tuple[list[dict], list[int]] | None:
+def load_eval(job: dict, artifact) -> tuple[list[dict], object] | None:
+    """The eval split encoded with the artifact's tokenizer, and the split itself."""
     if not job.get("data"):
         return None
     from compress.data import encode, load_splits
@@ -49,14 +50,14 @@ def load_eval(job: dict, artifact) -> tuple[list[dict], list[int]] | None:
     ds = load_splits(spec).eval
     if job.get("max_eval_samples"):
         ds = ds.subset(list(range(min(job["max_eval_samples"], len(ds)))))
-    return encode(load_tokenizer(artifact.path), ds, spec.max_length), ds.labels
+    return encode(load_tokenizer(artifact.path), ds, spec.max_length), ds
 
 
 def measure_cell(job: dict) -> dict:
     from compress.bench.plan import reopen_artifact
     from compress.bench.targets import TARGETS, open_target_session
     from compress.bench.timing import summarize, time_calls
-    from compress.evaluate import evaluate_accuracy
+    from compress.evaluate import evaluate_task
     from compress.models import load_tokenizer
 
     target = TARGETS[job["target"]]
@@ -105,8 +106,11 @@ def measure_cell(job: dict) -> dict:
         "runtime_threads": _runtime_threads(target),
     }
     if job["accuracy"] and evalset is not None:
-        encoded, labels = evalset
-        result.update(evaluate_accuracy(session, encoded, labels, job["eval_batch_size"]))
+        from compress.tasks import get_task
+
+        encoded, dataset = evalset
+        task = get_task(job["model"].get("task", "text-classification"))
+        result.update(evaluate_task(session, encoded, task.references(dataset), task, job["eval_batch_size"]))
     return result
 
 

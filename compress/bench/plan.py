@@ -5,9 +5,8 @@ anything is measured."""
 
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
@@ -63,6 +62,7 @@ class BenchModel:
     role: str | None = None  # BASELINE, ORT_FP32 or None
     data: dict | None = None  # DataSpec (JSON) for accuracy and real lengths
     targets: tuple[str, ...] | None = None  # explicit per-model targets
+    task: str = "text-classification"  # the task whose metrics the accuracy cell measures
 
     @property
     def kind(self) -> str:
@@ -72,7 +72,7 @@ class BenchModel:
         """What a cell subprocess needs to reopen the artifact."""
         a = self.artifact
         return {"name": self.name, "kind": self.kind, "path": str(a.path), "file": getattr(a, "file", None),
-                "group": self.group, "role": self.role}
+                "group": self.group, "role": self.role, "task": self.task}
 
 
 @dataclass(frozen=True)
@@ -113,23 +113,29 @@ def reopen_artifact(job: dict) -> Artifact:
 
 
 def _run_models(run_dir: Path, data: dict | None) -> list[BenchModel]:
-    manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
+    from pydantic import ValidationError
+
+    from compress.manifest import Manifest
+
+    try:
+        manifest = Manifest.read(run_dir)
+    except (ValueError, ValidationError) as e:
+        raise CompressError(f"{run_dir / 'manifest.json'}: not a compress run manifest ({str(e).splitlines()[0]})") \
+            from None
     if data is None and (run_dir / "recipe.resolved.yaml").is_file():
         data = yaml.safe_load((run_dir / "recipe.resolved.yaml").read_text(encoding="utf-8")).get("data")
     models, seen_torch, seen_onnx = [], False, False
-    for entry in manifest.get("stages", []):
-        if entry.get("status") not in ("completed", "reused") or not entry.get("path"):
+    for entry in manifest.done_stages():
+        if entry.kind == "package":  # holds the previous stage's model: measured once, there
             continue
-        if entry["kind"] == "package":  # holds the previous stage's model: measured once, there
-            continue
-        kind = entry.get("artifact")
-        artifact = ARTIFACT_KINDS[kind](run_dir / entry["path"])
+        artifact = ARTIFACT_KINDS[entry.artifact](run_dir / entry.path)
         role = None
-        if kind == "torch" and not seen_torch:
+        if entry.artifact == "torch" and not seen_torch:
             role, seen_torch = BASELINE, True  # the fine-tuned, uncompressed model
-        elif entry["kind"] == "export_onnx" and not seen_onnx:
+        elif entry.kind == "export_onnx" and not seen_onnx:
             role, seen_onnx = ORT_FP32, True
-        models.append(BenchModel(f"{run_dir.name}/{entry['path']}", artifact, run_dir.name, role, data))
+        models.append(BenchModel(f"{run_dir.name}/{entry.path}", artifact, run_dir.name, role, data,
+                                 task=manifest.task))
     if not models:
         raise CompressError(f"run directory {run_dir} has no completed stages in manifest.json")
     return models
@@ -168,10 +174,11 @@ def resolve_models(spec: BenchSpec, where: str = "spec") -> list[BenchModel]:
             raise BenchSpecError(f"{where}: baseline: {e}") from None
         if not isinstance(base.artifact, TorchModel):
             raise BenchSpecError(f"{where}: baseline: {spec.baseline} must be a torch checkpoint directory (measured on torch-cpu)")
-        models.append(BenchModel(base.name, base.artifact, None, BASELINE, data))
+        models.append(BenchModel(base.name, base.artifact, None, BASELINE, data, task=spec.task))
     for i, ref in enumerate(spec.models):
         try:
-            models.extend(_expand(ref, data, demote_baseline=bool(spec.baseline)))
+            models.extend(replace(m, task=spec.task) if m.group is None else m
+                          for m in _expand(ref, data, demote_baseline=bool(spec.baseline)))
         except CompressError as e:
             raise BenchSpecError(f"{where}: models[{i}]: {e}") from None
     return models
@@ -184,13 +191,13 @@ def _expand(ref: ModelRef, data: dict | None, demote_baseline: bool) -> list[Ben
     if path.is_dir() and (path / "manifest.json").is_file():
         found = _run_models(path, data)
         if demote_baseline:  # an explicit spec baseline replaces the runs' own
-            found = [BenchModel(m.name, m.artifact, m.group, None if m.role == BASELINE else m.role, m.data) for m in found]
+            found = [replace(m, role=None if m.role == BASELINE else m.role) for m in found]
     else:
         found = [_single_model(path, data)]
     targets = tuple(ref.targets) if ref.targets else None
     if ref.name and len(found) == 1:
-        found = [BenchModel(ref.name, found[0].artifact, found[0].group, found[0].role, found[0].data)]
-    return [BenchModel(m.name, m.artifact, m.group, m.role, m.data, targets) for m in found]
+        found = [replace(found[0], name=ref.name)]
+    return [replace(m, targets=targets) for m in found]
 
 
 # ---------------------------------------------------------------------------- cells

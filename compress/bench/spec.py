@@ -34,6 +34,17 @@ class BenchSpec(BenchSettings):
     models: list[ModelRef] = Field(min_length=1)
     baseline: str | None = Field(None, description="The uncompressed torch model (default: a run's first stage).")
     data: DataSpec | None = Field(None, description="Eval data (default for run directories: the run's eval split).")
+    task: str = Field("text-classification", description="The task of models given as files or checkpoints "
+                                                         "(a run directory's manifest names its own).")
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, task: str) -> str:
+        from compress.tasks import task_names
+
+        if task not in task_names():
+            raise ValueError(f"task '{task}' is not supported yet (supported: {', '.join(task_names())})")
+        return task
 
     @field_validator("models", mode="before")
     @classmethod

@@ -14,6 +14,19 @@ if TYPE_CHECKING:
     from compress.context import StageContext
 
 
+STAGE_REF = "stage:"  # a reference to an earlier stage's artifact: stage:2, stage:02-finetune, stage:finetune
+
+
+def find_stage(ref: str, stages: list, before: int) -> int:
+    """Index of the earlier stage a 'stage:<ref>' names: its number (2, 02), directory name
+    (02-finetune) or kind (the latest earlier stage of that kind)."""
+    for k in range(before - 1, -1, -1):
+        if ref in (str(k + 1), f"{k + 1:02d}", f"{k + 1:02d}-{stages[k].kind}", stages[k].kind):
+            return k
+    names = ", ".join(f"{k + 1:02d}-{s.kind}" for k, s in enumerate(stages[:before])) or "none"
+    raise ValueError(f"'{STAGE_REF}{ref}' names no earlier stage (earlier stages: {names})")
+
+
 class StageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 

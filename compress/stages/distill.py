@@ -14,9 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from compress.artifacts import Artifact, TorchModel
 from compress.errors import StageError
-from compress.stages.base import StageConfig, TrainingSchedule
-
-STAGE_REF = "stage:"
+from compress.stages.base import STAGE_REF, StageConfig, TrainingSchedule, find_stage
 
 
 class StudentSpec(BaseModel):
@@ -37,16 +35,6 @@ class StudentSpec(BaseModel):
             raise ValueError(f"student.hidden_size {self.hidden_size} must be a multiple of "
                              f"student.num_heads {self.num_heads}")
         return self
-
-
-def find_stage(ref: str, stages: list, before: int) -> int:
-    """Index of the earlier stage a 'stage:<ref>' names: its number (2, 02), directory name
-    (02-finetune) or kind (the latest earlier stage of that kind)."""
-    for k in range(before - 1, -1, -1):
-        if ref in (str(k + 1), f"{k + 1:02d}", f"{k + 1:02d}-{stages[k].kind}", stages[k].kind):
-            return k
-    names = ", ".join(f"{k + 1:02d}-{s.kind}" for k, s in enumerate(stages[:before])) or "none"
-    raise ValueError(f"teacher '{STAGE_REF}{ref}' names no earlier stage (earlier stages: {names})")
 
 
 class DistillStage(StageConfig, TrainingSchedule):
@@ -103,7 +91,10 @@ class DistillStage(StageConfig, TrainingSchedule):
 
     def check_in_recipe(self, index: int, stages: list) -> None:
         if self.teacher and self.teacher.startswith(STAGE_REF):
-            k = find_stage(self.teacher[len(STAGE_REF):], stages, index)
+            try:
+                k = find_stage(self.teacher[len(STAGE_REF):], stages, index)
+            except ValueError as e:
+                raise ValueError(f"teacher {e}") from None
             if stages[k].produces is not TorchModel:
                 raise ValueError(f"teacher '{self.teacher}' is {stages[k].produces.description}: a teacher must be "
                                  "a torch model")
@@ -124,10 +115,9 @@ class DistillStage(StageConfig, TrainingSchedule):
         if self.teacher is None:
             return model.path
         if self.teacher.startswith(STAGE_REF):
-            k = find_stage(self.teacher[len(STAGE_REF):], list(ctx.recipe.stages), ctx.index)
-            path = ctx.run.run_dir / ctx.run.stage_dir_name(k, ctx.recipe.stages[k].kind)
+            path = ctx.artifact_of(self.teacher).path
         else:
-            path = self.checkpoint_teacher(ctx.run.recipe_path)
+            path = self.checkpoint_teacher(ctx.recipe_path)
         if not (path / "config.json").is_file():
             raise StageError(f"teacher {self.teacher!r}: no model at {path} (was that stage skipped?)")
         return path
@@ -164,9 +154,9 @@ class DistillStage(StageConfig, TrainingSchedule):
             teacher_outputs,
             with_teacher_logits,
         )
-        from compress.models import label_names_of, load_classifier, model_structure
+        from compress.models import model_structure
         from compress.training import (
-            accuracy_eval,
+            TaskEval,
             make_accelerator,
             save_trained,
             split_validation,
@@ -178,13 +168,13 @@ class DistillStage(StageConfig, TrainingSchedule):
         labels = ctx.splits.label_names
         teacher_path = self.teacher_dir(model, ctx)
         for what, path in (("incoming model", model.path), ("teacher", teacher_path)):
-            if label_names_of(path) != labels:
-                raise StageError(f"distill: the {what} in {path} is not a classifier for labels {labels}: "
-                                 "fine-tune it first")
-        before = ctx.input_measurement(model)
-        incoming = load_classifier(model.path, labels, ctx.recipe.trust_remote_code)
-        teacher = incoming if self.teacher is None else load_classifier(teacher_path, labels,
-                                                                        ctx.recipe.trust_remote_code)
+            if ctx.task.labels_of(path) != labels:
+                raise StageError(f"distill: the {what} in {path} is not a {ctx.task.name} model for labels "
+                                 f"{labels}: fine-tune it first")
+        before = ctx.input_summary()
+        incoming = ctx.task.load_model(model.path, labels, ctx.recipe.trust_remote_code)
+        teacher = incoming if self.teacher is None else ctx.task.load_model(teacher_path, labels,
+                                                                            ctx.recipe.trust_remote_code)
         student, layer_map = self.build_student(incoming, len(encoder_layers(teacher)), self.teacher is None)
         weights = LossWeights(kl=self.kl_weight, ce=self.ce_weight, hidden=self.hidden_weight,
                               attention=self.attention_weight, temperature=self.temperature)
@@ -209,7 +199,7 @@ class DistillStage(StageConfig, TrainingSchedule):
 
         result = train_loop(
             module, train, collate, self, loss_fn,
-            eval_fn=accuracy_eval(validation, collate, forward=lambda m: m.student) if validation else None,
+            eval_fn=TaskEval(ctx.task, validation, collate, forward=lambda m: m.student) if validation else None,
             checkpoint_dir=ctx.checkpoint_dir, resume_key=ctx.fingerprint, seed=seed, desc="distill",
             accelerator=accelerator,
         )

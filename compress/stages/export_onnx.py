@@ -30,15 +30,13 @@ class ExportONNXStage(StageConfig):
     def run(self, model: Artifact, ctx) -> ONNXModel:
         from compress.parity import check_parity
 
-        exported = export_to_onnx(model, ctx.artifact_dir, opset=self.opset)
+        exported = export_to_onnx(model, ctx.artifact_dir, opset=self.opset, task=ctx.task.optimum_task)
         ctx.record(parity=check_parity(model, exported, ctx, atol=self.atol, samples=self.parity_samples))
         return exported
 
 
-TASK_TO_OPTIMUM = {"text-classification": "text-classification"}
-
-
 def export_to_onnx(model: TorchModel, out_dir: Path, opset: int | None, task: str = "text-classification") -> ONNXModel:
+    """task: optimum's exporter task name (the Task's optimum_task)."""
     from compress.models import ffn_widths_of
 
     # per-layer FFN widths (structured pruning): from_pretrained cannot build it, compress.models can
@@ -59,7 +57,7 @@ def _export_from_directory(model: TorchModel, out_dir: Path, opset: int | None, 
     main_export(
         str(model.path),
         output=str(out_dir),
-        task=TASK_TO_OPTIMUM[task],
+        task=task,
         opset=opset,
         device="cpu",
         do_validation=False,  # parity is checked on real eval inputs by the stage
@@ -73,8 +71,8 @@ def _export_loaded(model: TorchModel, out_dir: Path, opset: int | None, task: st
     exporter for an in-memory model: the same legacy ONNX path as main_export."""
     from optimum.exporters.onnx import onnx_export_from_model
 
-    from compress.models import load_classifier, load_tokenizer
+    from compress.models import load_model, load_tokenizer
 
-    onnx_export_from_model(load_classifier(model.path), output=str(out_dir), opset=opset,
-                           task=TASK_TO_OPTIMUM[task], do_validation=False, no_post_process=True,
+    onnx_export_from_model(load_model(model.path), output=str(out_dir), opset=opset,
+                           task=task, do_validation=False, no_post_process=True,
                            preprocessors=[load_tokenizer(model.path)])

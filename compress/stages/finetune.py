@@ -14,9 +14,8 @@ class FinetuneStage(StageConfig, TrainingSchedule):
     trains = True
 
     def run(self, model: Artifact, ctx) -> TorchModel:
-        from compress.models import load_classifier
         from compress.training import (
-            accuracy_eval,
+            TaskEval,
             save_trained,
             split_validation,
             tokenized_train_split,
@@ -24,12 +23,12 @@ class FinetuneStage(StageConfig, TrainingSchedule):
         )
 
         seed = self.start(ctx)  # before the new head's initialisation
-        net = load_classifier(model.path, ctx.splits.label_names, ctx.recipe.trust_remote_code)
+        net = ctx.task.load_model(model.path, ctx.splits.label_names, ctx.recipe.trust_remote_code)
         tokenizer, collate, examples = tokenized_train_split(model.path, ctx)
         train, validation = split_validation(examples, self, seed)
         result = train_loop(
             net, train, collate, self, loss_fn=lambda m, batch: m(**batch).loss,
-            eval_fn=accuracy_eval(validation, collate) if validation else None,
+            eval_fn=TaskEval(ctx.task, validation, collate) if validation else None,
             checkpoint_dir=ctx.checkpoint_dir, resume_key=ctx.fingerprint, seed=seed, desc="finetune",
         )
         out = save_trained(result, ctx.artifact_dir, tokenizer)

@@ -13,8 +13,8 @@ from compress.artifacts import ONNXModel
 from compress.bench import runner
 from compress.bench.plan import BenchModel, Cell, Plan
 from compress.bench.report import markdown_table
-from compress.bench.settings import BenchSettings
 from compress.bench.runner import combine_repeats, run_plan
+from compress.bench.settings import BenchSettings
 
 
 def ok(p50: float, **extra) -> dict:

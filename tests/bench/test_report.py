@@ -8,7 +8,12 @@ import json
 import pytest
 
 from compress.bench.report import (
-    CSV_COLUMNS, markdown_table, pareto_front, read_rows, with_speedups, write_reports,
+    CSV_COLUMNS,
+    markdown_table,
+    pareto_front,
+    read_rows,
+    with_speedups,
+    write_reports,
 )
 from compress.bench.runner import append_row
 

@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from compress.bench.timing import coefficient_of_variation, percentile, summarize, time_calls
+from compress.bench.timing import (
+    coefficient_of_variation,
+    percentile,
+    summarize,
+    time_calls,
+)
 
 
 @pytest.mark.parametrize("q", [0, 1, 10, 50, 90, 99, 100])

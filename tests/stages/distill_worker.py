@@ -10,7 +10,7 @@ from pathlib import Path
 
 import compress.training
 from compress.artifacts import TorchModel
-from compress.context import RunContext, StageContext
+from compress.context import RunContext
 from compress.recipe import load_recipe
 
 
@@ -20,7 +20,7 @@ def main(recipe_path: Path, teacher: Path, out: Path) -> None:
     rank_dir = out / f"rank{rank}"  # the run bookkeeping is per rank; the artifact directory is shared
     rank_dir.mkdir(parents=True, exist_ok=True)
     (out / "student").mkdir(parents=True, exist_ok=True)
-    ctx = StageContext(RunContext(recipe, rank_dir, recipe_path), 0, "distill", out / "student", fingerprint="2proc")
+    ctx = RunContext.create(recipe, rank_dir, recipe_path).stage_context(0, "distill", out / "student", fingerprint="2proc")
     trained = {}
     save = compress.training.save_trained
 

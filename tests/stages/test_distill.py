@@ -8,7 +8,7 @@ import re
 import pytest
 
 from compress.errors import RecipeError
-from compress.models import load_classifier
+from compress.models import load_model
 from tests.conftest import tiny_recipe_text
 from tests.helpers import recipe_error, run_tiny, stage_json
 
@@ -31,7 +31,7 @@ def test_layer_subset_student_lowers_the_distillation_loss(tmp_path, tiny_classi
     # before/after: the input's measurements beside the student's own
     assert record["input"]["parameters"] > record["parameters"]
     assert record["input"]["accuracy"] is not None and record["latency"]["p50_ms"] > 0
-    student = load_classifier(run_dir / "01-distill")
+    student = load_model(run_dir / "01-distill")
     assert student.config.num_hidden_layers == 1 and len(student.bert.encoder.layer) == 1
 
 
@@ -161,7 +161,7 @@ def test_distill_runs_in_two_cpu_processes(tmp_path, tiny_classifier_dir):
         assert r["info"]["training"]["processes"] == 2 and r["info"]["training"]["steps"] == 4
         assert r["info"]["student"]["structure"]["layers"] == 1
     assert ranks[0]["weights"] == pytest.approx(ranks[1]["weights"], rel=1e-6)  # kept in sync
-    student = load_classifier(tmp_path / "out" / "student")
+    student = load_model(tmp_path / "out" / "student")
     assert student.config.num_hidden_layers == 1
 
 
@@ -178,7 +178,7 @@ def test_a_changed_teacher_checkpoint_reruns_the_stage(tmp_path, tiny_classifier
     assert stage_json(run_dir, "01-distill")["teacher"]["path"] == str(tmp_path / "teacher")
     run_tiny(tmp_path, tiny_classifier_dir, stages)
     assert manifest(run_dir)["stages"][0]["status"] == "reused"
-    teacher = load_classifier(tmp_path / "teacher")
+    teacher = load_model(tmp_path / "teacher")
     with torch.no_grad():
         teacher.classifier.weight.mul_(-1)
     teacher.save_pretrained(tmp_path / "teacher")

@@ -1,4 +1,5 @@
-from compress.models import count_parameters, label_names_of, load_classifier
+from compress.models import count_parameters, load_model
+from compress.tasks import get_task
 from tests.helpers import manifest, run_tiny, stage_json
 
 STAGES = """
@@ -20,8 +21,8 @@ def test_finetune_trains_a_classifier_from_a_base_model(tmp_path, tiny_base_dir)
     assert record["accuracy"] >= 0.8, record
     assert record["examples"] == 20
     model_dir = run_dir / "01-finetune"
-    assert label_names_of(model_dir) == ["neg", "pos"]
-    model = load_classifier(model_dir)
+    assert get_task("text-classification").labels_of(model_dir) == ["neg", "pos"]
+    model = load_model(model_dir)
     assert count_parameters(model)["parameters"] == record["parameters"]
     assert "input" not in manifest(run_dir)  # a base model with no head is not measured as a baseline
 

@@ -9,7 +9,12 @@ import re
 
 import pytest
 
-from compress.models import FFN_WIDTHS_KEY, count_parameters, load_classifier, model_structure
+from compress.models import (
+    FFN_WIDTHS_KEY,
+    count_parameters,
+    load_model,
+    model_structure,
+)
 from tests.conftest import tiny_recipe_text
 from tests.helpers import recipe_error, run_tiny, stage_json
 
@@ -36,7 +41,7 @@ def test_structured_prune_with_recovery_then_onnx_export(tmp_path, tiny_classifi
     assert record["input"]["accuracy"] is not None and record["accuracy"] is not None
     assert record["accuracy_before_recovery"] is not None and record["training"]["steps"] == 6
     assert record["latency"]["p50_ms"] > 0
-    model = load_classifier(run_dir / "01-prune")
+    model = load_model(run_dir / "01-prune")
     assert model_structure(model) == after
     assert stage_json(run_dir, "02-export_onnx")["parity"]["max_abs_diff"] <= 1e-4
     optimized = stage_json(run_dir, "03-optimize_onnx")  # fusions read each layer's own head count
@@ -58,7 +63,7 @@ def test_per_layer_prune_without_recovery_is_a_plain_transformers_checkpoint(tmp
 
 
 def test_parameter_budget(tmp_path, tiny_classifier_dir):
-    base = count_parameters(load_classifier(tiny_classifier_dir))["parameters"]
+    base = count_parameters(load_model(tiny_classifier_dir))["parameters"]
     budget = base - 6000
     stages = f"\n  - kind: prune\n    max_parameters: {budget}\n    recover: false\n"
     record = stage_json(run_tiny(tmp_path, tiny_classifier_dir, stages), "01-prune")
@@ -85,7 +90,7 @@ def test_unstructured_reaches_the_sparsity_and_warns(tmp_path, tiny_classifier_d
     assert 0 < schedule[0]["sparsity"] < schedule[1]["sparsity"] < 0.6 and schedule[2]["sparsity"] == 0.6
     assert "dense runtimes" in record["warning"] and "no speed" in record["warning"]
     assert any("no speed" in r.getMessage() for r in caplog.records)
-    model = load_classifier(run_dir / "01-prune")  # masks made permanent: a plain checkpoint
+    model = load_model(run_dir / "01-prune")  # masks made permanent: a plain checkpoint
     assert not any("_orig" in k or "_mask" in k for k in model.state_dict())
     from compress.stages.prune.surgery import prunable_linears, sparsity_of
 

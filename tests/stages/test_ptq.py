@@ -119,9 +119,11 @@ def test_budget_already_met_searches_nothing(tmp_path, tiny_classifier_dir):
 
 def test_budget_search_order_and_clear_failure():
     from compress.errors import StageError
-    from compress.stages.ptq.budget import fit_accuracy_budget
+    from compress.stages.ptq.budget import fit_accuracy_budget, task_score
+    from compress.tasks import get_task
 
     labels = np.array([0, 1, 0, 1])
+    score = task_score(get_task("text-classification"), list(labels))
     reference = np.eye(2)[labels]
     harm = {"a": 1, "b": 3, "c": 0}  # predictions each quantized node flips
 
@@ -131,12 +133,12 @@ def test_budget_search_order_and_clear_failure():
         out[: min(flips, 4)] = out[: min(flips, 4), ::-1]
         return out
 
-    result = fit_accuracy_budget(logits_with, reference, labels, ["a", "b", "c"], [], max_drop=0.25)
+    result = fit_accuracy_budget(logits_with, reference, score, ["a", "b", "c"], [], max_drop=0.25)
     assert result.excluded == ["b"] and result.accuracy == 0.75
     assert max(result.sensitivity, key=result.sensitivity.get) == "b"
     harm["d"] = 2  # a quantized node the search may not exclude
     with pytest.raises(StageError, match=r"max_accuracy_drop 0 not reached.*best INT8 model 0.5000"):
-        fit_accuracy_budget(logits_with, reference, labels, ["a", "b", "c"], [], max_drop=0.0)
+        fit_accuracy_budget(logits_with, reference, score, ["a", "b", "c"], [], max_drop=0.0)
 
 
 # ---------------------------------------------------------------------------- bad configs

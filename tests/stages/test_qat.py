@@ -47,14 +47,17 @@ def test_qat_onnx_matches_the_torch_qat_model(tiny_classifier_dir):
     import onnxruntime as ort
     import torch
 
-    from compress.models import load_classifier
-    from compress.stages.qat.nncf_qat import prepare_nncf_environment, quantize_with_nncf
-    from compress.stages.qat.qdq_export import export_qdq_onnx
+    from compress.models import load_model
     from compress.stages.qat import QATStage
+    from compress.stages.qat.nncf_qat import (
+        prepare_nncf_environment,
+        quantize_with_nncf,
+    )
+    from compress.stages.qat.qdq_export import export_qdq_onnx
 
     prepare_nncf_environment()
     torch.manual_seed(0)
-    net = load_classifier(tiny_classifier_dir)
+    net = load_model(tiny_classifier_dir)
     batches = [{"input_ids": torch.randint(1000, 3000, (1, 6 + i)), "attention_mask": torch.ones(1, 6 + i, dtype=torch.long),
                 "token_type_ids": torch.zeros(1, 6 + i, dtype=torch.long)} for i in range(4)]
     qnet = quantize_with_nncf(net, batches, QATStage(kind="qat", per_channel=False))
@@ -121,7 +124,7 @@ def test_qat_budget_miss_fails_with_the_numbers(tmp_path, tiny_classifier_dir, m
     import compress.stages.ptq.budget as quant_budget
 
     scores = iter([0.9, 0.5])  # the input model, then the INT8 model
-    monkeypatch.setattr(quant_budget, "accuracy_of", lambda logits, labels: next(scores))
+    monkeypatch.setattr(quant_budget, "task_score", lambda task, references: lambda outputs: next(scores))
     with pytest.raises(StageError, match=r"max_accuracy_drop 0.01 not reached.*scores 0.9000.*QAT INT8 model 0.5000"):
         run_tiny(tmp_path, tiny_classifier_dir, QAT + "    max_accuracy_drop: 0.01\n")
 
@@ -191,17 +194,17 @@ def test_first_nncf_use_on_a_fresh_machine_builds_the_extension(tmp_path):
     script = (
         "import torch\n"
         "from compress.stages.qat.nncf_qat import prepare_nncf_environment, quantize_with_nncf\n"
-        "from compress.models import load_classifier\n"
+        "from compress.models import load_model\n"
         "from compress.stages.qat import QATStage\n"
         "prepare_nncf_environment()\n"
-        f"net = load_classifier({str(tmp_path / 'model')!r})\n"
+        f"net = load_model({str(tmp_path / 'model')!r})\n"
         "batch = {'input_ids': torch.randint(1000, 3000, (1, 8)), 'attention_mask': torch.ones(1, 8, dtype=torch.long)}\n"
         "qnet = quantize_with_nncf(net, [batch], QATStage(kind='qat'))\n"
         "qnet.train(); qnet(**batch).logits.sum().backward()\n"  # training runs the compiled kernels
         "print('ok')\n"
     )
-    from tests.conftest import _tiny_bert
     from compress.models import builtin_model_dir
+    from tests.conftest import _tiny_bert
 
     _tiny_bert(tmp_path / "model", builtin_model_dir("minilm-l6"), classifier=True)
     env = {k: v for k, v in os.environ.items() if k != "NNCF_EXTENSION_LOAD_TIMEOUT"}

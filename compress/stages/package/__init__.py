@@ -31,7 +31,7 @@ class PackageStage(StageConfig):
         import shutil
 
         from compress.artifacts import copy_sidecar_files
-        from compress.context import environment
+        from compress.environment import environment
         from compress.errors import StageError
         from compress.onnx_graph import onnx_precision
         from compress.stages.package.deploy import (
@@ -47,9 +47,9 @@ class PackageStage(StageConfig):
 
         if ctx.recipe.data.text_pair_column:
             raise StageError("package: text-pair models are not supported by the light runtime yet")
-        out, run = ctx.artifact_dir, ctx.run
+        out = ctx.artifact_dir
         engine = model if isinstance(model, TRTEngine) else None
-        onnx_model = engine_source_onnx(engine, run.manifest, run.run_dir) if engine else model
+        onnx_model = engine_source_onnx(engine, ctx.earlier) if engine else model
         name = self.name or ctx.recipe.name
 
         copy_sidecar_files(onnx_model.path, out)  # config.json and the tokenizer files
@@ -77,13 +77,13 @@ class PackageStage(StageConfig):
             out, onnx_model, ctx.splits.eval.texts[:samples], ctx.encoded_eval(onnx_model)[:samples],
             ctx.measure.threads, self.atol))
         if engine:  # build_engine compared the engine with this ONNX model on eval inputs
-            parity = _stage_record(run.run_dir, engine.path.name).get("parity", {})
+            parity = ctx.input_record.get("parity", {})
             spec["validated"].append({"runtime": f"tensorrt {metadata.get('tensorrt', '')}".strip(),
                                       "provider": metadata.get("gpu", "GPU"), **parity})
-        this_stage = run.stage_dir_name(ctx.index, ctx.kind)
         env = environment()
         env["packages"].update(_runtime_versions())
-        (out / CARD_FILE).write_text(model_card(spec, run.manifest, run.run_dir, this_stage, env), encoding="utf-8")
+        card = model_card(spec, ctx, env)
+        (out / CARD_FILE).write_text(card, encoding="utf-8")
         write_deploy_spec(out, spec)
         ctx.record(package={"name": name, "precision": precision, "files": len(spec["files"]),
                             "validated": spec["validated"]})
@@ -95,10 +95,3 @@ def _runtime_versions() -> dict:
     from importlib.metadata import version
 
     return {pkg: version(pkg) for pkg in ("tokenizers", "numpy")}
-
-
-def _stage_record(run_dir, name: str) -> dict:
-    import json
-
-    path = run_dir / name / "stage.json"
-    return json.loads(path.read_text()) if path.is_file() else {}

@@ -80,17 +80,17 @@ def onnx_signature(onnx_path: Path) -> tuple[list[dict], list[dict]]:
 # ---------------------------------------------------------------------------- TensorRT
 
 
-def engine_source_onnx(engine: TRTEngine, manifest: dict, run_dir: Path) -> ONNXModel:
-    """The ONNX model an engine was built from: the earlier stage whose artifact hash
-    engine.json records (build_engine stores it as onnx_sha256)."""
+def engine_source_onnx(engine: TRTEngine, earlier) -> ONNXModel:
+    """The ONNX model an engine was built from: the earlier stage (`earlier`: the stage
+    context's (entry, artifact) pairs) whose artifact hash engine.json records
+    (build_engine stores it as onnx_sha256)."""
     metadata = json.loads((engine.path / "engine.json").read_text())
     wanted = metadata.get("onnx_sha256")
-    done = [e for e in manifest["stages"] if e.get("status") in ("completed", "reused") and e.get("artifact") == "onnx"]
-    for entry in reversed(done):
-        if wanted is None or entry.get("artifact_sha256") == wanted:
-            source = ONNXModel(run_dir / entry["path"])
-            if source.onnx_path.is_file():
-                return source
+    for entry, artifact in reversed(earlier):
+        if artifact is None or entry.artifact != "onnx":
+            continue
+        if (wanted is None or entry.artifact_sha256 == wanted) and artifact.onnx_path.is_file():
+            return artifact
     raise StageError(f"{engine.path}: cannot find the ONNX model this engine was built from among the run's "
                      f"stages (engine.json onnx_sha256 {str(wanted)[:12]}…)")
 
@@ -105,6 +105,7 @@ def validate_package(package: Path, reference: ONNXModel, texts: list[str], refe
     Runtime session on the reference model fed the same batches. Raises StageError."""
     from compress.data import pad_batch
     from compress.sessions import ORTSession
+    from compress.tasks.text_classification import softmax
 
     predictor = Predictor.load(package, threads=threads)
     with warnings.catch_warnings():
@@ -120,8 +121,7 @@ def validate_package(package: Path, reference: ONNXModel, texts: list[str], refe
     ref_probs = np.empty_like(probs)
     for idx in plan_batches([len(e["input_ids"]) for e in reference_encoded], batch_size):
         logits = session.run(pad_batch([reference_encoded[i] for i in idx], session.input_names, session.pad_id))
-        z = logits.astype(np.float64) - logits.max(-1, keepdims=True)
-        ref_probs[idx] = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
+        ref_probs[idx] = softmax(logits)
     agreement = float((probs.argmax(-1) == ref_probs.argmax(-1)).mean())
     max_diff = float(np.abs(probs - ref_probs).max())
     result = {"runtime": "compress.runtime (onnxruntime)", "provider": "CPUExecutionProvider",
@@ -168,15 +168,15 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
                       *(f"| {' | '.join(r)} |" for r in rows)])
 
 
-def model_card(spec: dict, manifest: dict, run_dir: Path, current_stage: str, environment: dict) -> str:
-    """Markdown: what was done to the model, how accurate each step was, how fast it ran
-    (when the benchmark wrote results), and where it was checked."""
-    from compress.report import ledger_rows, summary_table
+def model_card(spec: dict, ctx, environment: dict) -> str:
+    """Markdown: what was done to the model, how it scored after each step, how fast it ran
+    (when the run's benchmark ran before this stage), and where it was checked."""
+    from compress.report import summary_table
 
-    stages = [f"{i + 1}. `{e['kind']}` ({e['status']})" + (f": {e['reason']}" if e.get("reason") else "")
-              + (f" `{json.dumps(e['config'])}`" if e.get("config") else "")
-              for i, e in enumerate(manifest["stages"]) if e["name"] != current_stage]
-    header, body = summary_table([r for r in ledger_rows(run_dir) if r["stage"] != current_stage])
+    stages = [f"{i + 1}. `{e.kind}` ({e.status})" + (f": {e.reason}" if e.reason else "")
+              + (f" `{json.dumps(e.config)}`" if e.config else "")
+              for i, (e, _) in enumerate(ctx.earlier)]
+    header, body = summary_table(list(ctx.ledger), ctx.task.primary_metric)
     io = [[f"`{t['name']}`", t["dtype"], str(t["shape"])] for t in spec["inputs"] + spec["outputs"]]
     validated = [[v["runtime"], v.get("provider", "-"), str(v.get("examples", "-")), str(v.get("label_agreement", "-")),
                   f"{v['max_probability_diff']:.2g}" if "max_probability_diff" in v else
@@ -185,13 +185,12 @@ def model_card(spec: dict, manifest: dict, run_dir: Path, current_stage: str, en
         f"# {spec['name']}\n",
         f"Task: {spec['task']}. Labels: {', '.join(spec['labels'])}. Precision: {spec['precision']}. "
         f"Max sequence length: {spec['max_sequence_length']} tokens (longer texts are truncated).\n",
-        f"Base model: `{manifest.get('model')}`. Recipe: `{manifest.get('recipe')}`.\n",
+        f"Base model: `{ctx.recipe.model}`. Recipe: `{ctx.recipe_path}`.\n",
         "## Stages applied\n", "\n".join(stages) + "\n",
-        "## Accuracy ledger (eval split)\n", _md_table(header, body) + "\n",
+        f"## {ctx.task.primary_metric.capitalize()} ledger (eval split)\n", _md_table(header, body) + "\n",
     ]
-    bench = run_dir / "bench" / "results.md"
-    if bench.is_file():  # written by `compress bench`; absent until a benchmark ran
-        parts += ["## Benchmark\n", bench.read_text(encoding="utf-8").strip() + "\n"]
+    if ctx.benchmark_markdown:  # the run's benchmark, when its recipe has a benchmark block
+        parts += ["## Benchmark\n", ctx.benchmark_markdown.strip() + "\n"]
     parts += [
         "## Inputs and outputs\n", _md_table(["name", "dtype", "shape"], io) + "\n",
         "## Validated on\n",

@@ -77,12 +77,12 @@ class PruneStage(StageConfig, TrainingSchedule):
     def run(self, model: Artifact, ctx) -> TorchModel:
         from accelerate import PartialState
 
-        from compress.models import count_parameters, load_classifier, model_structure
+        from compress.models import count_parameters, model_structure
         from compress.training import tokenized_train_split
 
         seed = self.start(ctx)
-        before = ctx.input_measurement(model)
-        net = load_classifier(model.path, ctx.splits.label_names, ctx.recipe.trust_remote_code)
+        before = ctx.input_summary()
+        net = ctx.task.load_model(model.path, ctx.splits.label_names, ctx.recipe.trust_remote_code)
         tokenizer, collate, examples = tokenized_train_split(model.path, ctx)
         structure, params = model_structure(net), count_parameters(net)["parameters"]
         ctx.record(input=before, method=self.method, scope=self.scope, structure_before=structure)
@@ -128,8 +128,8 @@ class PruneStage(StageConfig, TrainingSchedule):
             removed={"layers": plan.layers, "heads": {str(k): v for k, v in plan.heads.items() if v},
                      "ffn_neurons": {str(k): len(v) for k, v in plan.ffn.items() if v}},
             structure_after=model_structure(net),
-            accuracy_before_recovery=_eval_accuracy(net, ctx, collate, artifact),
         )
+        ctx.record(**{f"{ctx.task.primary_metric}_before_recovery": _eval_metric(net, ctx, collate, artifact)})
         if not self.recover:
             return net
         return self._train(net, teacher, examples, collate, ctx, seed, desc="recovery")
@@ -171,7 +171,7 @@ class PruneStage(StageConfig, TrainingSchedule):
             teacher_outputs,
         )
         from compress.training import (
-            accuracy_eval,
+            TaskEval,
             make_accelerator,
             split_validation,
             train_loop,
@@ -196,7 +196,7 @@ class PruneStage(StageConfig, TrainingSchedule):
 
         result = train_loop(
             module, train, collate, self, loss_fn,
-            eval_fn=accuracy_eval(validation, collate, forward=forward) if validation else None,
+            eval_fn=TaskEval(ctx.task, validation, collate, forward=forward) if validation else None,
             checkpoint_dir=ctx.checkpoint_dir, resume_key=ctx.fingerprint, seed=seed, desc=desc,
             accelerator=accelerator, on_step=on_step,
         )
@@ -212,9 +212,12 @@ def _seeded_order(n: int, seed: int) -> list[int]:
     return order
 
 
-def _eval_accuracy(net, ctx, collate, artifact) -> float:
-    """Accuracy on the eval split right after pruning (before any recovery training)."""
-    from compress.training import accuracy_eval
+def _eval_metric(net, ctx, collate, artifact) -> float:
+    """The task's primary metric on the eval split right after pruning (before any recovery training)."""
+    from compress.models import load_tokenizer
+    from compress.training import TaskEval
 
-    labelled = [{**e, "label": y} for e, y in zip(ctx.encoded_eval(artifact), ctx.splits.eval.labels)]
-    return accuracy_eval(labelled, collate, batch_size=ctx.measure.eval_batch_size)(net.eval())["accuracy"]
+    tokenizer = load_tokenizer(artifact.path, ctx.recipe.trust_remote_code)
+    encoded = ctx.task.encode(tokenizer, ctx.splits.eval, ctx.recipe.data.max_length)
+    evaluate = TaskEval(ctx.task, encoded, collate, batch_size=ctx.measure.eval_batch_size)
+    return evaluate(net.eval())[ctx.task.primary_metric]

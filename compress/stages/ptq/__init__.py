@@ -118,7 +118,7 @@ class PTQStage(StageConfig):
 
         from compress.evaluate import predict_logits
         from compress.sessions import ORTSession
-        from compress.stages.ptq.budget import fit_accuracy_budget
+        from compress.stages.ptq.budget import fit_accuracy_budget, task_score
         from compress.stages.ptq.ort_quantize import (
             STATIC_DEFAULT_OP_TYPES,
             matrix_node_names,
@@ -126,7 +126,7 @@ class PTQStage(StageConfig):
 
         threads, batch = ctx.measure.threads, ctx.measure.eval_batch_size
         encoded = ctx.encoded_eval(model)[: self.budget_samples]
-        labels = np.asarray(ctx.splits.eval.labels[: len(encoded)])
+        score = task_score(ctx.task, ctx.eval_set.references[: len(encoded)])
         reference = predict_logits(ORTSession(model, threads), encoded, batch, "budget (float)")
         scratch = Path(tempfile.mkdtemp(prefix="compress-budget-"))
 
@@ -139,10 +139,10 @@ class PTQStage(StageConfig):
         try:
             default_ops = STATIC_DEFAULT_OP_TYPES if self.mode == "static" else None  # static never quantizes Attention
             candidates = matrix_node_names(graph, self.op_types or default_ops)
-            result = fit_accuracy_budget(logits_with, reference, labels, candidates,
+            result = fit_accuracy_budget(logits_with, reference, score, candidates,
                                          list(self.nodes_to_exclude), self.max_accuracy_drop)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-        ctx.record(accuracy_budget=result.record(float((reference.argmax(-1) == labels).mean()),
+        ctx.record(accuracy_budget=result.record(score(reference),
                                                  self.max_accuracy_drop, len(encoded), list(self.nodes_to_exclude)))
         return quantize(ctx.artifact_dir, result.excluded, None)

@@ -46,26 +46,27 @@ class BudgetResult:
         }
 
 
-def accuracy_of(logits: np.ndarray, labels: np.ndarray) -> float:
-    return float((logits.argmax(-1) == labels).mean())
+def task_score(task, references: list) -> Callable[[np.ndarray], float]:
+    """The task's primary metric of a model's outputs on the budget slice (higher is better)."""
+    return lambda outputs: task.metrics(outputs, references)[task.primary_metric]
 
 
 def fit_accuracy_budget(
     logits_with: Callable[[list[str], list[str] | None], np.ndarray],
     reference_logits: np.ndarray,
-    labels: np.ndarray,
+    score: Callable[[np.ndarray], float],
     candidates: list[str],
     pinned: list[str],
     max_drop: float,
 ) -> BudgetResult:
     """logits_with(nodes_to_exclude, nodes_to_quantize) quantizes the float model that way
-    and returns its logits on the budget slice. Raises StageError (with the best reached)
+    and returns its logits on the budget slice; score(logits) is the task's metric on the slice. Raises StageError (with the best reached)
     when even excluding every candidate misses the budget."""
-    reference = accuracy_of(reference_logits, labels)
+    reference = score(reference_logits)
     attempts = []
 
     def attempt(excluded: list[str]) -> float:
-        acc = accuracy_of(logits_with(excluded, None), labels)
+        acc = score(logits_with(excluded, None))
         attempts.append({"excluded": len(excluded), "accuracy": round(acc, 5)})
         log.info("budget: %d nodes in float -> accuracy %.4f (reference %.4f)", len(excluded), acc, reference)
         return acc
@@ -93,7 +94,7 @@ def fit_accuracy_budget(
             return BudgetResult(list(excluded), acc, attempts, sensitivity)
     raise StageError(
         f"max_accuracy_drop {max_drop:g} not reached: the float model scores {reference:.4f} on the "
-        f"{len(labels)}-example budget slice and the best INT8 model {best.accuracy:.4f} "
+        f"{len(reference_logits)}-example budget slice and the best INT8 model {best.accuracy:.4f} "
         f"(drop {reference - best.accuracy:.4f}, with {len(best.excluded)} of {len(candidates)} layers in float: "
         f"{_shorten(best.excluded)}); raise max_accuracy_drop or try per_channel / another calibration"
     )

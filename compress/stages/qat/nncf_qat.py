@@ -90,9 +90,8 @@ class _TorchLogits:
 
 def run_qat(stage, model: TorchModel, ctx) -> ONNXModel:
     from compress.evaluate import predict_logits
-    from compress.models import load_classifier
     from compress.onnx_graph import count_int8_coverage
-    from compress.parity import compare_logits
+    from compress.parity import compare_outputs
     from compress.sessions import ORTSession
     from compress.stages.qat.qdq_export import (
         activations_to_uint8,
@@ -101,7 +100,7 @@ def run_qat(stage, model: TorchModel, ctx) -> ONNXModel:
         gather_before_dequantize,
     )
     from compress.training import (
-        accuracy_eval,
+        TaskEval,
         split_validation,
         tokenized_train_split,
         train_loop,
@@ -110,7 +109,7 @@ def run_qat(stage, model: TorchModel, ctx) -> ONNXModel:
 
     prepare_nncf_environment()
     seed = stage.start(ctx)
-    net = load_classifier(model.path, ctx.splits.label_names, ctx.recipe.trust_remote_code)
+    net = ctx.task.load_model(model.path, ctx.splits.label_names, ctx.recipe.trust_remote_code)
     tokenizer, collate, examples = tokenized_train_split(model.path, ctx)
     train, validation = split_validation(examples, stage, seed)
 
@@ -118,11 +117,11 @@ def run_qat(stage, model: TorchModel, ctx) -> ONNXModel:
     started = time.perf_counter()
     qnet = quantize_with_nncf(net, calibration, stage)
     calibrated_s = time.perf_counter() - started
-    teacher = load_classifier(model.path, ctx.splits.label_names, ctx.recipe.trust_remote_code) \
+    teacher = ctx.task.load_model(model.path, ctx.splits.label_names, ctx.recipe.trust_remote_code) \
         if stage.distill_weight else None
     result = train_loop(
         qnet, train, collate, stage, loss_fn=distillation_loss(stage.distill_weight, stage.temperature, teacher),
-        eval_fn=accuracy_eval(validation, collate) if validation else None,
+        eval_fn=TaskEval(ctx.task, validation, collate) if validation else None,
         checkpoint_dir=None, resume_key=ctx.fingerprint, seed=seed, desc="qat",
     )
     import nncf
@@ -143,7 +142,7 @@ def run_qat(stage, model: TorchModel, ctx) -> ONNXModel:
     pad_id = tokenizer.pad_token_id or 0
     torch_logits = predict_logits(_TorchLogits(stripped, input_names, pad_id), encoded, 16, "parity (torch qat)")
     onnx_logits = predict_logits(ORTSession(out, ctx.measure.threads), encoded, 16, "parity (onnx qat)")
-    parity = {**compare_logits(torch_logits, onnx_logits), "atol": stage.atol, "examples": len(encoded)}
+    parity = {**compare_outputs(torch_logits, onnx_logits, ctx.task), "atol": stage.atol, "examples": len(encoded)}
     problems = check_qdq_for_tensorrt(out.onnx_path)
     ctx.record(
         qat={"preset": stage.preset, "per_channel": stage.per_channel, "activation_type": stage.activation_type,
@@ -170,13 +169,13 @@ def _without_labels(batch: dict) -> dict:
 def _check_budget(stage, model: TorchModel, quantized: ONNXModel, ctx) -> None:
     from compress.evaluate import predict_logits
     from compress.sessions import ORTSession, TorchSession
-    from compress.stages.ptq.budget import EPSILON, accuracy_of
+    from compress.stages.ptq.budget import EPSILON, task_score
 
     encoded = ctx.encoded_eval(quantized)[: stage.budget_samples]
-    labels = np.asarray(ctx.splits.eval.labels[: len(encoded)])
+    score = task_score(ctx.task, ctx.eval_set.references[: len(encoded)])
     batch = ctx.measure.eval_batch_size
-    reference = accuracy_of(predict_logits(TorchSession(model, ctx.measure.threads), encoded, batch), labels)
-    reached = accuracy_of(predict_logits(ORTSession(quantized, ctx.measure.threads), encoded, batch), labels)
+    reference = score(predict_logits(TorchSession(model, ctx.measure.threads), encoded, batch))
+    reached = score(predict_logits(ORTSession(quantized, ctx.measure.threads), encoded, batch))
     met = reference - reached <= stage.max_accuracy_drop + EPSILON
     ctx.record(accuracy_budget={"max_accuracy_drop": stage.max_accuracy_drop, "slice_examples": len(encoded),
                                 "reference_accuracy": round(reference, 5), "quantized_accuracy": round(reached, 5),
