@@ -28,7 +28,7 @@ REPEATED_STATS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "cv", "throughput")
 
 def fingerprint() -> dict:
     """Where the numbers came from: CPU, cores, libraries, git commit, machine load."""
-    from compress.context import environment
+    from compress.environment import environment
 
     env = environment()
     try:
