@@ -8,11 +8,15 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from compress.artifacts import ONNXModel, TorchModel, copy_sidecar_files
 from compress.errors import StageError
+
+if TYPE_CHECKING:
+    from compress.stages.qat import QATStage
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +41,7 @@ def prepare_nncf_environment() -> None:
         lock.unlink(missing_ok=True)
 
 
-def quantize_with_nncf(net, batches: list[dict], stage):
+def quantize_with_nncf(net, batches: list[dict], stage: QATStage):
     import nncf
     from nncf.quantization.advanced_parameters import (
         AdvancedQuantizationParameters,
@@ -88,7 +92,7 @@ class _TorchLogits:
             return self.net(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits.numpy()
 
 
-def run_qat(stage, model: TorchModel, ctx) -> ONNXModel:
+def run_qat(stage: QATStage, model: TorchModel, ctx) -> ONNXModel:
     from compress.evaluate import predict_logits
     from compress.models import load_classifier
     from compress.onnx_graph import count_int8_coverage
@@ -167,7 +171,7 @@ def _without_labels(batch: dict) -> dict:
     return {k: v for k, v in batch.items() if k != "labels"}
 
 
-def _check_budget(stage, model: TorchModel, quantized: ONNXModel, ctx) -> None:
+def _check_budget(stage: QATStage, model: TorchModel, quantized: ONNXModel, ctx) -> None:
     from compress.evaluate import predict_logits
     from compress.sessions import ORTSession, TorchSession
     from compress.stages.ptq.budget import EPSILON, accuracy_of
