@@ -1,18 +1,18 @@
 """Knowledge distillation for encoder classifiers: build a student from a teacher (a subset
 of its layers, or a smaller configuration initialised from the teacher's weights) and
-the weighted distillation loss (soft-target KL, hard-label CE, hidden-state MSE with
-learned projections where widths differ, attention-map MSE). Imported by stages only
-when they run (it imports torch)."""
+the loss of a DistillationObjective (soft-target KL, hard-label CE, hidden-state MSE with
+learned projections where widths differ, attention-map MSE), which distill, prune and qat
+all train with. Imported by stages only when they run (it imports torch)."""
 
 from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import dataclass
 
 import torch
 
 from compress.errors import StageError
+from compress.stages.base import DistillationObjective
 
 log = logging.getLogger(__name__)
 NON_MODEL_KEYS = ("labels", "teacher_logits")  # collate extras that are not model inputs
@@ -104,19 +104,6 @@ def student_from_config(teacher, hidden_size: int | None, num_layers: int | None
 # ---------------------------------------------------------------------------- losses
 
 
-@dataclass(frozen=True)
-class LossWeights:
-    kl: float = 1.0
-    ce: float = 0.0
-    hidden: float = 0.0
-    attention: float = 0.0
-    temperature: float = 2.0
-
-    @property
-    def needs_teacher_internals(self) -> bool:
-        return self.hidden > 0 or self.attention > 0
-
-
 def soft_target_kl(student_logits, teacher_logits, temperature: float):
     """KL(teacher ‖ student) on temperature-softened distributions, scaled by T² so its
     gradients keep their size as T changes (Hinton et al.)."""
@@ -150,36 +137,40 @@ def model_inputs(batch: dict) -> dict:
 class DistillationModule(torch.nn.Module):
     """The student plus its hidden-state projections, as one module, so that one
     DistributedDataParallel wrapper syncs every trainable gradient. forward() runs the
-    student and returns the weighted loss and its parts; the teacher's outputs come in."""
+    student and returns the objective's weighted sum and its parts (named after their
+    weights: soft_target, label, hidden, attention); the teacher's outputs come in.
+    layer_map[j] = the teacher layer that student layer j imitates (hidden/attention only)."""
 
-    def __init__(self, student, weights: LossWeights, layer_map: list[int], teacher_hidden_size: int):
+    def __init__(self, student, objective: DistillationObjective, layer_map: list[int] | None = None,
+                 teacher_hidden_size: int | None = None):
         import torch
 
         super().__init__()
         self.student = student
-        self.weights = weights
-        self.layer_map = list(layer_map)
-        width = student.config.hidden_size
+        self.objective = objective
+        self.layer_map = list(layer_map or [])
         self.projections = None
-        if weights.hidden > 0 and width != teacher_hidden_size:
+        if objective.needs_teacher_internals and not self.layer_map:
+            raise StageError("hidden_weight and attention_weight need a layer map between student and teacher")
+        if objective.hidden_weight > 0 and student.config.hidden_size != teacher_hidden_size:
             self.projections = torch.nn.ModuleList(
-                torch.nn.Linear(width, teacher_hidden_size) for _ in layer_map)
+                torch.nn.Linear(student.config.hidden_size, teacher_hidden_size) for _ in self.layer_map)
 
-    def forward(self, batch: dict, teacher_logits, teacher_hidden=None, teacher_attentions=None) -> dict:
+    def forward(self, batch: dict, teacher_logits=None, teacher_hidden=None, teacher_attentions=None) -> dict:
         import torch.nn.functional as F
 
-        w = self.weights
-        out = self.student(**model_inputs(batch), output_hidden_states=w.hidden > 0,
-                           output_attentions=w.attention > 0)
+        w = self.objective
+        internals = {"output_hidden_states": True} if w.hidden_weight > 0 else {}
+        if w.attention_weight > 0:
+            internals["output_attentions"] = True
+        out = self.student(**model_inputs(batch), **internals)
         parts = {}
-        if w.kl > 0:
-            parts["kl"] = soft_target_kl(out.logits, teacher_logits, w.temperature)
-        if w.ce > 0:
-            parts["ce"] = F.cross_entropy(out.logits, batch["labels"])
-        mask = batch.get("attention_mask")
-        if mask is None:
-            mask = batch["input_ids"].new_ones(batch["input_ids"].shape)
-        if w.hidden > 0:
+        if w.soft_target_weight > 0:
+            parts["soft_target"] = soft_target_kl(out.logits, teacher_logits, w.temperature)
+        if w.label_weight > 0:
+            parts["label"] = F.cross_entropy(out.logits, batch["labels"])
+        mask = _padding_mask(batch) if w.needs_teacher_internals else None
+        if w.hidden_weight > 0:
             terms = []
             for j, t in enumerate(self.layer_map):
                 s_h = out.hidden_states[j + 1]  # index 0 is the embeddings
@@ -187,24 +178,47 @@ class DistillationModule(torch.nn.Module):
                     s_h = self.projections[j](s_h)
                 terms.append(masked_mse(s_h, teacher_hidden[t + 1], mask))
             parts["hidden"] = sum(terms) / len(terms)
-        if w.attention > 0:
+        if w.attention_weight > 0:
             terms = [attention_mse(out.attentions[j], teacher_attentions[t], mask) for j, t in enumerate(self.layer_map)]
             parts["attention"] = sum(terms) / len(terms)
-        total = sum(getattr(w, name) * value for name, value in parts.items())
+        total = sum(getattr(w, f"{name}_weight") * value for name, value in parts.items())
         return {"loss": total, **{k: v.detach() for k, v in parts.items()}}
 
 
-def teacher_outputs(teacher, batch: dict, weights: LossWeights):
-    """(logits, hidden_states, attentions) of the frozen teacher; cached logits are used when
-    the batch carries them and no internal state is needed."""
+def _padding_mask(batch: dict):
+    mask = batch.get("attention_mask")
+    return batch["input_ids"].new_ones(batch["input_ids"].shape) if mask is None else mask
+
+
+def teacher_outputs(teacher, batch: dict, objective: DistillationObjective):
+    """(logits, hidden_states, attentions) of the frozen teacher, None where the objective
+    does not use them; cached logits are used when the batch carries them and no internal
+    state is needed."""
     import torch
 
-    if "teacher_logits" in batch and not weights.needs_teacher_internals:
+    if not objective.needs_teacher:
+        return None, None, None
+    if "teacher_logits" in batch and not objective.needs_teacher_internals:
         return batch["teacher_logits"], None, None
     with torch.no_grad():
-        out = teacher(**model_inputs(batch), output_hidden_states=weights.hidden > 0,
-                      output_attentions=weights.attention > 0)
+        out = teacher(**model_inputs(batch), output_hidden_states=objective.hidden_weight > 0,
+                      output_attentions=objective.attention_weight > 0)
     return out.logits, out.hidden_states, out.attentions
+
+
+def make_loss_fn(teacher, objective: DistillationObjective, parts: list[dict] | None = None):
+    """loss_fn for train_loop over a DistillationModule: the teacher's outputs (none when the
+    objective needs no teacher: teacher may then be None), then the module called through
+    train_loop's wrapper so DistributedDataParallel syncs its gradients. Appends each step's
+    parts to `parts` when given."""
+
+    def loss_fn(wrapped, batch):
+        out = wrapped(batch, *teacher_outputs(teacher, batch, objective))
+        if parts is not None:
+            parts.append({k: float(v) for k, v in out.items() if k != "loss"})
+        return out["loss"]
+
+    return loss_fn
 
 
 def cache_teacher_logits(teacher, examples: list[dict], collate, batch_size: int = 64) -> list[dict]:
@@ -237,9 +251,10 @@ def with_teacher_logits(collate):
     return wrapped
 
 
-def distillation_loss(module: DistillationModule, teacher, examples: list[dict], collate, batch_size: int = 64) -> float:
-    """Mean weighted distillation loss over `examples` (dropout off): the number that
-    training should bring down."""
+def mean_objective_loss(module: DistillationModule, teacher, examples: list[dict], collate,
+                        batch_size: int = 64) -> float:
+    """Mean of the objective's loss over `examples` (dropout off): the number that training
+    should bring down."""
     import torch
 
     was_training = module.training
@@ -249,8 +264,7 @@ def distillation_loss(module: DistillationModule, teacher, examples: list[dict],
     with torch.no_grad():
         for start in range(0, len(examples), batch_size):
             batch = {k: v.to(device) for k, v in collate(examples[start : start + batch_size]).items()}
-            logits, hidden, attentions = teacher_outputs(teacher, batch, module.weights)
-            loss = module(batch, logits, hidden, attentions)["loss"]
+            loss = module(batch, *teacher_outputs(teacher, batch, module.objective))["loss"]
             size = batch["input_ids"].shape[0]
             total, n = total + float(loss) * size, n + size
     module.train(was_training)

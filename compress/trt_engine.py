@@ -13,8 +13,12 @@ import logging
 import re
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from compress.errors import CompressError, StageError
+
+if TYPE_CHECKING:
+    from compress.stages.build_engine import BuildEngineStage
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +186,7 @@ def check_engine_compatible(metadata: dict, current: dict, engine_path: Path) ->
 # ---------------------------------------------------------------------------- build
 
 
-def build_engine(onnx_path: Path, out_dir: Path, stage, metadata_extra: dict) -> dict:
+def build_engine(onnx_path: Path, out_dir: Path, stage: BuildEngineStage, metadata_extra: dict) -> dict:
     """Build and serialize an engine; returns the metadata written beside it."""
     import tensorrt as trt
 

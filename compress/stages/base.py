@@ -1,10 +1,11 @@
 """The stage contract: a frozen pydantic config with a `run` that takes one artifact
-and returns a new one written into the stage's own directory."""
+and returns a new one written into the stage's own directory; and the blocks shared by the
+stages that train: the schedule fields and the distillation objective (light: no torch)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -90,3 +91,80 @@ class TrainingSchedule(BaseModel):
         if self.keep_best and not self.eval_every:
             raise ValueError("keep_best needs eval_every (how often to evaluate)")
         return self
+
+
+# ---------------------------------------------------------------------------- distillation objective
+
+Temperature = Annotated[float, Field(gt=0, le=100, description="Softens the teacher's and the student's "
+                                                                 "distributions in the soft-target term.")]
+SoftTargetWeight = Annotated[float, Field(ge=0, description="KL(teacher || student) on the temperature-softened "
+                                                             "distributions, scaled by T^2.")]
+LabelWeight = Annotated[float, Field(ge=0, description="Cross-entropy on the true labels.")]
+HiddenWeight = Annotated[float, Field(ge=0, description="MSE between mapped hidden states (learned projection "
+                                                         "where widths differ).")]
+AttentionWeight = Annotated[float, Field(ge=0, description="MSE between mapped attention maps.")]
+
+
+class DistillationObjective(BaseModel):
+    """What a training stage minimises: the plain weighted sum
+    soft_target_weight * T^2 * KL(teacher || student at T) + label_weight * CE(labels)
+    + hidden_weight * hidden MSE + attention_weight * attention MSE.
+    The same model in distill, prune and qat; each stage sets its own defaults (these are distill's)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    temperature: Temperature = 2.0
+    soft_target_weight: SoftTargetWeight = 1.0
+    label_weight: LabelWeight = 0.5
+    hidden_weight: HiddenWeight = 0.0
+    attention_weight: AttentionWeight = 0.0
+
+    @property
+    def needs_teacher(self) -> bool:
+        return self.soft_target_weight > 0 or self.needs_teacher_internals
+
+    @property
+    def needs_teacher_internals(self) -> bool:
+        return self.hidden_weight > 0 or self.attention_weight > 0
+
+    @model_validator(mode="after")
+    def _some_weight(self):
+        if not any((self.soft_target_weight, self.label_weight, self.hidden_weight, self.attention_weight)):
+            raise ValueError("every loss weight is 0 (soft_target_weight, label_weight, hidden_weight, "
+                             "attention_weight)")
+        return self
+
+
+class LogitObjective(DistillationObjective):
+    """The objective of a stage whose student keeps the teacher's layers (prune, qat): logits and
+    labels only, no layer map for hidden-state or attention terms."""
+
+    @model_validator(mode="after")
+    def _logits_only(self):
+        given = [n for n in ("hidden_weight", "attention_weight") if getattr(self, n)]
+        if given:
+            raise ValueError(f"{given[0]} applies to distill only (here the objective compares logits and labels)")
+        return self
+
+
+class PruneObjective(LogitObjective):
+    """prune's defaults: labels plus soft targets from the unpruned input model."""
+
+    label_weight: LabelWeight = 1.0
+
+
+class QATObjective(LogitObjective):
+    """qat's defaults: labels only (soft_target_weight > 0 adds the float input model as teacher)."""
+
+    soft_target_weight: SoftTargetWeight = 0.0
+    label_weight: LabelWeight = 1.0
+
+
+def refuse_renamed(data, kind: str, renamed: dict[str, str]):
+    """For a mode="before" validator: a field given under its old name fails with one line
+    naming the new one."""
+    if isinstance(data, dict):
+        for old, new in renamed.items():
+            if old in data:
+                raise ValueError(f"{kind}: {old} is renamed to {new}")
+    return data

@@ -14,7 +14,18 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from compress.artifacts import Artifact, TorchModel
 from compress.errors import StageError
-from compress.stages.base import STAGE_REF, StageConfig, TrainingSchedule, find_stage
+from compress.stages.base import (
+    STAGE_REF,
+    DistillationObjective,
+    StageConfig,
+    TrainingSchedule,
+    find_stage,
+    refuse_renamed,
+)
+
+RENAMED = {"temperature": "distillation.temperature", "kl_weight": "distillation.soft_target_weight",
+           "ce_weight": "distillation.label_weight", "hidden_weight": "distillation.hidden_weight",
+           "attention_weight": "distillation.attention_weight"}
 
 
 class StudentSpec(BaseModel):
@@ -48,17 +59,19 @@ class DistillStage(StageConfig, TrainingSchedule):
         None, ge=2, description="Student = every n-th layer counted so the last layer is kept (2 on 6: [1, 3, 5]).")
     student: StudentSpec | None = Field(None, description="Student = a smaller configuration, initialised from "
                                                           "the incoming model's leading weight slices.")
-    temperature: float = Field(2.0, gt=0, le=100, description="Softens both distributions in the KL term.")
-    kl_weight: float = Field(1.0, ge=0, description="Soft-target KL(teacher || student).")
-    ce_weight: float = Field(0.5, ge=0, description="Cross-entropy on the true labels.")
-    hidden_weight: float = Field(0.0, ge=0, description="MSE between mapped hidden states (projected if widths differ).")
-    attention_weight: float = Field(0.0, ge=0, description="MSE between mapped attention maps.")
-    cache_teacher: bool = Field(False, description="Compute the teacher's logits once, not every epoch "
-                                                   "(logits only: not with hidden_weight/attention_weight).")
+    distillation: DistillationObjective = Field(
+        DistillationObjective(), description="The loss: soft targets, labels, hidden states, attention maps.")
+    cache_teacher: bool = Field(False, description="Compute the teacher's logits once, not every epoch (logits "
+                                                   "only: not with distillation.hidden_weight/attention_weight).")
     probe_examples: int = Field(64, ge=1, description="Train examples on which the distillation loss is "
                                                       "recorded before and after training.")
 
     trains = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_fields(cls, data):
+        return refuse_renamed(data, "distill", RENAMED)
 
     @field_validator("keep_layers")
     @classmethod
@@ -82,11 +95,9 @@ class DistillStage(StageConfig, TrainingSchedule):
         if not chosen and self.teacher is None:
             raise ValueError("distill: the student would equal the teacher: set keep_layers, every or student, "
                              "or a teacher other than the incoming model")
-        if not any((self.kl_weight, self.ce_weight, self.hidden_weight, self.attention_weight)):
-            raise ValueError("distill: every loss weight is 0 (kl_weight, ce_weight, hidden_weight, attention_weight)")
-        if self.cache_teacher and (self.hidden_weight or self.attention_weight):
-            raise ValueError("distill: cache_teacher caches logits only; hidden_weight and attention_weight "
-                             "need the teacher's forward pass every step")
+        if self.cache_teacher and self.distillation.needs_teacher_internals:
+            raise ValueError("distill: cache_teacher caches logits only; distillation.hidden_weight and "
+                             "attention_weight need the teacher's forward pass every step")
         return self
 
     def check_in_recipe(self, index: int, stages: list) -> None:
@@ -147,11 +158,10 @@ class DistillStage(StageConfig, TrainingSchedule):
     def run(self, model: Artifact, ctx) -> TorchModel:
         from compress.distillation import (
             DistillationModule,
-            LossWeights,
             cache_teacher_logits,
-            distillation_loss,
             encoder_layers,
-            teacher_outputs,
+            make_loss_fn,
+            mean_objective_loss,
             with_teacher_logits,
         )
         from compress.models import model_structure
@@ -176,8 +186,6 @@ class DistillStage(StageConfig, TrainingSchedule):
         teacher = incoming if self.teacher is None else ctx.task.load_model(teacher_path, labels,
                                                                             ctx.recipe.trust_remote_code)
         student, layer_map = self.build_student(incoming, len(encoder_layers(teacher)), self.teacher is None)
-        weights = LossWeights(kl=self.kl_weight, ce=self.ce_weight, hidden=self.hidden_weight,
-                              attention=self.attention_weight, temperature=self.temperature)
 
         tokenizer, collate, examples = tokenized_train_split(model.path, ctx)
         collate = with_teacher_logits(collate)
@@ -186,24 +194,17 @@ class DistillStage(StageConfig, TrainingSchedule):
         teacher.to(accelerator.device).eval().requires_grad_(False)
         if self.cache_teacher:
             train = cache_teacher_logits(teacher, train, collate)
-        module = DistillationModule(student.train(), weights, layer_map, teacher.config.hidden_size)
+        module = DistillationModule(student.train(), self.distillation, layer_map, teacher.config.hidden_size)
         probe = train[: self.probe_examples]
-        loss_before = distillation_loss(module, teacher, probe, collate)
+        loss_before = mean_objective_loss(module, teacher, probe, collate)
         parts: list[dict] = []
-
-        def loss_fn(wrapped, batch):
-            logits, hidden, attentions = teacher_outputs(teacher, batch, weights)
-            out = wrapped(batch, logits, hidden, attentions)  # through the DDP wrapper: gradients sync
-            parts.append({k: float(v) for k, v in out.items() if k != "loss"})
-            return out["loss"]
-
         result = train_loop(
-            module, train, collate, self, loss_fn,
+            module, train, collate, self, make_loss_fn(teacher, self.distillation, parts),
             eval_fn=TaskEval(ctx.task, validation, collate, forward=lambda m: m.student) if validation else None,
             checkpoint_dir=ctx.checkpoint_dir, resume_key=ctx.fingerprint, seed=seed, desc="distill",
             accelerator=accelerator,
         )
-        loss_after = distillation_loss(result.model, teacher, probe, collate)
+        loss_after = mean_objective_loss(result.model, teacher, probe, collate)
         trained = result.model.student
         out = save_trained(result, ctx.artifact_dir, tokenizer, model=trained)
         ctx.record(

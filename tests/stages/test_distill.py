@@ -27,7 +27,7 @@ def test_layer_subset_student_lowers_the_distillation_loss(tmp_path, tiny_classi
     assert record["teacher"]["structure"]["layers"] == 2
     loss = record["distillation_loss"]
     assert loss["after"] < loss["before"], loss
-    assert set(loss["parts_final"]) == {"kl", "ce"}
+    assert set(loss["parts_final"]) == {"soft_target", "label"}
     # before/after: the input's measurements beside the student's own
     assert record["input"]["parameters"] > record["parameters"]
     assert record["input"]["accuracy"] is not None and record["latency"]["p50_ms"] > 0
@@ -39,21 +39,20 @@ def test_smaller_config_student_with_hidden_and_attention_losses(tmp_path, tiny_
     stages = """
   - kind: distill
     student: {hidden_size: 16, num_heads: 2, intermediate_size: 32, num_layers: 1}
-    hidden_weight: 1.0
-    attention_weight: 1.0
+    distillation: {hidden_weight: 1.0, attention_weight: 1.0}
 """ + TRAIN
     record = stage_json(run_tiny(tmp_path, tiny_classifier_dir, stages), "01-distill")
     assert record["student"]["structure"] == {"layers": 1, "hidden_size": 16, "heads_per_layer": [2],
                                               "ffn_per_layer": [32]}
     assert record["student"]["projections"] is True  # 16 → 32 wide: learned projection
-    assert set(record["distillation_loss"]["parts_final"]) == {"kl", "ce", "hidden", "attention"}
+    assert set(record["distillation_loss"]["parts_final"]) == {"soft_target", "label", "hidden", "attention"}
     assert record["distillation_loss"]["after"] < record["distillation_loss"]["before"]
 
 
 def test_cached_teacher_logits_are_used_instead_of_the_teacher():
     import torch
 
-    from compress.distillation import LossWeights, teacher_outputs
+    from compress.distillation import DistillationObjective, teacher_outputs
 
     class Exploding(torch.nn.Module):
         def forward(self, **kw):
@@ -61,9 +60,11 @@ def test_cached_teacher_logits_are_used_instead_of_the_teacher():
 
     cached = torch.randn(4, 2)
     batch = {"input_ids": torch.ones(4, 3, dtype=torch.long), "teacher_logits": cached}
-    assert teacher_outputs(Exploding(), batch, LossWeights())[0] is cached
+    assert teacher_outputs(Exploding(), batch, DistillationObjective())[0] is cached
     with pytest.raises(AssertionError):  # hidden states are never cached: the teacher must run
-        teacher_outputs(Exploding(), batch, LossWeights(hidden=1.0))
+        teacher_outputs(Exploding(), batch, DistillationObjective(hidden_weight=1.0))
+    # labels only: no teacher at all
+    assert teacher_outputs(None, batch, DistillationObjective(soft_target_weight=0, label_weight=1)) == (None,) * 3
 
 
 def test_cache_teacher_trains_like_the_uncached_run(tmp_path, tiny_classifier_dir):
@@ -95,14 +96,28 @@ def test_teacher_from_an_earlier_stage_distils_into_the_incoming_model(tmp_path,
 BAD = {
     "two student choices": ("every: 2\n    keep_layers: [0]",
                             r"stages\[0\]: distill: choose one way to build the student, not keep_layers and every"),
-    "no student": ("temperature: 2", r"stages\[0\]: distill: the student would equal the teacher"),
+    "no student": ("distillation: {temperature: 2}", r"stages\[0\]: distill: the student would equal the teacher"),
     "unsorted layers": ("keep_layers: [2, 0]", r"stages\[0\]\.keep_layers: keep_layers must be distinct .*\[2, 0\]"),
     "negative layer": ("keep_layers: [-1]", r"stages\[0\]\.keep_layers: keep_layers must be distinct"),
     "every 1": ("every: 1", r"stages\[0\]\.every: Input should be greater than or equal to 2"),
-    "zero temperature": ("every: 2\n    temperature: 0", r"stages\[0\]\.temperature: Input should be greater than 0"),
-    "all weights zero": ("every: 2\n    kl_weight: 0\n    ce_weight: 0", r"every loss weight is 0"),
-    "cache with hidden": ("every: 2\n    cache_teacher: true\n    hidden_weight: 1",
-                          r"cache_teacher caches logits only"),
+    "zero temperature": ("every: 2\n    distillation: {temperature: 0}",
+                         r"stages\[0\]\.distillation\.temperature: Input should be greater than 0"),
+    "all weights zero": ("every: 2\n    distillation: {soft_target_weight: 0, label_weight: 0}",
+                         r"stages\[0\]\.distillation: every loss weight is 0 \(soft_target_weight, label_weight, "),
+    "cache with hidden": ("every: 2\n    cache_teacher: true\n    distillation: {hidden_weight: 1}",
+                          r"stages\[0\]: distill: cache_teacher caches logits only; distillation\.hidden_weight"),
+    "objective typo": ("every: 2\n    distillation: {temprature: 4}",
+                       r"stages\[0\]\.distillation\.temprature: unknown field \(did you mean 'temperature'\?\)"),
+    "kl_weight": ("every: 2\n    kl_weight: 1",
+                  r"stages\[0\]: distill: kl_weight is renamed to distillation\.soft_target_weight$"),
+    "ce_weight": ("every: 2\n    ce_weight: 1",
+                  r"stages\[0\]: distill: ce_weight is renamed to distillation\.label_weight$"),
+    "temperature": ("every: 2\n    temperature: 3",
+                    r"stages\[0\]: distill: temperature is renamed to distillation\.temperature$"),
+    "hidden_weight": ("every: 2\n    hidden_weight: 1",
+                      r"stages\[0\]: distill: hidden_weight is renamed to distillation\.hidden_weight$"),
+    "attention_weight": ("every: 2\n    attention_weight: 1",
+                         r"stages\[0\]: distill: attention_weight is renamed to distillation\.attention_weight$"),
     "heads do not divide": ("student: {hidden_size: 30, num_heads: 4}",
                             r"stages\[0\]\.student: .*hidden_size 30 must be a multiple of student\.num_heads 4"),
     "empty student": ("student: {}", r"stages\[0\]\.student: student: set at least one of"),

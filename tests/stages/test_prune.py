@@ -113,6 +113,16 @@ BAD = {
     "unknown method": ("method: movement", r"stages\[0\]\.method: Input should be 'structured' or 'unstructured'"),
     "unknown scope": ("heads: 0.3\n    scope: local", r"stages\[0\]\.scope: Input should be 'global' or 'per_layer'"),
     "typo": ("head: 0.3", r"stages\[0\]\.head: unknown field \(did you mean 'heads'\?\)"),
+    "kd_weight": ("heads: 0.3\n    kd_weight: 1",
+                  r"stages\[0\]: prune: kd_weight is renamed to distillation\.soft_target_weight$"),
+    "temperature": ("heads: 0.3\n    temperature: 3",
+                    r"stages\[0\]: prune: temperature is renamed to distillation\.temperature$"),
+    "hidden weight": ("heads: 0.3\n    distillation: {hidden_weight: 1}",
+                      r"stages\[0\]\.distillation: hidden_weight applies to distill only"),
+    "attention weight": ("heads: 0.3\n    distillation: {attention_weight: 0.5}",
+                         r"stages\[0\]\.distillation: attention_weight applies to distill only"),
+    "all weights zero": ("heads: 0.3\n    distillation: {soft_target_weight: 0, label_weight: 0}",
+                         r"stages\[0\]\.distillation: every loss weight is 0"),
 }
 
 

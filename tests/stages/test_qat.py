@@ -19,9 +19,12 @@ def _producers(graph) -> dict:
 
 
 def test_qat_exports_qdq_pairs_that_onnx_runtime_runs(tmp_path, tiny_classifier_dir):
-    run_dir = run_tiny(tmp_path, tiny_classifier_dir, QAT + "    distill_weight: 0.5\n")
+    run_dir = run_tiny(tmp_path, tiny_classifier_dir,
+                       QAT + "    distillation: {soft_target_weight: 0.5, label_weight: 0.5}\n")
     record = stage_json(run_dir, "01-qat")
     assert record["artifact"] == "onnx" and record["training"]["steps"] == 3
+    assert record["qat"]["distillation"] == {"temperature": 2.0, "soft_target_weight": 0.5, "label_weight": 0.5,
+                                             "hidden_weight": 0.0, "attention_weight": 0.0}
     assert record["parity"]["max_abs_diff"] < 1e-3 and record["parity"]["label_agreement"] == 1.0
     assert record["tensorrt_qdq"]["ok"]  # performance preset: symmetric int8, zero points 0
     model = onnx.load(str(run_dir / "01-qat" / "model.onnx"))
@@ -132,9 +135,17 @@ def test_qat_budget_miss_fails_with_the_numbers(tmp_path, tiny_classifier_dir, m
 @pytest.mark.parametrize("fields, message", [
     ("checkpoint_every: 10", "stages[0]: checkpoint_every is not supported by qat"),
     ("preset: symmetric", "stages[0].preset: Input should be 'performance' or 'mixed'"),
-    ("distill_weight: 1.5", "stages[0].distill_weight: Input should be less than or equal to 1"),
     ("opset: 11", "stages[0].opset: Input should be greater than or equal to 13"),
-    ("temperature: 0", "stages[0].temperature: Input should be greater than 0"),
+    ("distillation: {temperature: 0}", "stages[0].distillation.temperature: Input should be greater than 0"),
+    ("distillation: {soft_target_weight: -1}",
+     "stages[0].distillation.soft_target_weight: Input should be greater than or equal to 0"),
+    ("distillation: {hidden_weight: 1}", "stages[0].distillation: hidden_weight applies to distill only"),
+    ("distillation: {label_weight: 0}", "stages[0].distillation: every loss weight is 0"),
+    ("distill_weight: 0.7", ("stages[0]: qat: distill_weight 0.7 is now distillation.soft_target_weight 0.7 with "
+                             "distillation.label_weight 0.3")),
+    ("distill_weight: high", ("stages[0]: qat: distill_weight w is now distillation.soft_target_weight w with "
+                              "distillation.label_weight 1-w")),
+    ("temperature: 3", "stages[0]: qat: temperature is renamed to distillation.temperature"),
 ])
 def test_bad_qat_configs_name_the_field(recipe_dir, fields, message):
     assert message in recipe_error(recipe_dir, tiny_recipe_text(stages=f"\n  - kind: qat\n    {fields}\n"))

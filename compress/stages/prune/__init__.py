@@ -2,8 +2,8 @@
 
 structured: remove attention heads, FFN neurons and whole layers by Taylor importance on
 train batches, to target fractions or a parameter budget; the model is physically smaller
-(and so faster on every runtime). Then recover: fine-tune, distilling from the unpruned
-input (kd_weight), with the schedule fields.
+(and so faster on every runtime). Then recover: fine-tune with the schedule fields on the
+`distillation` objective (labels plus soft targets from the unpruned input).
 
 unstructured: gradual magnitude pruning to `sparsity` on a cubic schedule while training,
 masks made permanent at the end. Dense runtimes (ONNX Runtime, TensorRT) run the zeros like
@@ -18,13 +18,19 @@ from pydantic import Field, model_validator
 
 from compress.artifacts import Artifact, TorchModel
 from compress.errors import StageError
-from compress.stages.base import StageConfig, TrainingSchedule
+from compress.stages.base import (
+    PruneObjective,
+    StageConfig,
+    TrainingSchedule,
+    refuse_renamed,
+)
 
 log = logging.getLogger(__name__)
 UNSTRUCTURED_WARNING = ("unstructured sparsity: dense runtimes (ONNX Runtime, TensorRT) gain no speed from zero "
                         "weights, only compressibility; use method: structured or distill for latency")
 STRUCTURED_ONLY = ("heads", "ffn", "layers", "max_parameters", "importance_batches", "recover")
 UNSTRUCTURED_ONLY = ("sparsity", "prune_every", "schedule_start", "schedule_end")
+RENAMED = {"kd_weight": "distillation.soft_target_weight", "temperature": "distillation.temperature"}
 
 
 class PruneStage(StageConfig, TrainingSchedule):
@@ -48,11 +54,16 @@ class PruneStage(StageConfig, TrainingSchedule):
     schedule_start: float = Field(0.0, ge=0, lt=1, description="Share of training before pruning starts.")
     schedule_end: float = Field(0.75, gt=0, le=1, description="Share of training by which the target is reached.")
     # training (recovery or gradual pruning)
-    kd_weight: float = Field(1.0, ge=0, description="Weight of KL to the unpruned input model while training "
-                                                     "(0: plain fine-tuning on the labels).")
-    temperature: float = Field(2.0, gt=0, le=100)
+    distillation: PruneObjective = Field(
+        PruneObjective(), description="The training loss: labels plus soft targets from the unpruned input model "
+                                      "(soft_target_weight 0: plain fine-tuning on the labels).")
 
     trains = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_fields(cls, data):
+        return refuse_renamed(data, "prune", RENAMED)
 
     @model_validator(mode="after")
     def _method_fields(self):
@@ -120,7 +131,7 @@ class PruneStage(StageConfig, TrainingSchedule):
         imp = taylor_importance(net, batches)
         plan = (plan_budget(net, imp, self.max_parameters, heads=heads_prunable(net)) if self.max_parameters
                 else plan_fractions(imp, self.heads, self.ffn, self.layers, self.scope))
-        teacher = copy.deepcopy(net) if self.recover and self.kd_weight > 0 else None
+        teacher = copy.deepcopy(net) if self.recover and self.distillation.needs_teacher else None
         apply_plan_(net, plan)
         ctx.record(
             importance={"batches": imp.batches, "layers": [round(float(x), 6) for x in imp.layers],
@@ -146,7 +157,7 @@ class PruneStage(StageConfig, TrainingSchedule):
         )
 
         log.warning("prune: %s", UNSTRUCTURED_WARNING)
-        teacher = copy.deepcopy(net) if self.kd_weight > 0 else None
+        teacher = copy.deepcopy(net) if self.distillation.needs_teacher else None
         params = start_masks_(net)
         reached = []
 
@@ -164,12 +175,9 @@ class PruneStage(StageConfig, TrainingSchedule):
         return net
 
     def _train(self, net, teacher, examples, collate, ctx, seed, desc, on_step=None):
-        """Fine-tune `net` with the schedule fields: labels, plus KL to the teacher when given."""
-        from compress.distillation import (
-            DistillationModule,
-            LossWeights,
-            teacher_outputs,
-        )
+        """Fine-tune `net` with the schedule fields on the distillation objective (the teacher,
+        the unpruned input, is None when the objective needs none)."""
+        from compress.distillation import DistillationModule, make_loss_fn
         from compress.training import (
             TaskEval,
             make_accelerator,
@@ -181,27 +189,15 @@ class PruneStage(StageConfig, TrainingSchedule):
         accelerator = make_accelerator(self.gradient_accumulation_steps)
         if teacher is not None:
             teacher.to(accelerator.device).eval().requires_grad_(False)
-            weights = LossWeights(kl=self.kd_weight, ce=1.0, temperature=self.temperature)
-            module = DistillationModule(net.train(), weights, [], teacher.config.hidden_size)
-
-            def loss_fn(m, batch):
-                return m(batch, teacher_outputs(teacher, batch, weights)[0])["loss"]
-
-            forward = lambda m: m.student  # noqa: E731
-        else:
-            module, forward = net.train(), None
-
-            def loss_fn(m, batch):
-                return m(**batch).loss
-
+        module = DistillationModule(net.train(), self.distillation)
         result = train_loop(
-            module, train, collate, self, loss_fn,
-            eval_fn=TaskEval(ctx.task, validation, collate, forward=forward) if validation else None,
+            module, train, collate, self, make_loss_fn(teacher, self.distillation),
+            eval_fn=TaskEval(ctx.task, validation, collate, forward=lambda m: m.student) if validation else None,
             checkpoint_dir=ctx.checkpoint_dir, resume_key=ctx.fingerprint, seed=seed, desc=desc,
             accelerator=accelerator, on_step=on_step,
         )
         ctx.record(training=result.record(self.batch_size, self.gradient_accumulation_steps, seed))
-        return result.model.student if teacher is not None else result.model
+        return result.model.student
 
 
 def _seeded_order(n: int, seed: int) -> list[int]:

@@ -7,11 +7,15 @@ import logging
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from compress.artifacts import ONNXModel, copy_sidecar_files
 from compress.onnx_graph import FLOAT_MATRIX_OPS
+
+if TYPE_CHECKING:
+    from compress.stages.ptq import PTQStage
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +34,7 @@ def matrix_node_names(onnx_path: Path, op_types: list[str] | None) -> list[str]:
 # ---------------------------------------------------------------------------- dynamic
 
 
-def quantize_dynamic_int8(model: ONNXModel, out_dir: Path, stage, nodes_to_exclude: list[str],
+def quantize_dynamic_int8(model: ONNXModel, out_dir: Path, stage: PTQStage, nodes_to_exclude: list[str],
                           nodes_to_quantize: list[str] | None = None) -> ONNXModel:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -99,7 +103,7 @@ class StaticQuantizer:
     exclusions without running the calibration again."""
 
     model: ONNXModel
-    stage: object  # PTQStage: calibration, per_channel, op_types, ...
+    stage: PTQStage
     feeds: list[dict[str, np.ndarray]]
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="compress-ptq-")))
 

@@ -1,7 +1,8 @@
 """`qat`: quantization-aware training with NNCF, exported as an explicit Q/DQ ONNX model.
 
 nncf.quantize inserts fake quantizers calibrated on train examples; the shared training
-loop then fine-tunes through them (optionally distilling the float model's logits);
+loop then fine-tunes through them on the `distillation` objective (labels, plus soft targets
+from the float input model when soft_target_weight > 0);
 nncf.strip turns the quantizers into torch's own fake-quantize ops, which the legacy ONNX
 exporter writes as QuantizeLinear/DequantizeLinear pairs (ONNX Runtime runs them as INT8;
 with the symmetric `performance` preset TensorRT takes them as explicit quantization)."""
@@ -13,7 +14,14 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from compress.artifacts import Artifact, ONNXModel, TorchModel
-from compress.stages.base import StageConfig, TrainingSchedule
+from compress.stages.base import (
+    QATObjective,
+    StageConfig,
+    TrainingSchedule,
+    refuse_renamed,
+)
+
+RENAMED = {"temperature": "distillation.temperature"}
 
 
 class QATStage(StageConfig, TrainingSchedule):
@@ -24,9 +32,9 @@ class QATStage(StageConfig, TrainingSchedule):
         "mixed: asymmetric activations (ONNX Runtime only).")
     per_channel: bool = Field(True, description="Per-output-channel weight scales.")
     calibration_samples: int = Field(128, ge=1, le=100_000, description="Train examples for the initial ranges.")
-    distill_weight: float = Field(
-        0.0, ge=0, le=1, description="Weight of the KL loss to the float model's logits (0: labels only).")
-    temperature: float = Field(2.0, gt=0, le=100, description="Softmax temperature of the distillation loss.")
+    distillation: QATObjective = Field(
+        QATObjective(), description="The training loss: labels, plus soft targets from the float input model "
+                                    "when soft_target_weight > 0 (0: no teacher is loaded).")
     activation_type: Literal["int8", "uint8"] = Field(
         "int8", description="Activation Q/DQ in the ONNX file: int8 (TensorRT takes it) or uint8 with zero point "
         "+128 (exactly the same values; ONNX Runtime CPU's fast U8S8 kernels, not for TensorRT).")
@@ -46,6 +54,17 @@ class QATStage(StageConfig, TrainingSchedule):
     accepts = (TorchModel,)
     produces = ONNXModel
     trains = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_fields(cls, data):
+        if isinstance(data, dict) and "distill_weight" in data:
+            w = data["distill_weight"]
+            number = isinstance(w, (int, float)) and not isinstance(w, bool)
+            w, rest = (w, round(1 - w, 12)) if number else ("w", "1-w")
+            raise ValueError(f"qat: distill_weight {w} is now distillation.soft_target_weight {w} with "
+                             f"distillation.label_weight {rest}")
+        return refuse_renamed(data, "qat", RENAMED)
 
     @model_validator(mode="after")
     def _no_resume(self):

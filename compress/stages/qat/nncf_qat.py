@@ -1,6 +1,6 @@
 """The qat stage's work: NNCF set-up that survives a fresh machine, calibration,
-training through the shared loop (with optional logit distillation), strip, Q/DQ export,
-parity against the torch QAT model and the accuracy-budget check."""
+training through the shared loop on the distillation objective (the float input model as
+teacher), strip, Q/DQ export, parity against the torch QAT model and the accuracy-budget check."""
 
 from __future__ import annotations
 
@@ -8,11 +8,15 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from compress.artifacts import ONNXModel, TorchModel, copy_sidecar_files
 from compress.errors import StageError
+
+if TYPE_CHECKING:
+    from compress.stages.qat import QATStage
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +41,7 @@ def prepare_nncf_environment() -> None:
         lock.unlink(missing_ok=True)
 
 
-def quantize_with_nncf(net, batches: list[dict], stage):
+def quantize_with_nncf(net, batches: list[dict], stage: QATStage):
     import nncf
     from nncf.quantization.advanced_parameters import (
         AdvancedQuantizationParameters,
@@ -57,24 +61,6 @@ def quantize_with_nncf(net, batches: list[dict], stage):
         raise
 
 
-def distillation_loss(weight: float, temperature: float, teacher):
-    """loss_fn for train_loop: (1 - w) * cross-entropy + w * T² * KL(teacher || student)."""
-    import torch
-    import torch.nn.functional as F
-
-    def loss_fn(model, batch):
-        out = model(**batch)
-        if not weight:
-            return out.loss
-        with torch.no_grad():
-            target = teacher(**{k: v for k, v in batch.items() if k != "labels"}).logits
-        kl = F.kl_div(F.log_softmax(out.logits / temperature, -1), F.log_softmax(target / temperature, -1),
-                      log_target=True, reduction="batchmean")
-        return (1 - weight) * out.loss + weight * temperature**2 * kl
-
-    return loss_fn
-
-
 class _TorchLogits:
     """A Session over an in-memory torch model, for predict_logits."""
 
@@ -88,7 +74,8 @@ class _TorchLogits:
             return self.net(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits.numpy()
 
 
-def run_qat(stage, model: TorchModel, ctx) -> ONNXModel:
+def run_qat(stage: QATStage, model: TorchModel, ctx) -> ONNXModel:
+    from compress.distillation import DistillationModule, make_loss_fn
     from compress.evaluate import predict_logits
     from compress.onnx_graph import count_int8_coverage
     from compress.parity import compare_outputs
@@ -101,6 +88,7 @@ def run_qat(stage, model: TorchModel, ctx) -> ONNXModel:
     )
     from compress.training import (
         TaskEval,
+        make_accelerator,
         split_validation,
         tokenized_train_split,
         train_loop,
@@ -117,17 +105,21 @@ def run_qat(stage, model: TorchModel, ctx) -> ONNXModel:
     started = time.perf_counter()
     qnet = quantize_with_nncf(net, calibration, stage)
     calibrated_s = time.perf_counter() - started
-    teacher = ctx.task.load_model(model.path, ctx.splits.label_names, ctx.recipe.trust_remote_code) \
-        if stage.distill_weight else None
+    accelerator = make_accelerator(stage.gradient_accumulation_steps)
+    objective = stage.distillation
+    teacher = None
+    if objective.needs_teacher:
+        teacher = ctx.task.load_model(model.path, ctx.splits.label_names, ctx.recipe.trust_remote_code)
+        teacher.to(accelerator.device).eval().requires_grad_(False)
     result = train_loop(
-        qnet, train, collate, stage, loss_fn=distillation_loss(stage.distill_weight, stage.temperature, teacher),
-        eval_fn=TaskEval(ctx.task, validation, collate) if validation else None,
-        checkpoint_dir=None, resume_key=ctx.fingerprint, seed=seed, desc="qat",
+        DistillationModule(qnet, objective), train, collate, stage, make_loss_fn(teacher, objective),
+        eval_fn=TaskEval(ctx.task, validation, collate, forward=lambda m: m.student) if validation else None,
+        checkpoint_dir=None, resume_key=ctx.fingerprint, seed=seed, desc="qat", accelerator=accelerator,
     )
     import nncf
 
     example = _without_labels(collate(train[:2]))
-    stripped = nncf.strip(result.model.eval(), do_copy=True, example_input=example)
+    stripped = nncf.strip(result.model.student.eval(), do_copy=True, example_input=example)
     out = ONNXModel(ctx.artifact_dir)
     ctx.artifact_dir.mkdir(parents=True, exist_ok=True)
     input_names = export_qdq_onnx(stripped, example, out.onnx_path, stage.opset)
@@ -147,8 +139,8 @@ def run_qat(stage, model: TorchModel, ctx) -> ONNXModel:
     ctx.record(
         qat={"preset": stage.preset, "per_channel": stage.per_channel, "activation_type": stage.activation_type,
              "calibration_samples": len(calibration),
-             "calibration_seconds": round(calibrated_s, 1), "distill_weight": stage.distill_weight,
-             "temperature": stage.temperature if stage.distill_weight else None, "weights_folded": weights_folded,
+             "calibration_seconds": round(calibrated_s, 1), "distillation": objective.model_dump(),
+             "weights_folded": weights_folded,
              "embedding_lookups_gathered_before_dequantize": lookups_rewritten},
         training=result.record(stage.batch_size, stage.gradient_accumulation_steps, seed),
         parity=parity, int8_coverage=count_int8_coverage(out.onnx_path),
@@ -166,7 +158,7 @@ def _without_labels(batch: dict) -> dict:
     return {k: v for k, v in batch.items() if k != "labels"}
 
 
-def _check_budget(stage, model: TorchModel, quantized: ONNXModel, ctx) -> None:
+def _check_budget(stage: QATStage, model: TorchModel, quantized: ONNXModel, ctx) -> None:
     from compress.evaluate import predict_logits
     from compress.sessions import ORTSession, TorchSession
     from compress.stages.ptq.budget import EPSILON, task_score
@@ -183,4 +175,5 @@ def _check_budget(stage, model: TorchModel, quantized: ONNXModel, ctx) -> None:
     if not met:
         raise StageError(f"max_accuracy_drop {stage.max_accuracy_drop:g} not reached: the input model scores "
                          f"{reference:.4f} on the {len(encoded)}-example budget slice and the QAT INT8 model "
-                         f"{reached:.4f}; train longer, add distill_weight, or raise max_accuracy_drop")
+                         f"{reached:.4f}; train longer, add distillation.soft_target_weight, or raise "
+                         "max_accuracy_drop")
