@@ -85,10 +85,10 @@ def test_qats_former_convex_mix_is_soft_target_w_with_label_one_minus_w(tiny_cla
     cross-entropy + w * T^2 * KL(teacher || student), the model's loss alone when w is 0."""
     import torch.nn.functional as F
 
-    from compress.models import load_classifier
+    from compress.models import load_model
 
     torch.manual_seed(1)
-    net = load_classifier(tiny_classifier_dir).eval()
+    net = load_model(tiny_classifier_dir).eval()
     batch = {"input_ids": torch.randint(1000, 3000, (4, 7)), "attention_mask": torch.ones(4, 7, dtype=torch.long),
              "token_type_ids": torch.zeros(4, 7, dtype=torch.long), "labels": torch.tensor([0, 1, 1, 0])}
     teacher_logits, t = torch.randn(4, 2) * 3, 2.0
