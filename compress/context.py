@@ -6,7 +6,6 @@ place only after the stage and its measurements finished, so a directory named
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import platform
@@ -22,28 +21,11 @@ from typing import Any
 import yaml
 
 from compress.artifacts import Artifact, artifact_kind
+from compress.files import replace_dir, write_json
 from compress.recipe import MeasureSpec, Recipe
 
 log = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoint"
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write via a temporary file and rename, so a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Move a finished directory into place; an older one is moved aside first, so at
-    every instant `dst` is either the old complete output, absent, or the new one."""
-    old = dst.with_name(f".{dst.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if dst.exists():
-        os.replace(dst, old)
-    os.replace(src, dst)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _clear_partial(partial: Path, fingerprint: str) -> None:
@@ -226,7 +208,7 @@ class RunContext:
         record = {"name": name, "kind": kind, "config": config, **sctx.info,
                   "wall_seconds": round(time.perf_counter() - started, 2)}
         write_json(partial / "stage.json", record)
-        _replace_dir(partial, final)
+        replace_dir(partial, final)
         entry.update(status="completed", path=name, wall_seconds=record["wall_seconds"],
                      artifact=record.get("artifact"), accuracy=record.get("accuracy"),
                      artifact_sha256=record["artifact_sha256"])

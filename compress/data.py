@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from compress.errors import DataError
+from compress.files import file_sha256
 
 if TYPE_CHECKING:
     import numpy as np
@@ -211,14 +212,6 @@ def _to_ids(ds: TextDataset, names: list[str], origin: str) -> TextDataset:
     return TextDataset(ds.texts, ids, ds.pairs, ds.rows)
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def load_splits(spec: DataSpec) -> DataSplits:
     train_raw, builtin_names, train_origin = _load_source(spec.train, spec)
     names = spec.labels or builtin_names or sorted(set(train_raw.labels))
@@ -251,7 +244,7 @@ def load_splits(spec: DataSpec) -> DataSplits:
         "label_names": names,
         "train": {"source": train_origin, "size": len(train_ds), "rows_sha256": _rows_hash(train_ds)},
         "eval": {"source": eval_origin, "size": len(eval_ds), "rows_sha256": _rows_hash(eval_ds)},
-        "source_sha256": {o: _sha256(o) for o in {train_origin, spec.eval and eval_origin} if o and Path(o).is_file()},
+        "source_sha256": {o: file_sha256(o) for o in {train_origin, spec.eval and eval_origin} if o and Path(o).is_file()},
     }
     return DataSplits(train=train_ds, eval=eval_ds, label_names=names, record=record)
 

@@ -17,7 +17,8 @@ import numpy as np
 
 from compress.artifacts import ONNXModel, TRTEngine
 from compress.errors import StageError
-from compress.runtime import DEPLOY_FILE, FORMAT, Predictor, file_sha256, plan_batches
+from compress.files import file_sha256
+from compress.runtime import DEPLOY_FILE, FORMAT, Predictor, plan_batches
 
 log = logging.getLogger(__name__)
 
