@@ -75,7 +75,8 @@ def plan_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise probabilities in float64; also the package stage's reference, so both sides agree exactly."""
     z = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=-1, keepdims=True)
@@ -168,7 +169,7 @@ class Predictor:
         probs = np.empty((len(encoded), len(self.labels)), dtype=np.float64)
         for idx in plan_batches([len(e["input_ids"]) for e in encoded], batch_size or self.batch_size):
             logits = self.session.run([self.output_name], self._pad([encoded[i] for i in idx]))[0]
-            probs[idx] = _softmax(logits)
+            probs[idx] = softmax(logits)
         return probs
 
     def predict(self, texts: Sequence[str], batch_size: int | None = None) -> list[dict]:

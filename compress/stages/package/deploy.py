@@ -18,7 +18,7 @@ import numpy as np
 from compress.artifacts import ONNXModel, TRTEngine
 from compress.errors import StageError
 from compress.files import file_sha256
-from compress.runtime import DEPLOY_FILE, FORMAT, Predictor, plan_batches
+from compress.runtime import DEPLOY_FILE, FORMAT, Predictor, plan_batches, softmax
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +121,7 @@ def validate_package(package: Path, reference: ONNXModel, texts: list[str], refe
     ref_probs = np.empty_like(probs)
     for idx in plan_batches([len(e["input_ids"]) for e in reference_encoded], batch_size):
         logits = session.run(pad_batch([reference_encoded[i] for i in idx], session.input_names, session.pad_id))
-        z = logits.astype(np.float64) - logits.max(-1, keepdims=True)
-        ref_probs[idx] = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
+        ref_probs[idx] = softmax(logits)
     agreement = float((probs.argmax(-1) == ref_probs.argmax(-1)).mean())
     max_diff = float(np.abs(probs - ref_probs).max())
     result = {"runtime": "compress.runtime (onnxruntime)", "provider": "CPUExecutionProvider",
