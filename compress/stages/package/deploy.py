@@ -163,15 +163,10 @@ def write_deploy_spec(package: Path, spec: dict) -> None:
     (package / DEPLOY_FILE).write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
 
 
-def _md_table(header: list[str], rows: list[list[str]]) -> str:
-    return "\n".join([f"| {' | '.join(header)} |", f"|{'|'.join('---' for _ in header)}|",
-                      *(f"| {' | '.join(r)} |" for r in rows)])
-
-
 def model_card(spec: dict, manifest: dict, run_dir: Path, current_stage: str, environment: dict) -> str:
     """Markdown: what was done to the model, how accurate each step was, how fast it ran
     (when the benchmark wrote results), and where it was checked."""
-    from compress.report import ledger_rows, summary_table
+    from compress.report import ledger_rows, md_table, summary_table
 
     stages = [f"{i + 1}. `{e['kind']}` ({e['status']})" + (f": {e['reason']}" if e.get("reason") else "")
               + (f" `{json.dumps(e['config'])}`" if e.get("config") else "")
@@ -187,15 +182,15 @@ def model_card(spec: dict, manifest: dict, run_dir: Path, current_stage: str, en
         f"Max sequence length: {spec['max_sequence_length']} tokens (longer texts are truncated).\n",
         f"Base model: `{manifest.get('model')}`. Recipe: `{manifest.get('recipe')}`.\n",
         "## Stages applied\n", "\n".join(stages) + "\n",
-        "## Accuracy ledger (eval split)\n", _md_table(header, body) + "\n",
+        "## Accuracy ledger (eval split)\n", md_table(header, body) + "\n",
     ]
     bench = run_dir / "bench" / "results.md"
     if bench.is_file():  # written by `compress bench`; absent until a benchmark ran
         parts += ["## Benchmark\n", bench.read_text(encoding="utf-8").strip() + "\n"]
     parts += [
-        "## Inputs and outputs\n", _md_table(["name", "dtype", "shape"], io) + "\n",
+        "## Inputs and outputs\n", md_table(["name", "dtype", "shape"], io) + "\n",
         "## Validated on\n",
-        _md_table(["runtime", "provider", "examples", "label agreement", "max diff"], validated) + "\n",
+        md_table(["runtime", "provider", "examples", "label agreement", "max diff"], validated) + "\n",
         "## Environment\n", "```json\n" + json.dumps(environment, indent=2) + "\n```\n",
         "## Use\n",
         "```python\nfrom compress.runtime import Predictor\n\n"
