@@ -7,6 +7,7 @@ import time
 import numpy as np
 from rich.progress import Progress
 
+from compress.bench.timing import latency_percentiles
 from compress.data import iter_batches, pad_batch
 from compress.sessions import Session
 
@@ -30,16 +31,6 @@ def evaluate_accuracy(session: Session, encoded: list[dict], labels: list[int], 
     return {"accuracy": round(float((preds == np.asarray(labels)).mean()), 5), "examples": len(labels)}
 
 
-def percentile_summary(samples_ms: list[float]) -> dict:
-    a = np.asarray(samples_ms)
-    return {
-        "p50_ms": round(float(np.percentile(a, 50)), 3),
-        "p90_ms": round(float(np.percentile(a, 90)), 3),
-        "p99_ms": round(float(np.percentile(a, 99)), 3),
-        "mean_ms": round(float(a.mean()), 3),
-    }
-
-
 def measure_latency(session: Session, encoded: list[dict], iterations: int, warmup: int, threads: int) -> dict:
     """Batch-1 latency over real eval examples (their own lengths, no padding), cycling
     through them in order; warm-up runs are excluded."""
@@ -54,7 +45,7 @@ def measure_latency(session: Session, encoded: list[dict], iterations: int, warm
         samples.append((time.perf_counter() - start) * 1000)
     lengths = [len(e["input_ids"]) for e in encoded[: len(examples)]]
     return {
-        **percentile_summary(samples),
+        **latency_percentiles(samples, 3),
         "batch_size": 1,
         "iterations": iterations,
         "threads": threads,
