@@ -17,14 +17,12 @@ from typing import TYPE_CHECKING
 
 from compress.errors import DataError
 from compress.files import file_sha256
+from compress.locations import builtin_name
 
 if TYPE_CHECKING:
     import numpy as np
 
     from compress.recipe import DataSpec
-
-BUILTIN_PREFIX = "builtin:"
-
 
 @dataclass
 class TextDataset:
@@ -151,8 +149,7 @@ def check_data_spec(spec: DataSpec) -> None:
         source = getattr(spec, fld)
         if source is None:
             continue
-        if source.startswith(BUILTIN_PREFIX):
-            name = source[len(BUILTIN_PREFIX) :]
+        if (name := builtin_name(source)) is not None:
             if name not in BUILTIN_DATASETS:
                 raise DataError(f"{fld}: unknown built-in dataset {name!r} (known: {', '.join(BUILTIN_DATASETS)})")
             continue
@@ -171,8 +168,8 @@ def check_data_spec(spec: DataSpec) -> None:
 
 def _load_source(source: str, spec: DataSpec) -> tuple[TextDataset, list[str] | None, str]:
     """A dataset with string labels mapped later; returns (dataset-with-raw-labels, builtin label names, origin)."""
-    if source.startswith(BUILTIN_PREFIX):
-        loader, names = BUILTIN_DATASETS[source[len(BUILTIN_PREFIX) :]]
+    if (name := builtin_name(source)) is not None:
+        loader, names = BUILTIN_DATASETS[name]
         rows, origin = loader()
         numbered = list(enumerate(rows, start=2))
         text_col, label_col, pair_col = "text", "label", None

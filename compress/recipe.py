@@ -13,20 +13,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from compress.artifacts import TorchModel
 from compress.bench.settings import BenchSettings, ShapeSpec
 from compress.errors import CompressError, RecipeError
+from compress.locations import check_location, resolve_location
 from compress.stages import STAGE_CLASSES, STAGE_KINDS, Stage
 
-BUILTIN_PREFIX = "builtin:"
 TASKS_IMPLEMENTED = ("text-classification",)
 
 
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _check_location(value: str | None) -> str | None:
-    if value is not None and (not value.strip() or "\x00" in value):
-        raise ValueError("must be a file path or a 'builtin:' name (got an empty string or a NUL byte)")
-    return value
 
 
 class DataSpec(_Spec):
@@ -45,7 +39,7 @@ class DataSpec(_Spec):
     max_eval_samples: int | None = Field(None, ge=1)
     max_length: int = Field(128, ge=8, le=8192, description="Tokens per example (longer ones are truncated).")
 
-    _locations = field_validator("train", "eval")(_check_location)
+    _locations = field_validator("train", "eval")(check_location)
 
     @field_validator("labels")
     @classmethod
@@ -74,7 +68,7 @@ class Recipe(_Spec):
     measure: MeasureSpec = MeasureSpec()
     benchmark: BenchSettings | None = Field(None, description="Benchmark the run's artifacts after the last stage.")
 
-    _location = field_validator("model")(_check_location)
+    _location = field_validator("model")(check_location)
 
     @field_validator("task")
     @classmethod
@@ -146,12 +140,7 @@ def load_recipe(path: str | Path, check_files: bool = True) -> Recipe:
 
 def resolve_paths(recipe: Recipe, base: Path, recipe_path: Path | None = None) -> Recipe:
     def resolve(p: str | None, field: str) -> str | None:
-        if p is None or p.startswith(BUILTIN_PREFIX):
-            return p
-        try:
-            return str((base / Path(p).expanduser()).resolve())
-        except (OSError, ValueError, RuntimeError) as e:  # e.g. '~nobody' with no such user
-            raise RecipeError(f"{recipe_path or base}: {field}: cannot resolve path {p!r}: {e}") from None
+        return resolve_location(p, base, f"{recipe_path or base}: {field}", RecipeError)
 
     data = recipe.data.model_copy(
         update={"train": resolve(recipe.data.train, "data.train"), "eval": resolve(recipe.data.eval, "data.eval")}
