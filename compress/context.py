@@ -21,8 +21,9 @@ from typing import Any
 import yaml
 
 from compress.artifacts import Artifact, artifact_kind
+from compress.evaluate import MeasureSpec
 from compress.files import replace_dir, write_json
-from compress.recipe import MeasureSpec, Recipe
+from compress.recipe import Recipe
 
 log = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoint"

@@ -1,5 +1,6 @@
-"""Labelled text data: built-in packaged sets and local CSV/TSV/JSONL files, a seeded
-train/eval split that is recorded in the run, tokenization and padded batches."""
+"""Labelled text data: DataSpec (a recipe's `data:` block), built-in packaged sets and
+local CSV/TSV/JSONL files, a seeded train/eval split that is recorded in the run,
+tokenization and padded batches."""
 
 from __future__ import annotations
 
@@ -13,16 +14,44 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from compress.errors import DataError
 from compress.files import file_sha256
-from compress.locations import builtin_name
+from compress.locations import builtin_name, check_location
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from compress.recipe import DataSpec
+
+class DataSpec(BaseModel):  # a recipe's (or a bench spec's) `data:` block
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    train: str = Field(description="'builtin:<name>' or a CSV/TSV/JSONL file (relative to the recipe file).")
+    eval: str | None = Field(None, description="Separate eval file; if absent, eval is split off train.")
+    format: Literal["csv", "tsv", "jsonl"] | None = Field(None, description="Default: from the file suffix.")
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    label_column: str = "label"
+    labels: list[str] | None = Field(
+        None, min_length=2, description="Label names in id order; default: sorted labels found in train."
+    )
+    eval_fraction: float = Field(0.1, gt=0, lt=1, description="Share of train held out for eval (no eval file).")
+    seed: int = Field(42, description="Seeds the split, subsampling and training.")
+    max_train_samples: int | None = Field(None, ge=1)
+    max_eval_samples: int | None = Field(None, ge=1)
+    max_length: int = Field(128, ge=8, le=8192, description="Tokens per example (longer ones are truncated).")
+
+    _locations = field_validator("train", "eval")(check_location)
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_unique(cls, labels: list[str] | None) -> list[str] | None:
+        if labels is not None and len(set(labels)) != len(labels):
+            raise ValueError(f"label names must be unique (got {labels})")
+        return labels
 
 @dataclass
 class TextDataset:

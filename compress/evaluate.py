@@ -1,19 +1,41 @@
-"""Task metrics and batch-1 latency on any runtime session."""
+"""Task metrics and batch-1 latency on any runtime session, and MeasureSpec (a recipe's
+`measure:` block), which says how every stage's artifact is measured.
+
+numpy, rich and the sessions are imported inside the functions: recipe.py imports this
+module for MeasureSpec, and `compress validate` must stay light."""
 
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
-import numpy as np
-from rich.progress import Progress
+from pydantic import BaseModel, ConfigDict, Field
 
 from compress.bench.timing import latency_percentiles
 from compress.data import iter_batches, pad_batch
-from compress.sessions import Session
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from compress.sessions import Session
+
+
+class MeasureSpec(BaseModel):
+    """How every stage's artifact is measured after it is written."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    threads: int = Field(2, ge=1, le=1024, description="Intra-op threads for torch and ONNX Runtime.")
+    eval_batch_size: int = Field(64, ge=1, le=65536)
+    latency_iterations: int = Field(50, ge=0, description="Batch-1 timed runs per stage (0: skip latency).")
+    warmup: int = Field(5, ge=0)
 
 
 def predict_logits(session: Session, encoded: list[dict], batch_size: int, desc: str = "evaluating") -> np.ndarray:
     """Logits for every example, in the original order (batches are length-sorted)."""
+    import numpy as np
+    from rich.progress import Progress
+
     out: list[np.ndarray | None] = [None] * len(encoded)
     with Progress(transient=True) as progress:
         task = progress.add_task(desc, total=len(encoded))
@@ -26,6 +48,8 @@ def predict_logits(session: Session, encoded: list[dict], batch_size: int, desc:
 
 
 def evaluate_accuracy(session: Session, encoded: list[dict], labels: list[int], batch_size: int) -> dict:
+    import numpy as np
+
     logits = predict_logits(session, encoded, batch_size)
     preds = logits.argmax(-1)
     return {"accuracy": round(float((preds == np.asarray(labels)).mean()), 5), "examples": len(labels)}
@@ -34,6 +58,8 @@ def evaluate_accuracy(session: Session, encoded: list[dict], labels: list[int], 
 def measure_latency(session: Session, encoded: list[dict], iterations: int, warmup: int, threads: int) -> dict:
     """Batch-1 latency over real eval examples (their own lengths, no padding), cycling
     through them in order; warm-up runs are excluded."""
+    import numpy as np
+
     examples = [pad_batch([e], session.input_names, session.pad_id) for e in encoded[: max(iterations, 1)]]
     for i in range(warmup):
         session.run(examples[i % len(examples)])

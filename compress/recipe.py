@@ -12,53 +12,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from compress.artifacts import TorchModel
 from compress.bench.settings import BenchSettings, ShapeSpec
+from compress.data import DataSpec, check_data_spec
 from compress.errors import CompressError, RecipeError
+from compress.evaluate import MeasureSpec
 from compress.locations import check_location, resolve_location
 from compress.stages import STAGE_CLASSES, STAGE_KINDS, Stage
 
 TASKS_IMPLEMENTED = ("text-classification",)
 
 
-class _Spec(BaseModel):
+class Recipe(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-
-class DataSpec(_Spec):
-    train: str = Field(description="'builtin:<name>' or a CSV/TSV/JSONL file (relative to the recipe file).")
-    eval: str | None = Field(None, description="Separate eval file; if absent, eval is split off train.")
-    format: Literal["csv", "tsv", "jsonl"] | None = Field(None, description="Default: from the file suffix.")
-    text_column: str = "text"
-    text_pair_column: str | None = None
-    label_column: str = "label"
-    labels: list[str] | None = Field(
-        None, min_length=2, description="Label names in id order; default: sorted labels found in train."
-    )
-    eval_fraction: float = Field(0.1, gt=0, lt=1, description="Share of train held out for eval (no eval file).")
-    seed: int = Field(42, description="Seeds the split, subsampling and training.")
-    max_train_samples: int | None = Field(None, ge=1)
-    max_eval_samples: int | None = Field(None, ge=1)
-    max_length: int = Field(128, ge=8, le=8192, description="Tokens per example (longer ones are truncated).")
-
-    _locations = field_validator("train", "eval")(check_location)
-
-    @field_validator("labels")
-    @classmethod
-    def _labels_unique(cls, labels: list[str] | None) -> list[str] | None:
-        if labels is not None and len(set(labels)) != len(labels):
-            raise ValueError(f"label names must be unique (got {labels})")
-        return labels
-
-
-class MeasureSpec(_Spec):
-    """How every stage's artifact is measured after it is written."""
-
-    threads: int = Field(2, ge=1, le=1024, description="Intra-op threads for torch and ONNX Runtime.")
-    eval_batch_size: int = Field(64, ge=1, le=65536)
-    latency_iterations: int = Field(50, ge=0, description="Batch-1 timed runs per stage (0: skip latency).")
-    warmup: int = Field(5, ge=0)
-
-
-class Recipe(_Spec):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
     model: str = Field(description="A local Hugging Face checkpoint directory or 'builtin:minilm-l6'.")
     task: Literal["text-classification", "token-classification", "question-answering", "causal-lm"]
@@ -150,7 +115,6 @@ def resolve_paths(recipe: Recipe, base: Path, recipe_path: Path | None = None) -
 
 def check_inputs(recipe: Recipe, recipe_path: Path) -> None:
     """Cheap existence checks on the model and the data (headers only)."""
-    from compress.data import check_data_spec
     from compress.models import check_model_spec
 
     try:
@@ -169,6 +133,7 @@ def recipe_json_schema() -> dict:
 
 # ---------------------------------------------------------------------------- errors
 
+
 def _nested_specs(cls: type[BaseModel]) -> list[type[BaseModel]]:
     """Models used as field types of cls (e.g. a stage's `student:` block), one level down."""
     import typing
@@ -181,6 +146,7 @@ def _nested_specs(cls: type[BaseModel]) -> list[type[BaseModel]]:
     return found
 
 
+# every field name a recipe can hold, for the 'did you mean' hint on an unknown one
 _ALL_FIELDS = sorted(
     {name for cls in (Recipe, DataSpec, MeasureSpec, BenchSettings, ShapeSpec, *STAGE_CLASSES)
      for spec in (cls, *_nested_specs(cls)) for name in spec.model_fields}

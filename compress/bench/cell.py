@@ -41,9 +41,8 @@ def real_batches(session, encoded: list[dict], batch_size: int) -> list[dict]:
 def load_eval(job: dict, artifact) -> tuple[list[dict], list[int]] | None:
     if not job.get("data"):
         return None
-    from compress.data import encode, load_splits
+    from compress.data import DataSpec, encode, load_splits
     from compress.models import load_tokenizer
-    from compress.recipe import DataSpec
 
     spec = DataSpec.model_validate(job["data"])
     ds = load_splits(spec).eval

@@ -8,9 +8,10 @@ from pathlib import Path
 from pydantic import Field, ValidationError, field_validator
 
 from compress.bench.settings import BenchSettings, ShapeSpec, TargetName, _Spec
+from compress.data import DataSpec
 from compress.errors import CompressError
 from compress.locations import resolve_location
-from compress.recipe import DataSpec, describe_validation_error, read_yaml_file
+from compress.recipe import describe_validation_error, read_yaml_file
 
 
 class BenchSpecError(CompressError):
