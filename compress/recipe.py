@@ -3,11 +3,9 @@ a RecipeError naming the recipe file and the field, before anything heavy runs."
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from compress.artifacts import TorchModel
@@ -17,6 +15,7 @@ from compress.errors import CompressError, RecipeError
 from compress.evaluate import MeasureSpec
 from compress.locations import check_location, resolve_location
 from compress.stages import STAGE_CLASSES, STAGE_KINDS, Stage
+from compress.yaml_input import describe_validation_error, read_yaml_file
 
 TASKS_IMPLEMENTED = ("text-classification",)
 
@@ -70,22 +69,6 @@ def check_stage_chain(stages: list) -> None:
 # ---------------------------------------------------------------------------- loading
 
 
-def read_yaml_file(path: Path, what: str, error: type[CompressError]) -> object:
-    """The parsed document of a YAML file (safe_load: no tags run), or `error` with one
-    line naming the file and, for a syntax error, the line and column."""
-    if not path.is_file():
-        raise error(f"{path}: {what} file not found")
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as e:
-        raise error(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise error(f"{path}: invalid YAML: {where}{problem}") from None
-
-
 def load_recipe(path: str | Path, check_files: bool = True) -> Recipe:
     """Parse, validate and resolve a recipe file. Relative paths resolve against the
     recipe's directory. Raises RecipeError with a one-line message."""
@@ -96,7 +79,7 @@ def load_recipe(path: str | Path, check_files: bool = True) -> Recipe:
     try:
         recipe = Recipe.model_validate(raw)
     except ValidationError as e:
-        raise RecipeError(f"{path}: {describe_validation_error(e)}") from None
+        raise RecipeError(f"{path}: {describe_validation_error(e, _ALL_FIELDS, STAGE_KINDS)}") from None
     recipe = resolve_paths(recipe, path.parent, path)
     if check_files:
         check_inputs(recipe, path)
@@ -151,41 +134,3 @@ _ALL_FIELDS = sorted(
     {name for cls in (Recipe, DataSpec, MeasureSpec, BenchSettings, ShapeSpec, *STAGE_CLASSES)
      for spec in (cls, *_nested_specs(cls)) for name in spec.model_fields}
 )
-
-
-def describe_validation_error(err: ValidationError, known_fields: list[str] | None = None) -> str:
-    """The first pydantic error as 'field.path: what is wrong', plus a count of the rest.
-    known_fields: names for the 'did you mean' hint (default: the recipe's fields)."""
-    errors = err.errors(include_url=False)
-    first = errors[0]
-    loc = _format_loc(first["loc"])
-    kind, msg, value = first["type"], first["msg"], first.get("input")
-    if kind == "union_tag_invalid":
-        loc = f"{loc}.kind"
-        msg = f"unknown stage kind {first['ctx']['tag']!r} (expected one of: {', '.join(STAGE_KINDS)})"
-    elif kind == "union_tag_not_found":
-        msg = f"stage has no 'kind' (expected one of: {', '.join(STAGE_KINDS)})"
-    elif kind == "extra_forbidden":
-        name = str(first["loc"][-1])
-        close = difflib.get_close_matches(name, known_fields or _ALL_FIELDS, n=1)
-        msg = "unknown field" + (f" (did you mean '{close[0]}'?)" if close else "")
-    elif kind == "missing":
-        msg = "required field is missing"
-    elif kind.startswith("value_error"):
-        msg = msg.removeprefix("Value error, ")
-    elif value is not None and not isinstance(value, (dict, list)):
-        msg = f"{msg} (got {value!r})"
-    more = f" (and {len(errors) - 1} more error{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
-    return f"{loc}: {msg}{more}" if loc else f"{msg}{more}"
-
-
-def _format_loc(loc: tuple) -> str:
-    out = ""
-    for i, part in enumerate(loc):
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif i > 0 and isinstance(loc[i - 1], int) and part in STAGE_KINDS:
-            continue  # the discriminator tag pydantic inserts after a stage index
-        else:
-            out += f".{part}" if out else str(part)
-    return out

@@ -11,7 +11,7 @@ from compress.bench.settings import BenchSettings, ShapeSpec, TargetName, _Spec
 from compress.data import DataSpec
 from compress.errors import CompressError
 from compress.locations import resolve_location
-from compress.recipe import describe_validation_error, read_yaml_file
+from compress.yaml_input import describe_validation_error, read_yaml_file
 
 
 class BenchSpecError(CompressError):
