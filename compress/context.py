@@ -7,9 +7,7 @@ place only after the stage and its measurements finished, so a directory named
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -24,34 +22,17 @@ import yaml
 
 from compress.artifacts import ARTIFACT_KINDS, Artifact, artifact_kind
 from compress.errors import StageError
+from compress.files import replace_dir, write_json
 from compress.manifest import Manifest, StageEntry
 
 if TYPE_CHECKING:
     from compress.data import DataSplits
-    from compress.evaluate import EvalSet
-    from compress.recipe import MeasureSpec, Recipe
+    from compress.evaluate import EvalSet, MeasureSpec
+    from compress.recipe import Recipe
     from compress.tasks import Task
 
 log = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoint"
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write via a temporary file and rename, so a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Move a finished directory into place; an older one is moved aside first, so at
-    every instant `dst` is either the old complete output, absent, or the new one."""
-    old = dst.with_name(f".{dst.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if dst.exists():
-        os.replace(dst, old)
-    os.replace(src, dst)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _clear_partial(partial: Path, fingerprint: str) -> None:
@@ -247,7 +228,7 @@ class RunContext:
         record = {"name": name, "kind": kind, "config": config, **sctx.info,
                   "wall_seconds": round(time.perf_counter() - started, 2)}
         write_json(partial / "stage.json", record)
-        _replace_dir(partial, final)
+        replace_dir(partial, final)
         self._complete(entry, "completed", record)
 
     def _complete(self, entry: StageEntry, status: str, record: dict) -> None:

@@ -1,5 +1,6 @@
-"""Labelled text data: built-in packaged sets and local CSV/TSV/JSONL files, a seeded
-train/eval split that is recorded in the run, tokenization and padded batches."""
+"""Labelled text data: DataSpec (a recipe's `data:` block), built-in packaged sets and
+local CSV/TSV/JSONL files, a seeded train/eval split that is recorded in the run,
+tokenization and padded batches."""
 
 from __future__ import annotations
 
@@ -13,17 +14,44 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from compress.errors import DataError
+from compress.files import file_sha256
+from compress.locations import builtin_name, check_location
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from compress.recipe import DataSpec
 
-BUILTIN_PREFIX = "builtin:"
+class DataSpec(BaseModel):  # a recipe's (or a bench spec's) `data:` block
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
+    train: str = Field(description="'builtin:<name>' or a CSV/TSV/JSONL file (relative to the recipe file).")
+    eval: str | None = Field(None, description="Separate eval file; if absent, eval is split off train.")
+    format: Literal["csv", "tsv", "jsonl"] | None = Field(None, description="Default: from the file suffix.")
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    label_column: str = "label"
+    labels: list[str] | None = Field(
+        None, min_length=2, description="Label names in id order; default: sorted labels found in train."
+    )
+    eval_fraction: float = Field(0.1, gt=0, lt=1, description="Share of train held out for eval (no eval file).")
+    seed: int = Field(42, description="Seeds the split, subsampling and training.")
+    max_train_samples: int | None = Field(None, ge=1)
+    max_eval_samples: int | None = Field(None, ge=1)
+    max_length: int = Field(128, ge=8, le=8192, description="Tokens per example (longer ones are truncated).")
+
+    _locations = field_validator("train", "eval")(check_location)
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_unique(cls, labels: list[str] | None) -> list[str] | None:
+        if labels is not None and len(set(labels)) != len(labels):
+            raise ValueError(f"label names must be unique (got {labels})")
+        return labels
 
 @dataclass
 class TextDataset:
@@ -150,8 +178,7 @@ def check_data_spec(spec: DataSpec) -> None:
         source = getattr(spec, fld)
         if source is None:
             continue
-        if source.startswith(BUILTIN_PREFIX):
-            name = source[len(BUILTIN_PREFIX) :]
+        if (name := builtin_name(source)) is not None:
             if name not in BUILTIN_DATASETS:
                 raise DataError(f"{fld}: unknown built-in dataset {name!r} (known: {', '.join(BUILTIN_DATASETS)})")
             continue
@@ -170,8 +197,8 @@ def check_data_spec(spec: DataSpec) -> None:
 
 def _load_source(source: str, spec: DataSpec) -> tuple[TextDataset, list[str] | None, str]:
     """A dataset with string labels mapped later; returns (dataset-with-raw-labels, builtin label names, origin)."""
-    if source.startswith(BUILTIN_PREFIX):
-        loader, names = BUILTIN_DATASETS[source[len(BUILTIN_PREFIX) :]]
+    if (name := builtin_name(source)) is not None:
+        loader, names = BUILTIN_DATASETS[name]
         rows, origin = loader()
         numbered = list(enumerate(rows, start=2))
         text_col, label_col, pair_col = "text", "label", None
@@ -211,14 +238,6 @@ def _to_ids(ds: TextDataset, names: list[str], origin: str) -> TextDataset:
     return TextDataset(ds.texts, ids, ds.pairs, ds.rows)
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def load_splits(spec: DataSpec) -> DataSplits:
     train_raw, builtin_names, train_origin = _load_source(spec.train, spec)
     names = spec.labels or builtin_names or sorted(set(train_raw.labels))
@@ -251,7 +270,7 @@ def load_splits(spec: DataSpec) -> DataSplits:
         "label_names": names,
         "train": {"source": train_origin, "size": len(train_ds), "rows_sha256": _rows_hash(train_ds)},
         "eval": {"source": eval_origin, "size": len(eval_ds), "rows_sha256": _rows_hash(eval_ds)},
-        "source_sha256": {o: _sha256(o) for o in {train_origin, spec.eval and eval_origin} if o and Path(o).is_file()},
+        "source_sha256": {o: file_sha256(o) for o in {train_origin, spec.eval and eval_origin} if o and Path(o).is_file()},
     }
     return DataSplits(train=train_ds, eval=eval_ds, label_names=names, record=record)
 

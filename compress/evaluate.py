@@ -1,19 +1,42 @@
-"""Task metrics and batch-1 latency on any runtime session, and what the pipeline
-records about every stage's artifact (measure_artifact)."""
+"""Task metrics and batch-1 latency on any runtime session, what the pipeline records
+about every stage's artifact (measure_artifact), and MeasureSpec (a recipe's
+`measure:` block), which says how every stage's artifact is measured.
+
+numpy, rich and the sessions are imported inside the functions: recipe.py imports this
+module for MeasureSpec, and `compress validate` must stay light."""
 
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
-import numpy as np
-from rich.progress import Progress
+from pydantic import BaseModel, ConfigDict, Field
 
+from compress.bench.timing import latency_percentiles
 from compress.data import iter_batches, pad_batch
-from compress.sessions import Session
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from compress.sessions import Session
+
+
+class MeasureSpec(BaseModel):
+    """How every stage's artifact is measured after it is written."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    threads: int = Field(2, ge=1, le=1024, description="Intra-op threads for torch and ONNX Runtime.")
+    eval_batch_size: int = Field(64, ge=1, le=65536)
+    latency_iterations: int = Field(50, ge=0, description="Batch-1 timed runs per stage (0: skip latency).")
+    warmup: int = Field(5, ge=0)
 
 
 def predict_logits(session: Session, encoded: list[dict], batch_size: int, desc: str = "evaluating") -> np.ndarray:
     """Logits for every example, in the original order (batches are length-sorted)."""
+    import numpy as np
+    from rich.progress import Progress
+
     out: list[np.ndarray | None] = [None] * len(encoded)
     with Progress(transient=True) as progress:
         task = progress.add_task(desc, total=len(encoded))
@@ -55,19 +78,11 @@ class EvalSet:
         return self._encoded[sig]
 
 
-def percentile_summary(samples_ms: list[float]) -> dict:
-    a = np.asarray(samples_ms)
-    return {
-        "p50_ms": round(float(np.percentile(a, 50)), 3),
-        "p90_ms": round(float(np.percentile(a, 90)), 3),
-        "p99_ms": round(float(np.percentile(a, 99)), 3),
-        "mean_ms": round(float(a.mean()), 3),
-    }
-
-
 def measure_latency(session: Session, encoded: list[dict], iterations: int, warmup: int, threads: int) -> dict:
     """Batch-1 latency over real eval examples (their own lengths, no padding), cycling
     through them in order; warm-up runs are excluded."""
+    import numpy as np
+
     examples = [pad_batch([e], session.input_names, session.pad_id) for e in encoded[: max(iterations, 1)]]
     for i in range(warmup):
         session.run(examples[i % len(examples)])
@@ -79,7 +94,7 @@ def measure_latency(session: Session, encoded: list[dict], iterations: int, warm
         samples.append((time.perf_counter() - start) * 1000)
     lengths = [len(e["input_ids"]) for e in encoded[: len(examples)]]
     return {
-        **percentile_summary(samples),
+        **latency_percentiles(samples, 3),
         "batch_size": 1,
         "iterations": iterations,
         "threads": threads,

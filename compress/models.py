@@ -9,9 +9,9 @@ import logging
 from pathlib import Path
 
 from compress.errors import CompressError
+from compress.locations import builtin_name
 
 log = logging.getLogger(__name__)
-BUILTIN_PREFIX = "builtin:"
 
 # name -> (package, sub-directory inside it, pip requirement)
 BUILTIN_MODELS = {
@@ -31,7 +31,8 @@ def builtin_model_dir(name: str) -> Path:
 
 
 def resolve_model_dir(model: str) -> Path:
-    return builtin_model_dir(model[len(BUILTIN_PREFIX) :]) if model.startswith(BUILTIN_PREFIX) else Path(model)
+    name = builtin_name(model)
+    return builtin_model_dir(name) if name is not None else Path(model)
 
 
 def check_model_spec(model: str, trust_remote_code: bool = False) -> None:

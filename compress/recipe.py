@@ -3,68 +3,24 @@ a RecipeError naming the recipe file and the field, before anything heavy runs."
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
-from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from compress.artifacts import TorchModel
 from compress.bench.settings import BenchSettings, ShapeSpec
+from compress.data import DataSpec, check_data_spec
 from compress.errors import CompressError, RecipeError
+from compress.evaluate import MeasureSpec
+from compress.locations import check_location, resolve_location
 from compress.stages import STAGE_CLASSES, STAGE_KINDS, Stage
 from compress.tasks import get_task, task_names
+from compress.yaml_input import describe_validation_error, read_yaml_file
 
-BUILTIN_PREFIX = "builtin:"
 
-
-class _Spec(BaseModel):
+class Recipe(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-
-def _check_location(value: str | None) -> str | None:
-    if value is not None and (not value.strip() or "\x00" in value):
-        raise ValueError("must be a file path or a 'builtin:' name (got an empty string or a NUL byte)")
-    return value
-
-
-class DataSpec(_Spec):
-    train: str = Field(description="'builtin:<name>' or a CSV/TSV/JSONL file (relative to the recipe file).")
-    eval: str | None = Field(None, description="Separate eval file; if absent, eval is split off train.")
-    format: Literal["csv", "tsv", "jsonl"] | None = Field(None, description="Default: from the file suffix.")
-    text_column: str = "text"
-    text_pair_column: str | None = None
-    label_column: str = "label"
-    labels: list[str] | None = Field(
-        None, min_length=2, description="Label names in id order; default: sorted labels found in train."
-    )
-    eval_fraction: float = Field(0.1, gt=0, lt=1, description="Share of train held out for eval (no eval file).")
-    seed: int = Field(42, description="Seeds the split, subsampling and training.")
-    max_train_samples: int | None = Field(None, ge=1)
-    max_eval_samples: int | None = Field(None, ge=1)
-    max_length: int = Field(128, ge=8, le=8192, description="Tokens per example (longer ones are truncated).")
-
-    _locations = field_validator("train", "eval")(_check_location)
-
-    @field_validator("labels")
-    @classmethod
-    def _labels_unique(cls, labels: list[str] | None) -> list[str] | None:
-        if labels is not None and len(set(labels)) != len(labels):
-            raise ValueError(f"label names must be unique (got {labels})")
-        return labels
-
-
-class MeasureSpec(_Spec):
-    """How every stage's artifact is measured after it is written."""
-
-    threads: int = Field(2, ge=1, le=1024, description="Intra-op threads for torch and ONNX Runtime.")
-    eval_batch_size: int = Field(64, ge=1, le=65536)
-    latency_iterations: int = Field(50, ge=0, description="Batch-1 timed runs per stage (0: skip latency).")
-    warmup: int = Field(5, ge=0)
-
-
-class Recipe(_Spec):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
     model: str = Field(description="A local Hugging Face checkpoint directory or 'builtin:minilm-l6'.")
     task: str = Field(description="What the model does: one module under compress/tasks "
@@ -75,7 +31,7 @@ class Recipe(_Spec):
     measure: MeasureSpec = MeasureSpec()
     benchmark: BenchSettings | None = Field(None, description="Benchmark the run's artifacts after the last stage.")
 
-    _location = field_validator("model")(_check_location)
+    _location = field_validator("model")(check_location)
 
     @field_validator("task")
     @classmethod
@@ -111,22 +67,6 @@ def check_stage_chain(stages: list) -> None:
 # ---------------------------------------------------------------------------- loading
 
 
-def read_yaml_file(path: Path, what: str, error: type[CompressError]) -> object:
-    """The parsed document of a YAML file (safe_load: no tags run), or `error` with one
-    line naming the file and, for a syntax error, the line and column."""
-    if not path.is_file():
-        raise error(f"{path}: {what} file not found")
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as e:
-        raise error(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise error(f"{path}: invalid YAML: {where}{problem}") from None
-
-
 def load_recipe(path: str | Path, check_files: bool = True) -> Recipe:
     """Parse, validate and resolve a recipe file. Relative paths resolve against the
     recipe's directory. Raises RecipeError with a one-line message."""
@@ -137,7 +77,7 @@ def load_recipe(path: str | Path, check_files: bool = True) -> Recipe:
     try:
         recipe = Recipe.model_validate(raw)
     except ValidationError as e:
-        raise RecipeError(f"{path}: {describe_validation_error(e)}") from None
+        raise RecipeError(f"{path}: {describe_validation_error(e, _ALL_FIELDS, STAGE_KINDS)}") from None
     recipe = resolve_paths(recipe, path.parent, path)
     if check_files:
         check_inputs(recipe, path)
@@ -146,12 +86,7 @@ def load_recipe(path: str | Path, check_files: bool = True) -> Recipe:
 
 def resolve_paths(recipe: Recipe, base: Path, recipe_path: Path | None = None) -> Recipe:
     def resolve(p: str | None, field: str) -> str | None:
-        if p is None or p.startswith(BUILTIN_PREFIX):
-            return p
-        try:
-            return str((base / Path(p).expanduser()).resolve())
-        except (OSError, ValueError, RuntimeError) as e:  # e.g. '~nobody' with no such user
-            raise RecipeError(f"{recipe_path or base}: {field}: cannot resolve path {p!r}: {e}") from None
+        return resolve_location(p, base, f"{recipe_path or base}: {field}", RecipeError)
 
     data = recipe.data.model_copy(
         update={"train": resolve(recipe.data.train, "data.train"), "eval": resolve(recipe.data.eval, "data.eval")}
@@ -161,7 +96,6 @@ def resolve_paths(recipe: Recipe, base: Path, recipe_path: Path | None = None) -
 
 def check_inputs(recipe: Recipe, recipe_path: Path) -> None:
     """Cheap existence checks on the model and the data (headers only)."""
-    from compress.data import check_data_spec
     from compress.models import check_model_spec
 
     try:
@@ -180,6 +114,7 @@ def recipe_json_schema() -> dict:
 
 # ---------------------------------------------------------------------------- errors
 
+
 def _nested_specs(cls: type[BaseModel]) -> list[type[BaseModel]]:
     """Models used as field types of cls (e.g. a stage's `student:` block), one level down."""
     import typing
@@ -192,45 +127,8 @@ def _nested_specs(cls: type[BaseModel]) -> list[type[BaseModel]]:
     return found
 
 
+# every field name a recipe can hold, for the 'did you mean' hint on an unknown one
 _ALL_FIELDS = sorted(
     {name for cls in (Recipe, DataSpec, MeasureSpec, BenchSettings, ShapeSpec, *STAGE_CLASSES)
      for spec in (cls, *_nested_specs(cls)) for name in spec.model_fields}
 )
-
-
-def describe_validation_error(err: ValidationError, known_fields: list[str] | None = None) -> str:
-    """The first pydantic error as 'field.path: what is wrong', plus a count of the rest.
-    known_fields: names for the 'did you mean' hint (default: the recipe's fields)."""
-    errors = err.errors(include_url=False)
-    first = errors[0]
-    loc = _format_loc(first["loc"])
-    kind, msg, value = first["type"], first["msg"], first.get("input")
-    if kind == "union_tag_invalid":
-        loc = f"{loc}.kind"
-        msg = f"unknown stage kind {first['ctx']['tag']!r} (expected one of: {', '.join(STAGE_KINDS)})"
-    elif kind == "union_tag_not_found":
-        msg = f"stage has no 'kind' (expected one of: {', '.join(STAGE_KINDS)})"
-    elif kind == "extra_forbidden":
-        name = str(first["loc"][-1])
-        close = difflib.get_close_matches(name, known_fields or _ALL_FIELDS, n=1)
-        msg = "unknown field" + (f" (did you mean '{close[0]}'?)" if close else "")
-    elif kind == "missing":
-        msg = "required field is missing"
-    elif kind.startswith("value_error"):
-        msg = msg.removeprefix("Value error, ")
-    elif value is not None and not isinstance(value, (dict, list)):
-        msg = f"{msg} (got {value!r})"
-    more = f" (and {len(errors) - 1} more error{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
-    return f"{loc}: {msg}{more}" if loc else f"{msg}{more}"
-
-
-def _format_loc(loc: tuple) -> str:
-    out = ""
-    for i, part in enumerate(loc):
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif i > 0 and isinstance(loc[i - 1], int) and part in STAGE_KINDS:
-            continue  # the discriminator tag pydantic inserts after a stage index
-        else:
-            out += f".{part}" if out else str(part)
-    return out

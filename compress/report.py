@@ -59,19 +59,20 @@ def summary_table(rows: list[dict], metric: str = "accuracy") -> tuple[list[str]
     return header, body
 
 
+def md_table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table: header, separator, one line per row (no trailing newline)."""
+    return "\n".join([f"| {' | '.join(header)} |", f"|{'|'.join('---' for _ in header)}|",
+                      *(f"| {' | '.join(row)} |" for row in rows)])
+
+
 def markdown_summary(run_dir: Path) -> str:
     manifest, metric = _metric_of(run_dir)
     rows = ledger_rows(manifest, run_dir)
     header, body = summary_table(rows, metric)
     threads = next((r["latency"]["threads"] for r in rows if r.get("latency")), None)
-    lines = [
-        f"| {' | '.join(header)} |",
-        f"|{'|'.join('---' for _ in header)}|",
-        *(f"| {' | '.join(row)} |" for row in body),
-    ]
     note = f"\n\n{metric.capitalize()} on the eval split; latency: batch 1, real eval lengths, {threads} threads, speedup vs the first row."
     skipped = "".join(f"\n- {r['stage']} skipped: {r['error']}" for r in rows if r.get("status") == "skipped")
-    return "\n".join(lines) + (note if threads else "") + ("\n" + skipped if skipped else "") + "\n"
+    return md_table(header, body) + (note if threads else "") + ("\n" + skipped if skipped else "") + "\n"
 
 
 def print_summary(run_dir: Path, console) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from compress import __version__
 from compress.errors import CompressError
+from compress.files import hash_file
 
 log = logging.getLogger(__name__)
 RECORD_FILE = "stage.json"
@@ -30,9 +31,7 @@ def tree_sha256(path: Path) -> str:
     files = sorted(p for p in path.rglob("*") if p.is_file() and p.name != RECORD_FILE)
     for f in files:
         digest.update(str(f.relative_to(path)).encode() + b"\0")
-        with f.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
+        hash_file(f, digest)
         digest.update(b"\0")
     return digest.hexdigest()
 

@@ -10,7 +10,6 @@ and serve the model.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import warnings
 from collections.abc import Sequence
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from compress.errors import CompressError
+from compress.files import file_sha256
 
 DEPLOY_FILE = "deploy.json"
 FORMAT = "compress-package/1"
@@ -35,14 +35,6 @@ class PackageError(CompressError):
 
 class TruncationWarning(UserWarning):
     """Some texts were longer than the model's maximum sequence length and were cut."""
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_deploy_spec(package: Path) -> dict:

@@ -3,12 +3,15 @@ latency are measured the same way on every artifact."""
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from compress.artifacts import Artifact, ONNXModel, TorchModel, TRTEngine
 from compress.errors import CompressError
+
+if TYPE_CHECKING:
+    from compress.bench.targets import Target
 
 
 class Session(Protocol):
@@ -101,11 +104,35 @@ class TRTSession:
         return out.cpu().numpy()
 
 
-def open_session(artifact: Artifact, threads: int) -> Session:
+class TorchCUDASession:
+    """PyTorch eager on the GPU; run() returns host logits, so each call is synchronised."""
+
+    def __init__(self, model: TorchModel, threads: int):
+        self._inner = TorchSession(model, threads)
+        self._inner.model.to("cuda")
+        self.pad_id, self.input_names = self._inner.pad_id, self._inner.input_names
+
+    def run(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            inputs = {k: torch.from_numpy(v).to("cuda") for k, v in batch.items()}
+            return self._inner.model(**inputs).logits.float().cpu().numpy()
+
+
+def open_session(artifact: Artifact, threads: int, target: Target | None = None) -> Session:
+    """A session for the artifact: on a benchmark target (runtime, device, ONNX Runtime
+    provider) when one is given, else on the CPU (an engine always runs on TensorRT)."""
+    if target is not None and not isinstance(artifact, target.accepts):
+        raise TypeError(f"{target.name} runs {target.accepts.description}, not {type(artifact).description}")
+    on_cuda = target is not None and target.device == "cuda"
     if isinstance(artifact, TorchModel):
-        return TorchSession(artifact, threads)
+        return TorchCUDASession(artifact, threads) if on_cuda else TorchSession(artifact, threads)
     if isinstance(artifact, ONNXModel):
-        return ORTSession(artifact, threads)
+        providers = None  # ORTSession's default: the CPU provider
+        if target is not None:  # a GPU provider hands the operators it lacks to the CPU one
+            providers = [target.provider, "CPUExecutionProvider"] if on_cuda else [target.provider]
+        return ORTSession(artifact, threads, providers=providers)
     if isinstance(artifact, TRTEngine):
         return TRTSession(artifact)
     raise TypeError(f"no runtime for {type(artifact).__name__}")

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from compress.files import replace_dir
 from compress.resume import STATE_FILE
 
 log = logging.getLogger(__name__)
@@ -246,12 +247,7 @@ def _save_checkpoint(accelerator, directory: Path, key, step, epoch, batch, loss
                 "evaluations": evaluations,
                 "best": {k: v for k, v in best.items() if k != "state"} if best else None}
         (tmp / STATE_FILE).write_text(json.dumps(meta), encoding="utf-8")
-        old = directory.with_name(directory.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        if directory.exists():
-            directory.rename(old)
-        tmp.rename(directory)
-        shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, directory)
     accelerator.wait_for_everyone()
     log.debug("checkpoint at step %d in %s", step, directory)
 

@@ -4,9 +4,8 @@ import json
 
 import pytest
 
-from compress.data import encode, iter_batches, load_splits
+from compress.data import DataSpec, encode, iter_batches, load_splits
 from compress.errors import DataError
-from compress.recipe import DataSpec
 from tests.conftest import make_sentences, write_csv
 
 

@@ -76,7 +76,7 @@ def test_package_directory_contents(run_dir, package):
 def test_deploy_json_matches_the_onnx_graph(package):
     import onnxruntime as ort
 
-    from compress.runtime import file_sha256
+    from compress.files import file_sha256
 
     spec = json.loads((package / "deploy.json").read_text())
     session = ort.InferenceSession(str(package / "model.onnx"), providers=["CPUExecutionProvider"])

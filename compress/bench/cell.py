@@ -42,9 +42,8 @@ def load_eval(job: dict, artifact) -> tuple[list[dict], object] | None:
     """The eval split encoded with the artifact's tokenizer, and the split itself."""
     if not job.get("data"):
         return None
-    from compress.data import encode, load_splits
+    from compress.data import DataSpec, encode, load_splits
     from compress.models import load_tokenizer
-    from compress.recipe import DataSpec
 
     spec = DataSpec.model_validate(job["data"])
     ds = load_splits(spec).eval
@@ -55,16 +54,17 @@ def load_eval(job: dict, artifact) -> tuple[list[dict], object] | None:
 
 def measure_cell(job: dict) -> dict:
     from compress.bench.plan import reopen_artifact
-    from compress.bench.targets import TARGETS, open_target_session
+    from compress.bench.targets import TARGETS
     from compress.bench.timing import summarize, time_calls
     from compress.evaluate import evaluate_task
     from compress.models import load_tokenizer
+    from compress.sessions import open_session
 
     target = TARGETS[job["target"]]
     artifact = reopen_artifact(job["model"])
     threads, batch_size, seq_len = job["threads"], job["batch_size"], job["seq_len"]
     started = time.perf_counter()
-    session = open_target_session(artifact, target, threads)
+    session = open_session(artifact, threads, target)
     load_s = time.perf_counter() - started
     evalset = load_eval(job, artifact) if (job["accuracy"] or seq_len is None) else None
     if seq_len is None:

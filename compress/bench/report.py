@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 from compress.bench.plan import BASELINE, ORT_FP32
+from compress.report import md_table
 
 CSV_COLUMNS = [
     "model", "group", "role", "kind", "target", "shape", "batch_size", "seq_len", "threads", "status", "reason",
@@ -103,8 +104,7 @@ def markdown_table(rows: list[dict]) -> str:
     lines = ["Each cell: latency p50 / p99 per call · throughput (items/s) · eval accuracy · size on disk · "
              "speedup of p50 vs the torch-cpu fp32 baseline and vs ORT fp32 (export_onnx) at the same shape and threads."]
     for threads, shape in _sections(rows):
-        lines += ["", f"### {shape.replace('x', ' × ', 1)} ({threads} threads)", "",
-                  f"| model | {' | '.join(measured)} |", f"|---|{'---|' * len(measured)}"]
+        body = []
         for m in models:
             cells = []
             for t in measured:
@@ -113,7 +113,8 @@ def markdown_table(rows: list[dict]) -> str:
                 hit = hit or next((r for r in rows if r["model"] == m and r["target"] == t and r["status"] == "failed"), None)
                 cells.append(_fmt_cell(hit, accuracy.get((m, t))))
             if any(cells):
-                lines.append(f"| {m} | {' | '.join(cells)} |")
+                body.append([m, *cells])
+        lines += ["", f"### {shape.replace('x', ' × ', 1)} ({threads} threads)", "", md_table(["model", *measured], body)]
     skipped = _unique((r["target"], r["reason"]) for r in rows if r["status"] == "skipped")
     if skipped:
         lines += ["", "Skipped targets (not measured):", *(f"- {t}: {reason}" for t, reason in skipped)]

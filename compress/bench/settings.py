@@ -1,7 +1,8 @@
 """What a benchmark measures: targets, shapes, iteration budget, threads. Shared by a
 bench spec file and by a recipe's `benchmark:` block (which benchmarks its own run).
 
-Pydantic only (no torch, no compress.recipe import): recipe.py imports this module."""
+Pydantic and the target table only (no torch, no compress.recipe import): recipe.py
+imports this module."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-TargetName = Literal["torch-cpu", "ort-cpu", "torch-cuda", "ort-cuda", "ort-trt", "trt"]
+from compress.bench.targets import TARGETS
+
+# The names come from the target table; as a Literal, the JSON schema lists them as an enum.
+TargetName = Literal[tuple(TARGETS)]
 
 
 class _Spec(BaseModel):

@@ -8,8 +8,10 @@ from pathlib import Path
 from pydantic import Field, ValidationError, field_validator
 
 from compress.bench.settings import BenchSettings, ShapeSpec, TargetName, _Spec
+from compress.data import DataSpec
 from compress.errors import CompressError
-from compress.recipe import DataSpec, describe_validation_error, read_yaml_file
+from compress.locations import resolve_location
+from compress.yaml_input import describe_validation_error, read_yaml_file
 
 
 class BenchSpecError(CompressError):
@@ -71,13 +73,11 @@ def load_bench_spec(path: str | Path) -> BenchSpec:
     path = Path(path)
     raw = read_yaml_file(path, "bench spec", BenchSpecError)
     spec = parse_settings(raw, BenchSpec, str(path))
-    base = path.parent
 
-    def resolve(p: str | None) -> str | None:
-        if p is None or p.startswith("builtin:"):
-            return p
-        return str((base / Path(p).expanduser()).resolve())
+    def resolve(p: str | None, field: str) -> str | None:
+        return resolve_location(p, path.parent, f"{path}: {field}", BenchSpecError)
 
-    models = [m.model_copy(update={"path": resolve(m.path)}) for m in spec.models]
-    data = spec.data and spec.data.model_copy(update={"train": resolve(spec.data.train), "eval": resolve(spec.data.eval)})
-    return spec.model_copy(update={"models": models, "baseline": resolve(spec.baseline), "data": data})
+    models = [m.model_copy(update={"path": resolve(m.path, f"models[{i}].path")}) for i, m in enumerate(spec.models)]
+    data = spec.data and spec.data.model_copy(
+        update={"train": resolve(spec.data.train, "data.train"), "eval": resolve(spec.data.eval, "data.eval")})
+    return spec.model_copy(update={"models": models, "baseline": resolve(spec.baseline, "baseline"), "data": data})

@@ -30,14 +30,21 @@ def coefficient_of_variation(samples: Sequence[float]) -> float:
     return math.sqrt(var) / mean if mean else float("nan")
 
 
+def latency_percentiles(samples_ms: Sequence[float], digits: int) -> dict:
+    """p50/p90/p99 and mean in ms, rounded to `digits` (a stage's stage.json keeps 3, a bench row 4)."""
+    return {
+        "p50_ms": round(percentile(samples_ms, 50), digits),
+        "p90_ms": round(percentile(samples_ms, 90), digits),
+        "p99_ms": round(percentile(samples_ms, 99), digits),
+        "mean_ms": round(sum(samples_ms) / len(samples_ms), digits),
+    }
+
+
 def summarize(samples_ms: Sequence[float], items_per_call: Sequence[int]) -> dict:
     """Latency percentiles per call and throughput over the whole timed loop."""
     total_s = sum(samples_ms) / 1000
     return {
-        "p50_ms": round(percentile(samples_ms, 50), 4),
-        "p90_ms": round(percentile(samples_ms, 90), 4),
-        "p99_ms": round(percentile(samples_ms, 99), 4),
-        "mean_ms": round(sum(samples_ms) / len(samples_ms), 4),
+        **latency_percentiles(samples_ms, 4),
         "cv": round(coefficient_of_variation(samples_ms), 4),
         "throughput": round(sum(items_per_call) / total_s, 3) if total_s > 0 else None,
         "iterations": len(samples_ms),

@@ -17,7 +17,8 @@ import numpy as np
 
 from compress.artifacts import ONNXModel, TRTEngine
 from compress.errors import StageError
-from compress.runtime import DEPLOY_FILE, FORMAT, Predictor, file_sha256, plan_batches
+from compress.files import file_sha256
+from compress.runtime import DEPLOY_FILE, FORMAT, Predictor, plan_batches
 
 log = logging.getLogger(__name__)
 
@@ -163,15 +164,10 @@ def write_deploy_spec(package: Path, spec: dict) -> None:
     (package / DEPLOY_FILE).write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
 
 
-def _md_table(header: list[str], rows: list[list[str]]) -> str:
-    return "\n".join([f"| {' | '.join(header)} |", f"|{'|'.join('---' for _ in header)}|",
-                      *(f"| {' | '.join(r)} |" for r in rows)])
-
-
 def model_card(spec: dict, ctx, environment: dict) -> str:
     """Markdown: what was done to the model, how it scored after each step, how fast it ran
     (when the run's benchmark ran before this stage), and where it was checked."""
-    from compress.report import summary_table
+    from compress.report import md_table, summary_table
 
     stages = [f"{i + 1}. `{e.kind}` ({e.status})" + (f": {e.reason}" if e.reason else "")
               + (f" `{json.dumps(e.config)}`" if e.config else "")
@@ -187,14 +183,14 @@ def model_card(spec: dict, ctx, environment: dict) -> str:
         f"Max sequence length: {spec['max_sequence_length']} tokens (longer texts are truncated).\n",
         f"Base model: `{ctx.recipe.model}`. Recipe: `{ctx.recipe_path}`.\n",
         "## Stages applied\n", "\n".join(stages) + "\n",
-        f"## {ctx.task.primary_metric.capitalize()} ledger (eval split)\n", _md_table(header, body) + "\n",
+        f"## {ctx.task.primary_metric.capitalize()} ledger (eval split)\n", md_table(header, body) + "\n",
     ]
     if ctx.benchmark_markdown:  # the run's benchmark, when its recipe has a benchmark block
         parts += ["## Benchmark\n", ctx.benchmark_markdown.strip() + "\n"]
     parts += [
-        "## Inputs and outputs\n", _md_table(["name", "dtype", "shape"], io) + "\n",
+        "## Inputs and outputs\n", md_table(["name", "dtype", "shape"], io) + "\n",
         "## Validated on\n",
-        _md_table(["runtime", "provider", "examples", "label agreement", "max diff"], validated) + "\n",
+        md_table(["runtime", "provider", "examples", "label agreement", "max diff"], validated) + "\n",
         "## Environment\n", "```json\n" + json.dumps(environment, indent=2) + "\n```\n",
         "## Use\n",
         "```python\nfrom compress.runtime import Predictor\n\n"

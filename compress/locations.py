@@ -1,0 +1,33 @@
+"""Where a model or a data set comes from, as a recipe or a bench spec writes it: a
+built-in packaged one ('builtin:<name>') or a path relative to the file naming it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from compress.errors import CompressError
+
+BUILTIN_PREFIX = "builtin:"
+
+
+def builtin_name(location: str) -> str | None:
+    """The name in 'builtin:<name>', or None for a path."""
+    return location[len(BUILTIN_PREFIX) :] if location.startswith(BUILTIN_PREFIX) else None
+
+
+def check_location(value: str | None) -> str | None:
+    """A pydantic field validator: reject a blank location or one with a NUL byte."""
+    if value is not None and (not value.strip() or "\x00" in value):
+        raise ValueError(f"must be a file path or a '{BUILTIN_PREFIX}' name (got an empty string or a NUL byte)")
+    return value
+
+
+def resolve_location(value: str | None, base: Path, where: str, error: type[CompressError]) -> str | None:
+    """None and built-in names as they are; a path made absolute against `base` (the
+    directory of the file naming it). `error` names `where` when the path cannot resolve."""
+    if value is None or builtin_name(value) is not None:
+        return value
+    try:
+        return str((base / Path(value).expanduser()).resolve())
+    except (OSError, ValueError, RuntimeError) as e:  # e.g. '~nobody' with no such user
+        raise error(f"{where}: cannot resolve path {value!r}: {e}") from None
