@@ -1,12 +1,9 @@
-"""Knowledge distillation for encoder classifiers: build a student from a teacher (a subset
-of its layers, or a smaller configuration initialised from the teacher's weights) and
-the loss of a DistillationObjective (soft-target KL, hard-label CE, hidden-state MSE with
+"""Knowledge distillation's training loss: the loss of a DistillationObjective (soft-target KL, hard-label CE, hidden-state MSE with
 learned projections where widths differ, attention-map MSE), which distill, prune and qat
 all train with. Imported by stages only when they run (it imports torch)."""
 
 from __future__ import annotations
 
-import copy
 import logging
 
 import torch
@@ -16,89 +13,6 @@ from compress.stages.base import DistillationObjective
 
 log = logging.getLogger(__name__)
 NON_MODEL_KEYS = ("labels", "teacher_logits")  # collate extras that are not model inputs
-
-
-# ---------------------------------------------------------------------------- encoder surgery
-
-
-def encoder_layers(model):
-    """The list of transformer blocks of a BERT-style encoder (model.base_model.encoder.layer)."""
-    try:
-        return model.base_model.encoder.layer
-    except AttributeError:
-        raise StageError(f"{type(model).__name__} has no base_model.encoder.layer: only BERT-style encoders "
-                         "can be distilled by layer or pruned") from None
-
-
-def keep_encoder_layers_(model, keep: list[int]) -> None:
-    """Keep only the blocks `keep` (in that order), in place, and keep the config in step:
-    num_hidden_layers, pruned_heads and per-layer FFN widths are re-indexed."""
-    import torch
-
-    layers = encoder_layers(model)
-    bad = [i for i in keep if not 0 <= i < len(layers)]
-    if bad:
-        raise StageError(f"keep_layers {bad} out of range: the teacher has {len(layers)} layers (0..{len(layers) - 1})")
-    model.base_model.encoder.layer = torch.nn.ModuleList([layers[i] for i in keep])
-    cfg = model.config
-    cfg.num_hidden_layers = len(keep)
-    pruned = {int(k): v for k, v in (cfg.pruned_heads or {}).items()}
-    cfg.pruned_heads = {new: pruned[old] for new, old in enumerate(keep) if pruned.get(old)}
-    widths = getattr(cfg, "intermediate_sizes", None)
-    if widths:
-        cfg.intermediate_sizes = [widths[i] for i in keep]
-
-
-def spread_layers(n_teacher: int, n_student: int) -> list[int]:
-    """Evenly spaced teacher layers for a student of n_student layers, always ending on the
-    last one (the layer the classifier reads): 6 → 3 gives [1, 3, 5]."""
-    if n_student > n_teacher:
-        raise StageError(f"the student has {n_student} layers but the teacher only {n_teacher}")
-    return [round((j + 1) * n_teacher / n_student) - 1 for j in range(n_student)]
-
-
-def student_from_layers(teacher, keep: list[int]):
-    student = copy.deepcopy(teacher)
-    keep_encoder_layers_(student, keep)
-    return student
-
-
-def student_from_config(teacher, hidden_size: int | None, num_layers: int | None, num_heads: int | None,
-                        intermediate_size: int | None):
-    """A smaller model of the teacher's class. Every tensor is initialised from the mapped
-    teacher tensor (student layer j ← teacher layer spread_layers[j]) by taking its leading
-    slice, the 'weight selection' initialisation: better than random for a student that
-    shares the vocabulary; a tensor the teacher cannot cover keeps its random init."""
-    import re
-
-    import torch
-
-    cfg = copy.deepcopy(teacher.config)
-    n_teacher = cfg.num_hidden_layers
-    cfg.hidden_size = hidden_size or cfg.hidden_size
-    cfg.num_hidden_layers = num_layers or cfg.num_hidden_layers
-    cfg.num_attention_heads = num_heads or cfg.num_attention_heads
-    cfg.intermediate_size = intermediate_size or cfg.intermediate_size
-    cfg.pruned_heads = {}
-    if hasattr(cfg, "intermediate_sizes"):
-        del cfg.intermediate_sizes
-    if cfg.hidden_size % cfg.num_attention_heads:
-        raise StageError(f"student hidden_size {cfg.hidden_size} is not a multiple of num_heads {cfg.num_attention_heads}")
-    student = type(teacher)(cfg)
-    layer_map = spread_layers(n_teacher, cfg.num_hidden_layers)
-    source = teacher.state_dict()
-    copied = 0
-    with torch.no_grad():
-        for name, param in student.state_dict().items():
-            teacher_name = re.sub(r"encoder\.layer\.(\d+)\.",
-                                  lambda m: f"encoder.layer.{layer_map[int(m.group(1))]}.", name)
-            src = source.get(teacher_name)
-            if src is None or src.dim() != param.dim() or any(s < p for s, p in zip(src.shape, param.shape)):
-                continue
-            param.copy_(src[tuple(slice(0, n) for n in param.shape)])
-            copied += 1
-    log.info("student initialised from the teacher: %d of %d tensors", copied, len(student.state_dict()))
-    return student, layer_map
 
 
 # ---------------------------------------------------------------------------- losses

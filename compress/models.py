@@ -8,7 +8,7 @@ import json
 import logging
 from pathlib import Path
 
-from compress.errors import CompressError
+from compress.errors import CompressError, StageError
 from compress.locations import builtin_name
 
 log = logging.getLogger(__name__)
@@ -167,6 +167,34 @@ def load_tokenizer(path: Path, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+
+
+def encoder_layers(model):
+    """The list of transformer blocks of a BERT-style encoder (model.base_model.encoder.layer)."""
+    try:
+        return model.base_model.encoder.layer
+    except AttributeError:
+        raise StageError(f"{type(model).__name__} has no base_model.encoder.layer: only BERT-style encoders "
+                         "can be distilled by layer or pruned") from None
+
+
+def keep_encoder_layers_(model, keep: list[int]) -> None:
+    """Keep only the blocks `keep` (in that order), in place, and keep the config in step:
+    num_hidden_layers, pruned_heads and per-layer FFN widths are re-indexed."""
+    import torch
+
+    layers = encoder_layers(model)
+    bad = [i for i in keep if not 0 <= i < len(layers)]
+    if bad:
+        raise StageError(f"keep_layers {bad} out of range: the teacher has {len(layers)} layers (0..{len(layers) - 1})")
+    model.base_model.encoder.layer = torch.nn.ModuleList([layers[i] for i in keep])
+    cfg = model.config
+    cfg.num_hidden_layers = len(keep)
+    pruned = {int(k): v for k, v in (cfg.pruned_heads or {}).items()}
+    cfg.pruned_heads = {new: pruned[old] for new, old in enumerate(keep) if pruned.get(old)}
+    widths = getattr(cfg, "intermediate_sizes", None)
+    if widths:
+        cfg.intermediate_sizes = [widths[i] for i in keep]
 
 
 def self_attention(layer):

@@ -14,16 +14,18 @@ from compress.models import (
     load_model,
     model_structure,
 )
-from compress.stages.prune.surgery import (
+from compress.stages.prune.importance import (
     PrunePlan,
+    plan_budget,
+    plan_fractions,
+    taylor_importance,
+)
+from compress.stages.prune.surgery import (
     apply_plan_,
     cubic_sparsity,
     magnitude_prune_,
-    plan_budget,
-    plan_fractions,
     sparsity_of,
     start_masks_,
-    taylor_importance,
 )
 
 HEAD_DIM = 8

@@ -115,12 +115,12 @@ class PruneStage(StageConfig, TrainingSchedule):
         import copy
 
         from compress.models import heads_prunable, model_structure
-        from compress.stages.prune.surgery import (
-            apply_plan_,
+        from compress.stages.prune.importance import (
             plan_budget,
             plan_fractions,
             taylor_importance,
         )
+        from compress.stages.prune.surgery import apply_plan_
 
         if self.heads and not heads_prunable(net):
             raise StageError(f"prune.heads: {type(net).__name__} shares one relative position bias across all "

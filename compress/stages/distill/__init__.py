@@ -135,8 +135,8 @@ class DistillStage(StageConfig, TrainingSchedule):
 
     def build_student(self, incoming, teacher_layers: int, same_teacher: bool):
         """(student, layer_map): layer_map[j] = the teacher layer that student layer j imitates."""
-        from compress.distillation import (
-            encoder_layers,
+        from compress.models import encoder_layers
+        from compress.stages.distill.student import (
             spread_layers,
             student_from_config,
             student_from_layers,
@@ -159,12 +159,11 @@ class DistillStage(StageConfig, TrainingSchedule):
         from compress.distillation import (
             DistillationModule,
             cache_teacher_logits,
-            encoder_layers,
             make_loss_fn,
             mean_objective_loss,
             with_teacher_logits,
         )
-        from compress.models import model_structure
+        from compress.models import encoder_layers, model_structure
         from compress.training import (
             TaskEval,
             make_accelerator,

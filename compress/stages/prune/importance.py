@@ -1,0 +1,180 @@
+"""Which units of a BERT-style encoder (BERT, MiniLM, MPNet) matter: Taylor importance
+(|Σ gradient × activation|, accumulated over train batches) of every attention head, FFN
+neuron and layer, measured through gates of value 1 hooked onto the heads' contexts (the
+input of the attention output projection), the FFN activations and each layer's residual
+update (the gradient of a gate is exactly that sum); then the plan of what to remove, to
+target fractions or a parameter budget. Imported by the prune stage when it runs."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from compress.distillation import model_inputs
+from compress.errors import StageError
+from compress.models import encoder_layers, heads_output_projection, self_attention
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------- importance
+
+
+@dataclass
+class Importance:
+    heads: list[torch.Tensor]  # per layer, one score per remaining head
+    ffn: list[torch.Tensor]  # per layer, one score per FFN neuron
+    layers: torch.Tensor  # one score per layer
+    batches: int = 0
+
+
+def _gate_heads(gate: torch.Tensor, n_heads: int):
+    """A forward pre-hook on the attention output projection, whose input is the heads'
+    contexts side by side: the same place in BERT and MPNet blocks."""
+    def hook(module, args):
+        context = args[0]
+        *lead, width = context.shape
+        gated = (context.view(*lead, n_heads, width // n_heads) * gate[:, None]).view(*lead, width)
+        return (gated, *args[1:])
+
+    return hook
+
+
+def _gate_ffn(gate: torch.Tensor):
+    return lambda module, args, output: output * gate
+
+
+def _gate_layer(gate: torch.Tensor):
+    def hook(module, args, output):  # the block's output as input + gate × (its update)
+        hidden_in, hidden_out = args[0], output[0]
+        return (hidden_in + gate * (hidden_out - hidden_in), *output[1:])
+
+    return hook
+
+
+def taylor_importance(model, batches) -> Importance:
+    """Score every head, FFN neuron and layer of `model` on labelled `batches` (dropout off,
+    weights untouched). A unit whose output never reaches the loss scores exactly 0."""
+    layers = encoder_layers(model)
+    head_gates = [torch.ones(self_attention(layer).num_attention_heads, requires_grad=True) for layer in layers]
+    ffn_gates = [torch.ones(layer.intermediate.dense.out_features, requires_grad=True) for layer in layers]
+    layer_gates = [torch.ones((), requires_grad=True) for _ in layers]
+    scores = Importance([torch.zeros_like(g) for g in head_gates], [torch.zeros_like(g) for g in ffn_gates],
+                        torch.zeros(len(layers)))
+    was_training, trainable = model.training, [p.requires_grad for p in model.parameters()]
+    model.eval().requires_grad_(False)  # gradients reach the gates only
+    handles = []
+    try:
+        for layer, hg, fg, lg in zip(layers, head_gates, ffn_gates, layer_gates):
+            handles.append(heads_output_projection(layer).register_forward_pre_hook(_gate_heads(hg, len(hg))))
+            handles.append(layer.intermediate.register_forward_hook(_gate_ffn(fg)))
+            handles.append(layer.register_forward_hook(_gate_layer(lg)))
+        for batch in batches:
+            loss = torch.nn.functional.cross_entropy(model(**model_inputs(batch)).logits, batch["labels"])
+            n = len(layers)
+            grads = torch.autograd.grad(loss, [*head_gates, *ffn_gates, *layer_gates])
+            for i in range(n):
+                scores.heads[i] += grads[i].abs()
+                scores.ffn[i] += grads[n + i].abs()
+                scores.layers[i] += grads[2 * n + i].abs()
+            scores.batches += 1
+    finally:
+        for h in handles:
+            h.remove()
+        for p, g in zip(model.parameters(), trainable):
+            p.requires_grad_(g)
+        model.train(was_training)
+    return scores
+
+
+# ---------------------------------------------------------------------------- selection
+
+
+@dataclass
+class PrunePlan:
+    layers: list[int]  # layers removed (indices in the input model)
+    heads: dict[int, list[int]]  # layer (input index) → current head indices removed
+    ffn: dict[int, list[int]]  # layer (input index) → neuron indices removed
+
+
+def _lowest(scores: torch.Tensor, n: int) -> list[int]:
+    return sorted(torch.argsort(scores, stable=True)[:n].tolist()) if n > 0 else []
+
+
+def _per_layer(scores: list[torch.Tensor], fraction: float, layers: list[int]) -> dict[int, list[int]]:
+    """The same share removed in every layer, at least one unit kept."""
+    return {i: _lowest(scores[i], min(round(fraction * len(scores[i])), len(scores[i]) - 1)) for i in layers}
+
+
+def _normalised(scores: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Scores divided by their layer's L2 norm (Michel et al.), so that global ranking
+    compares units by their share of the layer, not by gradient scale across depth."""
+    return [s / s.norm().clamp_min(1e-12) for s in scores]
+
+
+def _global(scores: list[torch.Tensor], fraction: float, layers: list[int]) -> dict[int, list[int]]:
+    """The lowest units across all layers, at least one unit kept per layer."""
+    norm = _normalised(scores)
+    units = sorted(((float(norm[i][j]), i, j) for i in layers for j in range(len(norm[i]))))
+    budget = round(fraction * len(units))
+    removed: dict[int, list[int]] = {i: [] for i in layers}
+    for _, i, j in units:
+        if budget == 0:
+            break
+        if len(removed[i]) < len(scores[i]) - 1:
+            removed[i].append(j)
+            budget -= 1
+    return {i: sorted(v) for i, v in removed.items()}
+
+
+def plan_fractions(imp: Importance, heads: float, ffn: float, n_layers: int, scope: str) -> PrunePlan:
+    """Remove the n_layers least important layers, then `heads` and `ffn` fractions of the
+    heads and neurons of the layers that remain (per layer, or ranked globally)."""
+    total = len(imp.ffn)
+    if n_layers >= total:
+        raise StageError(f"layers: {n_layers} would remove every layer of a {total}-layer model")
+    dropped = _lowest(imp.layers, n_layers)
+    kept = [i for i in range(total) if i not in dropped]
+    select = _global if scope == "global" else _per_layer
+    return PrunePlan(dropped, select(imp.heads, heads, kept) if heads else {},
+                     select(imp.ffn, ffn, kept) if ffn else {})
+
+
+def unit_costs(model) -> tuple[int, int]:
+    """Parameters held by one attention head (Q, K, V rows with biases, output columns) and
+    by one FFN neuron (a row with bias in, a column out)."""
+    cfg = model.config
+    head_dim = cfg.hidden_size // cfg.num_attention_heads
+    return 4 * head_dim * cfg.hidden_size + 3 * head_dim, 2 * cfg.hidden_size + 1
+
+
+def plan_budget(model, imp: Importance, max_parameters: int, heads: bool = True) -> PrunePlan:
+    """Remove heads (unless heads=False) and neurons, least important per parameter first, until
+    the model has at most max_parameters (layers are kept; at least one head and neuron per layer)."""
+    now = sum(p.numel() for p in model.parameters())
+    head_cost, neuron_cost = unit_costs(model)
+    heads, ffn = _normalised(imp.heads), _normalised(imp.ffn)
+    # both kinds on one scale (mean 1), then per parameter removed
+    head_mean = torch.cat(heads).mean().clamp_min(1e-12)
+    ffn_mean = torch.cat(ffn).mean().clamp_min(1e-12)
+    units = [(float(s / head_mean) / head_cost, "heads", i, j, head_cost)
+             for i, row in enumerate(heads) for j, s in enumerate(row)] if heads else []
+    units += [(float(s / ffn_mean) / neuron_cost, "ffn", i, j, neuron_cost)
+              for i, row in enumerate(ffn) for j, s in enumerate(row)]
+    plan = PrunePlan([], {i: [] for i in range(len(heads))}, {i: [] for i in range(len(ffn))})
+    sizes = {"heads": [len(r) for r in heads], "ffn": [len(r) for r in ffn]}
+    for _, kind, i, j, cost in sorted(units):
+        if now <= max_parameters:
+            break
+        chosen = getattr(plan, kind)[i]
+        if len(chosen) < sizes[kind][i] - 1:
+            chosen.append(j)
+            now -= cost
+    if now > max_parameters:
+        raise StageError(f"max_parameters {max_parameters:,}: the smallest model keeping one head and one FFN "
+                         f"neuron per layer still has {now:,} parameters")
+    plan.heads = {i: sorted(v) for i, v in plan.heads.items() if v}
+    plan.ffn = {i: sorted(v) for i, v in plan.ffn.items() if v}
+    return plan
