@@ -78,7 +78,7 @@ def run(
         err_console.print(f"[bold yellow]warning:[/] {recipe}: trust_remote_code is on: the model directory's "
                           "own Python code will be executed", highlight=False)
     if dry_run:
-        _print_plan(spec, out)
+        _print_plan(spec, out, recipe)
         return
     from compress.pipeline import run_recipe
     from compress.report import markdown_summary, print_summary
@@ -112,21 +112,28 @@ def _kept(run_dir: Path) -> str:
     return f" (completed stages kept in {run_dir}: {', '.join(done)})" if done else ""
 
 
-def _print_plan(spec, out: Path) -> None:
+def _data_summary(spec, recipe: Path) -> str:
+    """Load and check the data exactly as a run does; the one-line summary, or exit 2 with
+    the one-line reason (naming the data file and row)."""
     from compress.data import load_splits
+    from compress.data_checks import summary_line
     from compress.models import resolve_model_dir
 
     try:
         splits = load_splits(spec.data)
     except CompressError as e:
-        raise _fail(str(e), e.exit_code) from None
+        raise _fail(f"{recipe}: data: {e}", e.exit_code) from None
+    return "data: " + summary_line(splits, spec.data, resolve_model_dir(spec.model))
+
+
+def _print_plan(spec, out: Path, recipe: Path) -> None:
+    from compress.models import resolve_model_dir
+
+    summary = _data_summary(spec, recipe)
     run_dir = out / spec.name
     console.print(f"[bold]{spec.name}[/] ({spec.task})")
     console.print(f"model: {spec.model} -> {resolve_model_dir(spec.model)}")
-    console.print(
-        f"data: train {len(splits.train)} / eval {len(splits.eval)} examples, labels {splits.label_names}, "
-        f"seed {spec.data.seed}, max_length {spec.data.max_length}"
-    )
+    console.print(summary, highlight=False)
     artifact = "torch model"
     for i, stage in enumerate(spec.stages):
         artifact = stage.produces.description.removeprefix("a ").removeprefix("an ")
@@ -138,9 +145,11 @@ def _print_plan(spec, out: Path) -> None:
 
 @app.command()
 def validate(recipe: Path = typer.Argument(..., help="Recipe YAML file.")) -> None:
-    """Check a recipe (fields, stage order, model and data files) without running it."""
+    """Check a recipe (fields, stage order, model, and the data exactly as a run loads it) without running it."""
     spec = _load(recipe)
+    summary = _data_summary(spec, recipe)
     console.print(f"{recipe}: ok ({len(spec.stages)} stages: {' -> '.join(s.kind for s in spec.stages)})")
+    console.print(summary, highlight=False)
 
 
 @app.command()
@@ -163,12 +172,19 @@ def bench(
     """Measure artifacts side by side: results.jsonl, results.csv, results.md, pareto.png."""
     _setup(verbose)
     from compress.bench.plan import build_plan, resolve_models
-    from compress.bench.spec import load_bench_spec
+    from compress.bench.spec import BenchSpecError, load_bench_spec
 
     try:  # every input error surfaces here, before any cell runs
         settings = load_bench_spec(spec)
         models = resolve_models(settings, str(spec))
         build_plan(models, settings, str(spec))
+        if settings.data is not None:  # the data contract, before any cell runs
+            from compress.data import load_splits
+
+            try:
+                load_splits(settings.data)
+            except CompressError as e:
+                raise BenchSpecError(f"{spec}: data: {e}") from None
     except CompressError as e:
         raise _fail(str(e), e.exit_code) from None
     from compress.bench.runner import run_benchmark

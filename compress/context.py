@@ -149,7 +149,9 @@ class RunContext:
         self.manifest = manifest or Manifest.read(run_dir)
 
     @classmethod
-    def create(cls, recipe: Recipe, run_dir: Path, recipe_path: Path | None = None) -> RunContext:
+    def create(cls, recipe: Recipe, run_dir: Path, recipe_path: Path | None = None,
+               splits: DataSplits | None = None) -> RunContext:
+        """A new run in run_dir; `splits`: the data already loaded and checked (else loaded on first use)."""
         from compress.environment import environment
 
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -161,13 +163,18 @@ class RunContext:
                             environment=environment())
         ctx = cls(recipe, run_dir, recipe_path, manifest)
         ctx.write_manifest()
+        if splits is not None:
+            ctx._record_splits(splits)
         return ctx
 
     @cached_property
     def splits(self) -> DataSplits:
         from compress.data import load_splits
 
-        splits = load_splits(self.recipe.data)
+        return self._record_splits(load_splits(self.recipe.data))
+
+    def _record_splits(self, splits: DataSplits) -> DataSplits:
+        self.__dict__["splits"] = splits  # the cached_property's value
         self.manifest.data = splits.record
         write_json(self.run_dir / "data_split.json", {
             **splits.record, "train_rows": splits.train.rows, "eval_rows": splits.eval.rows,

@@ -11,13 +11,16 @@ import importlib.util
 import io
 import json
 import random
+import sys
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from compress.data_checks import check_splits
 from compress.errors import DataError
 from compress.files import file_sha256
 from compress.locations import builtin_name, check_location
@@ -52,6 +55,17 @@ class DataSpec(BaseModel):  # a recipe's (or a bench spec's) `data:` block
         if labels is not None and len(set(labels)) != len(labels):
             raise ValueError(f"label names must be unique (got {labels})")
         return labels
+
+    @model_validator(mode="after")
+    def _distinct_columns(self):
+        if self.label_column == self.text_column:
+            raise ValueError(f"label_column {self.label_column!r} is the text column: every text would be its own "
+                             "label")
+        if self.text_pair_column in (self.text_column, self.label_column):
+            which = "text" if self.text_pair_column == self.text_column else "label"
+            raise ValueError(f"text_pair_column {self.text_pair_column!r} is the {which} column")
+        return self
+
 
 @dataclass
 class TextDataset:
@@ -120,6 +134,11 @@ def _file_format(path: str, fmt: str | None) -> str:
     raise DataError(f"cannot tell the format of {path} from its suffix: set data.format to csv, tsv or jsonl")
 
 
+# A single very long field is valid input (it is truncated at max_length when encoded):
+# the csv module's default limit of 131,072 characters would refuse it.
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+
+
 def _read_text(path: Path) -> str:
     try:
         return path.read_bytes().decode("utf-8-sig")
@@ -146,6 +165,7 @@ def read_rows(path: Path, fmt: str) -> list[tuple[int, dict]]:
             rows.append((n, row))
         return rows
     reader = csv.DictReader(io.StringIO(text), delimiter="\t" if fmt == "tsv" else ",")
+    _check_header(path, reader.fieldnames or [])
     rows = []
     for row in reader:
         if None in row:
@@ -162,7 +182,16 @@ def read_columns(path: Path, fmt: str) -> list[str]:
         header = next(csv.reader(f, delimiter="\t" if fmt == "tsv" else ","), None)
     if not header:
         raise DataError(f"{path}: file is empty")
+    _check_header(path, header)
     return header
+
+
+def _check_header(path: Path, header: list[str]) -> None:
+    """A repeated column name would silently keep only its last column."""
+    repeated = [name for name, n in Counter(header).items() if n > 1]
+    if repeated:
+        raise DataError(f"{path}: line 1: column {repeated[0]!r} appears {header.count(repeated[0])} times in the "
+                        "header")
 
 
 def _wanted_columns(spec: DataSpec) -> dict[str, str]:
@@ -217,13 +246,17 @@ def _load_source(source: str, spec: DataSpec) -> tuple[TextDataset, list[str] | 
             value = row[col]
             if value is None or (isinstance(value, str) and not value.strip()):
                 raise DataError(f"{origin}: line {line}: empty value in column {col!r}")
-        text = row[text_col]
-        if not isinstance(text, str):
-            raise DataError(f"{origin}: line {line}: column {text_col!r} is not text: {text!r}")
-        texts.append(text)
-        labels.append(str(row[label_col]).strip())
+        for col in filter(None, (text_col, pair_col)):
+            if not isinstance(row[col], str):
+                raise DataError(f"{origin}: line {line}: column {col!r} is not text: {row[col]!r}")
+        label = row[label_col]
+        if isinstance(label, (list, dict)):
+            raise DataError(f"{origin}: line {line}: the label in column {label_col!r} is a "
+                            f"{'list' if isinstance(label, list) else 'JSON object'}, not a single value: {label!r}")
+        texts.append(row[text_col])
+        labels.append(str(label).strip())
         if pairs is not None:
-            pairs.append(str(row[pair_col]))
+            pairs.append(row[pair_col])
         lines.append(line)
     return TextDataset(texts, labels, pairs, lines), names, origin  # type: ignore[arg-type]
 
@@ -264,6 +297,7 @@ def load_splits(spec: DataSpec) -> DataSplits:
         train_ds = train_ds.subset(list(range(min(spec.max_train_samples, len(train_ds)))))
     if spec.max_eval_samples:
         eval_ds = eval_ds.subset(list(range(min(spec.max_eval_samples, len(eval_ds)))))
+    check_splits(train_ds, eval_ds, names, train_origin, eval_origin, spec.label_column)
 
     record = {
         "seed": spec.seed,

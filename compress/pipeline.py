@@ -33,10 +33,13 @@ def run_recipe(
 ) -> RunContext:
     """Run (or resume) a recipe into out_root/<name>/. force: redo every stage;
     from_index: reuse at most the stages before this index."""
+    from compress.data import load_splits
+
     run_dir = out_root / recipe.name
     redo_from = 0 if force else (from_index if from_index is not None else len(recipe.stages))
+    splits = load_splits(recipe.data)  # the data contract holds before anything is written
     with RunLock(run_dir):
-        ctx = RunContext.create(recipe, run_dir, recipe_path)
+        ctx = RunContext.create(recipe, run_dir, recipe_path, splits)
         try:
             model, benchmarked = _run_stages(recipe, ctx, redo_from)
         except BaseException as e:

@@ -26,9 +26,10 @@ def test_split_is_seeded_disjoint_and_recorded(tiny_csv):
 
 
 def test_explicit_label_order_and_max_samples(tiny_csv):
-    s = load_splits(spec(tiny_csv, labels=["pos", "neg"], max_train_samples=10, max_eval_samples=5))
+    s = load_splits(spec(tiny_csv, labels=["pos", "neg"], eval_fraction=0.25, max_train_samples=10,
+                         max_eval_samples=12))
     assert s.label_names == ["pos", "neg"]
-    assert len(s.train) == 10 and len(s.eval) == 5
+    assert len(s.train) == 10 and len(s.eval) == 12
     first = s.train.texts[0]
     assert s.train.labels[0] == (0 if any(w in first for w in ("good", "great", "wonderful", "moving",
                                                                 "brilliant", "funny", "charming", "superb")) else 1)
@@ -37,10 +38,10 @@ def test_explicit_label_order_and_max_samples(tiny_csv):
 def test_separate_eval_file_tsv_and_jsonl(tmp_path):
     rows = make_sentences(30)
     (tmp_path / "train.tsv").write_text("t\tl\n" + "".join(f"{t}\t{l}\n" for t, l in rows))
-    (tmp_path / "eval.jsonl").write_text("".join(json.dumps({"t": t, "l": l}) + "\n" for t, l in rows[:6]))
+    (tmp_path / "eval.jsonl").write_text("".join(json.dumps({"t": t, "l": l}) + "\n" for t, l in rows[:12]))
     s = load_splits(DataSpec(train=str(tmp_path / "train.tsv"), eval=str(tmp_path / "eval.jsonl"),
                              text_column="t", label_column="l"))
-    assert len(s.train) == 30 and len(s.eval) == 6
+    assert len(s.train) == 30 and len(s.eval) == 12
     assert s.eval.texts[0] == rows[0][0]
 
 
@@ -91,7 +92,7 @@ def test_builtin_rotten_tomatoes():
 def test_batches_are_padded_and_cover_every_example(tiny_classifier_dir, tiny_csv):
     from compress.models import load_tokenizer
 
-    s = load_splits(spec(tiny_csv))
+    s = load_splits(spec(tiny_csv, eval_fraction=0.25))
     enc = encode(load_tokenizer(tiny_classifier_dir), s.train, max_length=8)
     seen = []
     for idx, batch in iter_batches(enc, ["input_ids", "attention_mask", "token_type_ids"], 16):

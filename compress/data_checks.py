@@ -1,0 +1,69 @@
+"""The data contract: what a split must satisfy before anything trains on it, checked once
+(by data.load_splits, which `validate`, `run` and `bench` all go through), and the one-line
+summary that `validate` and `run --dry-run` print.
+
+Thresholds (each refusal names the file, the row or column, and what to do):
+- MIN_EVAL_EXAMPLES: an eval split smaller than this moves the metric in steps of more
+  than 10 points per example: no number measured on it means anything.
+- MIN_TRAIN_PER_LABEL: a label seen once in train cannot be learned, only memorised (and a
+  random split may hold its one row out).
+- MAX_LABELS_PER_TRAIN_ROW: more distinct labels than half the train rows is what a wrong
+  label_column gives (a text or id column: every row its own label)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from compress.errors import DataError
+
+MIN_EVAL_EXAMPLES = 10
+MIN_TRAIN_PER_LABEL = 2
+MAX_LABELS_PER_TRAIN_ROW = 0.5
+
+
+def check_splits(train, eval_, names: list[str], train_origin: str, eval_origin: str, label_column: str) -> None:
+    """Raise DataError (one line) when the split would train or measure garbage.
+    train / eval_: datasets with integer `labels` and source `rows` (line numbers)."""
+    if len(eval_) < MIN_EVAL_EXAMPLES:
+        raise DataError(f"{eval_origin}: {len(eval_)} eval examples: fewer than {MIN_EVAL_EXAMPLES} make the metric "
+                        "meaningless (give more rows, raise data.eval_fraction or data.max_eval_samples)")
+    counts = Counter(train.labels)
+    if len(counts) > MAX_LABELS_PER_TRAIN_ROW * len(train):
+        raise DataError(f"{train_origin}: column {label_column!r} has {len(counts)} distinct labels in "
+                        f"{len(train)} train rows: that is no label set (is label_column the right column?)")
+    for label_id, count in sorted(counts.items()):
+        if count < MIN_TRAIN_PER_LABEL:
+            row = train.rows[train.labels.index(label_id)]
+            raise DataError(f"{train_origin}: line {row}: label {names[label_id]!r} occurs {count} time in the train "
+                            f"split; every label needs at least {MIN_TRAIN_PER_LABEL} train examples")
+    for label_id, row in zip(eval_.labels, eval_.rows):
+        if label_id not in counts:
+            raise DataError(f"{eval_origin}: line {row}: label {names[label_id]!r} never occurs in the train split")
+
+
+def count_truncated(model_dir: Path, dataset, max_length: int) -> int | None:
+    """Examples longer than max_length tokens (they are cut when encoded), counted with the
+    model's tokenizer.json through the light `tokenizers` library; None without one."""
+    path = Path(model_dir) / "tokenizer.json"
+    if not path.is_file():
+        return None
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(path))
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    inputs = list(zip(dataset.texts, dataset.pairs)) if dataset.pairs is not None else list(dataset.texts)
+    return sum(len(e.ids) > max_length for e in tokenizer.encode_batch(inputs))
+
+
+def summary_line(splits, spec, model_dir: Path | None = None) -> str:
+    """'train N / eval M examples, labels [...], seed S, max_length L' plus how many examples
+    the model's tokenizer will truncate."""
+    line = (f"train {len(splits.train)} / eval {len(splits.eval)} examples, labels {splits.label_names}, "
+            f"seed {spec.seed}, max_length {spec.max_length}")
+    if model_dir is not None:
+        cut = [count_truncated(model_dir, ds, spec.max_length) for ds in (splits.train, splits.eval)]
+        if None not in cut:
+            line += f", truncated to max_length: {cut[0]} train / {cut[1]} eval"
+    return line
