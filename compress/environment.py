@@ -1,5 +1,6 @@
-"""What a result was measured on: Python, platform, CPU and the versions of the stack.
-Recorded in every manifest, benchmark row and model card."""
+"""What a result was measured on: Python, platform, CPU (with the vector instruction sets
+that decide which INT8 kernels run) and the versions of the stack. Recorded in every
+manifest, benchmark row and model card."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ def environment() -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "processor": _cpu_model(),
+        "instruction_sets": _instruction_sets(),
         "cpu_count": os.cpu_count(),
         "packages": versions,
     }
@@ -34,3 +36,19 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor()
+
+
+# The CPU features that change what INT8 and fp32 kernels ONNX Runtime and torch pick (and
+# so both speed and, for dynamic quantization, the exact outputs): "AMD EPYC" alone does not say.
+VECTOR_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
+
+
+def _instruction_sets() -> list[str] | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                return [f for f in VECTOR_FLAGS if f in flags]
+    except OSError:
+        pass
+    return None

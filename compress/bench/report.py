@@ -131,7 +131,8 @@ def environment_line(rows: list[dict]) -> str:
     libs = ", ".join(f"{k} {v}" for k, v in pkgs.items() if k in ("torch", "onnxruntime", "transformers", "compress"))
     cvs = [r["cv"] for r in _ok(rows) if r.get("cv") is not None]
     cv = f"; CV of per-call latency: median {sorted(cvs)[len(cvs) // 2]:.3f}, max {max(cvs):.3f}" if cvs else ""
-    return (f"Environment: {env.get('processor', '?')}, {env.get('cores_usable', '?')} usable cores, {libs}; "
+    isa = f" ({', '.join(env['instruction_sets']) or 'no AVX2'})" if env.get("instruction_sets") is not None else ""
+    return (f"Environment: {env.get('processor', '?')}{isa}, {env.get('cores_usable', '?')} usable cores, {libs}; "
             f"git {env.get('git_commit', '?')}; load average at start {env.get('load_avg_at_start', '?')}{cv}."
             + repeats_line(rows))
 

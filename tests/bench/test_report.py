@@ -96,3 +96,16 @@ def test_read_rows_ignores_a_torn_last_line(rows, tmp_path):
     with path.open("a") as f:
         f.write(json.dumps(rows[2])[:40])  # killed mid-write
     assert [r["model"] for r in read_rows(path)] == ["run/01-finetune", "run/02-export_onnx"]
+
+
+def test_environment_names_the_vector_instruction_sets():
+    """INT8 kernels (and dynamic quantization's exact outputs) depend on AVX-512 / VNNI: a
+    fingerprint that says only 'AMD EPYC' cannot tell two such machines apart."""
+    from compress.bench.report import environment_line
+    from compress.environment import VECTOR_FLAGS, environment
+
+    sets = environment()["instruction_sets"]
+    assert sets is None or set(sets) <= set(VECTOR_FLAGS)
+    row = {"status": "ok", "env": {"processor": "CPU X", "instruction_sets": ["avx2", "avx512_vnni"]}}
+    assert environment_line([row]).startswith("Environment: CPU X (avx2, avx512_vnni), ")
+    assert environment_line([{"status": "ok", "env": {"processor": "CPU X"}}]).startswith("Environment: CPU X, ")
