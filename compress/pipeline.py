@@ -16,13 +16,7 @@ from compress.context import RunContext, stage_dir_name
 from compress.evaluate import measure_artifact
 from compress.models import resolve_model_dir
 from compress.recipe import Recipe
-from compress.resume import (
-    RunLock,
-    read_stage_record,
-    reusable_record,
-    stage_fingerprint,
-    tree_sha256,
-)
+from compress.resume import RunLock, reusable_record, stage_fingerprint, tree_sha256
 
 log = logging.getLogger(__name__)
 BENCH_DIR = "bench"
@@ -43,7 +37,7 @@ def run_recipe(
         try:
             model, benchmarked = _run_stages(recipe, ctx, redo_from)
         except BaseException as e:
-            if ctx.manifest.status == "running":  # failed outside a stage (e.g. loading data)
+            if ctx.manifest.status == "running":  # failed outside a stage (e.g. measuring the input)
                 ctx.finish("failed", error=str(e) or type(e).__name__)
             raise
         ctx.finish("completed", final=model)
@@ -80,13 +74,14 @@ def _run_stages(recipe: Recipe, ctx: RunContext, redo_from: int) -> tuple[Artifa
     """Runs the stages; returns the final artifact and the benchmark table if the benchmark
     already ran (it runs before a final stage such as package, so the model card can hold it)."""
     benchmark: str | None = None
-    source = TorchModel(resolve_model_dir(recipe.model))
-    model: Artifact = source
+    model: Artifact = TorchModel(resolve_model_dir(recipe.model))
     input_sha = tree_sha256(model.path)
     ctx.manifest.model_sha256 = input_sha
+    model_record: dict | None = None  # what was measured of `model` (None: a base model, not measured)
     if starts_fine_tuned(model.path, ctx):
         log.info("measuring the input model")
-        ctx.record_input(measure_artifact(model, ctx.eval_set, recipe.measure))
+        model_record = measure_artifact(model, ctx.eval_set, recipe.measure)
+        ctx.record_input(model_record)
     for i, stage in enumerate(recipe.stages):
         name = stage_dir_name(i, stage.kind)
         if stage.final and recipe.benchmark is not None and benchmark is None:
@@ -105,26 +100,23 @@ def _run_stages(recipe: Recipe, ctx: RunContext, redo_from: int) -> tuple[Artifa
         else:
             log.info("stage %d/%d: %s", i + 1, len(recipe.stages), stage.kind)
             with ctx.stage(i, stage.kind, stage.model_dump(mode="json", exclude={"kind"}), fingerprint,
-                           read_input_record=_input_record_reader(model, source, ctx),
+                           read_input_record=_input_record_reader(model, model_record, ctx),
                            benchmark_markdown=benchmark) as sctx:
                 produced = stage.run(model, sctx)
                 sctx.record(**measure_artifact(produced, ctx.eval_set, recipe.measure))
             record = sctx.info
-        model = ARTIFACT_KINDS[record["artifact"]](ctx.run_dir / name)
+        model, model_record = ARTIFACT_KINDS[record["artifact"]](ctx.run_dir / name), record
         input_sha = record["artifact_sha256"]
     return model, benchmark
 
 
-def _input_record_reader(model: Artifact, source: TorchModel, ctx: RunContext):
-    """What a stage reads as its input's record: the previous stage's stage.json or the run's
+def _input_record_reader(model: Artifact, record: dict | None, ctx: RunContext):
+    """What a stage reads as its input's record: the previous stage's record or the run's
     input measurement; an input never measured (a base model) is measured when asked."""
 
     def read() -> dict:
-        record = read_stage_record(model.path)
-        if record is None and model.path == source.path:
-            record = ctx.manifest.input
         if record is None or ctx.task.primary_metric not in record:
-            record = measure_artifact(model, ctx.eval_set, ctx.recipe.measure)
+            return measure_artifact(model, ctx.eval_set, ctx.recipe.measure)
         return record
 
     return read

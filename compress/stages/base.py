@@ -35,6 +35,18 @@ class StageConfig(BaseModel):
     produces: ClassVar[type[Artifact]] = TorchModel
     trains: ClassVar[bool] = False  # needs the train split
     final: ClassVar[bool] = False  # must be the last stage of a recipe (e.g. package)
+    renamed: ClassVar[dict[str, str]] = {}  # old field name -> its new name, refused with one line
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_renamed(cls, data):
+        """A field given under its old name fails with one line naming the new one."""
+        if isinstance(data, dict):
+            for old, new in cls.renamed.items():
+                if old in data:
+                    kind = cls.model_fields["kind"].annotation.__args__[0]
+                    raise ValueError(f"{kind}: {old} is renamed to {new}")
+        return data
 
     def unavailable_reason(self) -> str | None:
         """Why this stage cannot run on this machine (missing GPU or package), or None.
@@ -158,13 +170,3 @@ class QATObjective(LogitObjective):
 
     soft_target_weight: SoftTargetWeight = 0.0
     label_weight: LabelWeight = 1.0
-
-
-def refuse_renamed(data, kind: str, renamed: dict[str, str]):
-    """For a mode="before" validator: a field given under its old name fails with one line
-    naming the new one."""
-    if isinstance(data, dict):
-        for old, new in renamed.items():
-            if old in data:
-                raise ValueError(f"{kind}: {old} is renamed to {new}")
-    return data

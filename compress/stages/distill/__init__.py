@@ -20,12 +20,7 @@ from compress.stages.base import (
     StageConfig,
     TrainingSchedule,
     find_stage,
-    refuse_renamed,
 )
-
-RENAMED = {"temperature": "distillation.temperature", "kl_weight": "distillation.soft_target_weight",
-           "ce_weight": "distillation.label_weight", "hidden_weight": "distillation.hidden_weight",
-           "attention_weight": "distillation.attention_weight"}
 
 
 class StudentSpec(BaseModel):
@@ -67,11 +62,9 @@ class DistillStage(StageConfig, TrainingSchedule):
                                                       "recorded before and after training.")
 
     trains = True
-
-    @model_validator(mode="before")
-    @classmethod
-    def _renamed_fields(cls, data):
-        return refuse_renamed(data, "distill", RENAMED)
+    renamed = {"temperature": "distillation.temperature", "kl_weight": "distillation.soft_target_weight",
+               "ce_weight": "distillation.label_weight", "hidden_weight": "distillation.hidden_weight",
+               "attention_weight": "distillation.attention_weight"}
 
     @field_validator("keep_layers")
     @classmethod

@@ -22,7 +22,6 @@ from compress.stages.base import (
     PruneObjective,
     StageConfig,
     TrainingSchedule,
-    refuse_renamed,
 )
 
 log = logging.getLogger(__name__)
@@ -30,7 +29,6 @@ UNSTRUCTURED_WARNING = ("unstructured sparsity: dense runtimes (ONNX Runtime, Te
                         "weights, only compressibility; use method: structured or distill for latency")
 STRUCTURED_ONLY = ("heads", "ffn", "layers", "max_parameters", "importance_batches", "recover")
 UNSTRUCTURED_ONLY = ("sparsity", "prune_every", "schedule_start", "schedule_end")
-RENAMED = {"kd_weight": "distillation.soft_target_weight", "temperature": "distillation.temperature"}
 
 
 class PruneStage(StageConfig, TrainingSchedule):
@@ -59,11 +57,7 @@ class PruneStage(StageConfig, TrainingSchedule):
                                       "(soft_target_weight 0: plain fine-tuning on the labels).")
 
     trains = True
-
-    @model_validator(mode="before")
-    @classmethod
-    def _renamed_fields(cls, data):
-        return refuse_renamed(data, "prune", RENAMED)
+    renamed = {"kd_weight": "distillation.soft_target_weight", "temperature": "distillation.temperature"}
 
     @model_validator(mode="after")
     def _method_fields(self):

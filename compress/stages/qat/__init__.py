@@ -18,10 +18,7 @@ from compress.stages.base import (
     QATObjective,
     StageConfig,
     TrainingSchedule,
-    refuse_renamed,
 )
-
-RENAMED = {"temperature": "distillation.temperature"}
 
 
 class QATStage(StageConfig, TrainingSchedule):
@@ -54,6 +51,7 @@ class QATStage(StageConfig, TrainingSchedule):
     accepts = (TorchModel,)
     produces = ONNXModel
     trains = True
+    renamed = {"temperature": "distillation.temperature"}
 
     @model_validator(mode="before")
     @classmethod
@@ -64,7 +62,7 @@ class QATStage(StageConfig, TrainingSchedule):
             w, rest = (w, round(1 - w, 12)) if number else ("w", "1-w")
             raise ValueError(f"qat: distill_weight {w} is now distillation.soft_target_weight {w} with "
                              f"distillation.label_weight {rest}")
-        return refuse_renamed(data, "qat", RENAMED)
+        return data
 
     @model_validator(mode="after")
     def _no_resume(self):
