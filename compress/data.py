@@ -188,10 +188,10 @@ def read_columns(path: Path, fmt: str) -> list[str]:
 
 def _check_header(path: Path, header: list[str]) -> None:
     """A repeated column name would silently keep only its last column."""
-    repeated = [name for name, n in Counter(header).items() if n > 1]
+    repeated = [(name, n) for name, n in Counter(header).items() if n > 1]
     if repeated:
-        raise DataError(f"{path}: line 1: column {repeated[0]!r} appears {header.count(repeated[0])} times in the "
-                        "header")
+        name, n = repeated[0]
+        raise DataError(f"{path}: line 1: column {name!r} appears {n} times in the header")
 
 
 def _wanted_columns(spec: DataSpec) -> dict[str, str]:

@@ -1,6 +1,7 @@
-"""Knowledge distillation's training loss: the loss of a DistillationObjective (soft-target KL, hard-label CE, hidden-state MSE with
-learned projections where widths differ, attention-map MSE), which distill, prune and qat
-all train with. Imported by stages only when they run (it imports torch)."""
+"""Knowledge distillation's training loss: the loss of a DistillationObjective (soft-target
+KL, hard-label CE, hidden-state MSE with learned projections where widths differ,
+attention-map MSE), which distill, prune and qat all train with. Imported by stages only
+when they run (it imports torch)."""
 
 from __future__ import annotations
 

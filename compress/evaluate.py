@@ -50,8 +50,9 @@ def predict_logits(session: Session, encoded: list[dict], batch_size: int, desc:
 
 def evaluate_task(session: Session, encoded: list[dict], references: list, task, batch_size: int) -> dict:
     """The task's metrics of the session's outputs, rounded for the record."""
-    metrics = task.metrics(predict_logits(session, encoded, batch_size), references)
-    return {k: round(v, 5) if isinstance(v, float) else v for k, v in metrics.items()}
+    from compress.tasks import rounded
+
+    return rounded(task.metrics(predict_logits(session, encoded, batch_size), references))
 
 
 class EvalSet:

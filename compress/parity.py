@@ -14,8 +14,10 @@ from compress.sessions import open_session
 def compare_outputs(reference: np.ndarray, candidate: np.ndarray, task) -> dict:
     """How far two models' raw outputs are apart, and how often their task outputs agree."""
     diff = np.abs(reference.astype(np.float64) - candidate.astype(np.float64))
-    agreement = {k: round(v, 5) for k, v in task.agreement(reference, candidate).items()}
-    return {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()), **agreement}
+    from compress.tasks import rounded
+
+    return {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
+            **rounded(task.agreement(reference, candidate))}
 
 
 def check_parity(reference: Artifact, candidate: Artifact, ctx, atol: float, samples: int) -> dict:

@@ -315,6 +315,8 @@ class TaskEval:
         import numpy as np
         import torch
 
+        from compress.tasks import rounded
+
         net = self.forward(model) if self.forward else model
         outputs, references = [], []
         with torch.no_grad():
@@ -323,5 +325,6 @@ class TaskEval:
                 references.extend(batch.pop("labels").tolist())
                 batch = {k: v.to(next(net.parameters()).device) for k, v in batch.items()}
                 outputs.append(net(**batch).logits.float().cpu().numpy())
-        metrics = self.task.metrics(np.concatenate(outputs), references)
-        return {k: round(v, 5) if isinstance(v, float) else v for k, v in metrics.items() if k != "examples"}
+        metrics = rounded(self.task.metrics(np.concatenate(outputs), references))
+        metrics.pop("examples", None)  # an evaluation in stage.json lists the metrics only
+        return metrics

@@ -49,6 +49,11 @@ class Task(Protocol):
         """Predictions for people and services (the deploy-time Predictor): numpy only."""
 
 
+def rounded(metrics: dict) -> dict:
+    """A task's metrics as a record keeps them: floats to 5 decimals, counts as they are."""
+    return {k: round(v, 5) if isinstance(v, float) else v for k, v in metrics.items()}
+
+
 def task_modules() -> list[str]:
     """Module names under compress/tasks, one per task."""
     return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
