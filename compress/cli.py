@@ -191,7 +191,8 @@ def bench(
 
     out_dir = out or Path("runs") / "bench" / settings.name
     try:
-        rows = run_benchmark(models, settings, out_dir, str(spec), on_row=_print_row)
+        rows = run_benchmark(models, settings, out_dir, str(spec), on_row=_print_row,
+                             paths_from=spec.resolve().parent)
     except KeyboardInterrupt:
         raise _fail(f"interrupted (finished cells kept in {out_dir / 'results.jsonl'})", 130) from None
     console.print((out_dir / "results.md").read_text(encoding="utf-8"), highlight=False, markup=False)

@@ -60,7 +60,7 @@ def _run_benchmark(recipe: Recipe, ctx: RunContext) -> str:
                      data=recipe.data if fine_tuned else None, task=recipe.task, **recipe.benchmark.model_dump())
     log.info("benchmark: %s", ", ".join(recipe.benchmark.targets))
     out_dir = ctx.run_dir / BENCH_DIR
-    run_benchmark(resolve_models(spec), recipe.benchmark, out_dir, where="benchmark")
+    run_benchmark(resolve_models(spec), recipe.benchmark, out_dir, where="benchmark", paths_from=ctx.run_dir)
     return (out_dir / "results.md").read_text(encoding="utf-8")
 
 

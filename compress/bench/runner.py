@@ -63,10 +63,13 @@ def shape_label(batch_size: int | None, seq_len: int | None) -> str:
     return f"b{batch_size}x{'real' if seq_len is None else seq_len}"
 
 
-def base_row(cell: Cell, run_id: str, env: dict) -> dict:
+def base_row(cell: Cell, run_id: str, env: dict, paths_from: Path) -> dict:
+    """A row's identity; the artifact's path relative to `paths_from` (the spec's or the run's
+    directory), so committed results name no directory of the machine that made them."""
     m = cell.model
+    path = os.path.relpath(m.artifact.path, paths_from)
     return {
-        "run_id": run_id, "model": m.name, "group": m.group, "role": m.role, "kind": m.kind, "path": str(m.artifact.path),
+        "run_id": run_id, "model": m.name, "group": m.group, "role": m.role, "kind": m.kind, "path": path,
         "target": cell.target, "shape": shape_label(cell.batch_size, cell.seq_len), "batch_size": cell.batch_size,
         "seq_len": "real" if cell.seq_len is None and cell.batch_size else cell.seq_len, "threads": cell.threads,
     } | {"env": env}
@@ -112,9 +115,10 @@ def append_row(path: Path, row: dict) -> None:
 
 
 def run_plan(plan: Plan, settings: BenchSettings, out_dir: Path,
-             on_row: Callable[[dict], None] | None = None) -> list[dict]:
+             on_row: Callable[[dict], None] | None = None, paths_from: Path | None = None) -> list[dict]:
     """Measure every cell `settings.repeats` times in interleaved rounds; a cell's row is
-    appended to results.jsonl as soon as its last repeat finishes."""
+    appended to results.jsonl as soon as its last repeat finishes. Artifact paths in the rows
+    are relative to `paths_from` (default: out_dir)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     jsonl = out_dir / RESULTS_JSONL
     jsonl.write_text("", encoding="utf-8")  # a new benchmark starts a new results file
@@ -128,7 +132,7 @@ def run_plan(plan: Plan, settings: BenchSettings, out_dir: Path,
         for repeat in range(1, settings.repeats + 1):
             last_round = repeat == settings.repeats
             for i, cell in enumerate(plan.cells):
-                row = base_row(cell, run_id, env)
+                row = base_row(cell, run_id, env, paths_from or out_dir)
                 if cell.skipped:
                     if last_round:
                         rows.append(_finish(row | {"status": "skipped", "reason": cell.skipped}, jsonl, on_row))
@@ -174,14 +178,15 @@ def combine_repeats(results: list[dict]) -> dict:
 
 
 def run_benchmark(models, settings: BenchSettings, out_dir: Path, where: str = "spec",
-                  on_row: Callable[[dict], None] | None = None) -> list[dict]:
-    """Plan (every input error raised before anything runs), measure, write the reports."""
+                  on_row: Callable[[dict], None] | None = None, paths_from: Path | None = None) -> list[dict]:
+    """Plan (every input error raised before anything runs), measure, write the reports.
+    paths_from: the directory the rows' artifact paths are relative to (default: out_dir)."""
     from compress.bench.plan import build_plan
     from compress.bench.report import write_reports
 
     plan = build_plan(models, settings, where)
     for note in plan.notes:
         log.warning(note)
-    rows = run_plan(plan, settings, out_dir, on_row)
+    rows = run_plan(plan, settings, out_dir, on_row, paths_from)
     write_reports(rows, out_dir)
     return rows

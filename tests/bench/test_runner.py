@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -84,6 +85,7 @@ def test_cells_measured_in_subprocesses_with_numbers_and_fingerprint(bench_run):
     assert len(acc) == 3 and all(r["examples"] == 20 and r["shape"] == "b1xreal" for r in acc)
     roles = {r["model"].split("/")[-1]: r["role"] for r in ok}
     assert roles == {"01-finetune": "baseline", "02-export_onnx": "ort_fp32", "03-ptq": None}
+    assert sorted(r["path"] for r in ok) == ["01-finetune", "02-export_onnx", "03-ptq"]  # relative to the run
 
 
 def test_unavailable_target_is_a_skipped_row_with_reason(bench_run):
@@ -146,6 +148,9 @@ min_seconds: 0
     ]
     assert rows[1]["shape"] == "b2x16" and rows[1]["mean_real_tokens_per_item"] == 16
     assert rows[1]["examples"] == 20 and 0 <= rows[1]["accuracy"] <= 1  # fixed shapes; accuracy still on the eval set
+    # paths relative to the spec's directory: committed results name no directory of this machine
+    assert not Path(rows[1]["path"]).is_absolute()
+    assert (spec.parent / rows[1]["path"]).resolve() == (bench_run / "03-ptq").resolve()
 
 
 def test_run_from_a_fine_tuned_model_benchmarks_that_model_as_baseline(tmp_path, tiny_classifier_dir):
