@@ -120,7 +120,7 @@ def _data_summary(spec, recipe: Path) -> str:
     from compress.models import resolve_model_dir
 
     try:
-        splits = load_splits(spec.data)
+        splits = load_splits(spec.data, spec.task)
     except CompressError as e:
         raise _fail(f"{recipe}: data: {e}", e.exit_code) from None
     return "data: " + summary_line(splits, spec.data, resolve_model_dir(spec.model))
@@ -182,7 +182,7 @@ def bench(
             from compress.data import load_splits
 
             try:
-                load_splits(settings.data)
+                load_splits(settings.data, settings.task)
             except CompressError as e:
                 raise BenchSpecError(f"{spec}: data: {e}") from None
     except CompressError as e:
@@ -203,7 +203,10 @@ def bench(
 
 def _print_row(row: dict) -> None:
     if row["status"] == "ok":
-        acc = f", acc {row['accuracy']:.4f}" if row.get("accuracy") is not None else ""
+        from compress.bench.report import metric_of
+
+        name, value = metric_of(row)
+        acc = f", {name} {value:.4f}" if value is not None else ""
         err_console.print(f"{row['model']} {row['target']} {row['shape']} t{row['threads']}: p50 {row['p50_ms']:.2f} ms, "
                           f"p99 {row['p99_ms']:.2f} ms, cv {row['cv']:.3f}{acc}", highlight=False)
     else:
@@ -241,10 +244,14 @@ def targets() -> None:
 @app.command()
 def predict(
     package: Path = typer.Argument(..., help="A package directory (the output of the package stage)."),
-    texts: list[str] = typer.Argument(..., help='Texts to classify; "-" reads one text per line from stdin.'),
+    texts: list[str] = typer.Argument(..., help='Texts (questions for a QA model); "-" reads one per line from stdin.'),
+    pairs: list[str] | None = typer.Option(
+        None, "--pair", help="The second text of each pair (NLI, paraphrase) or the context of each question (QA): "
+                             "repeat once per text, in order."),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
 ) -> None:
-    """Classify texts with a packaged model (light runtime: no torch, no transformers)."""
+    """Run a packaged model on texts (light runtime: no torch, no transformers). Classification prints
+    label, score and text per line; other tasks print one JSON object per text."""
     import warnings
 
     from compress.runtime import Predictor
@@ -255,13 +262,16 @@ def predict(
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            results = Predictor.load(package).predict(texts, batch_size=batch_size)
+            results = Predictor.load(package).predict(texts, pairs or None, batch_size=batch_size)
     except CompressError as e:
         raise _fail(str(e), e.exit_code) from None
     for w in caught:
         err_console.print(f"[bold yellow]warning:[/] {w.message}", highlight=False)
     for text, r in zip(texts, results):
-        sys.stdout.write(f"{r['label']}\t{r['score']:.4f}\t{text}\n")
+        if "label" in r:
+            sys.stdout.write(f"{r['label']}\t{r['score']:.4f}\t{text}\n")
+        else:
+            sys.stdout.write(json.dumps({"text": text, **r}, ensure_ascii=False) + "\n")
 
 
 if __name__ == "__main__":

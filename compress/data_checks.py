@@ -22,22 +22,29 @@ MIN_TRAIN_PER_LABEL = 2
 MAX_LABELS_PER_TRAIN_ROW = 0.5
 
 
-def check_splits(train, eval_, names: list[str], train_origin: str, eval_origin: str, label_column: str) -> None:
-    """Raise DataError (one line) when the split would train or measure garbage.
-    train / eval_: datasets with integer `labels` and source `rows` (line numbers)."""
-    if len(eval_) < MIN_EVAL_EXAMPLES:
-        raise DataError(f"{eval_origin}: {len(eval_)} eval examples: fewer than {MIN_EVAL_EXAMPLES} make the metric "
+def check_eval_size(n_eval: int, eval_origin: str) -> None:
+    if n_eval < MIN_EVAL_EXAMPLES:
+        raise DataError(f"{eval_origin}: {n_eval} eval examples: fewer than {MIN_EVAL_EXAMPLES} make the metric "
                         "meaningless (give more rows, raise data.eval_fraction or data.max_eval_samples)")
-    counts = Counter(train.labels)
-    if len(counts) > MAX_LABELS_PER_TRAIN_ROW * len(train):
-        raise DataError(f"{train_origin}: column {label_column!r} has {len(counts)} distinct labels in "
-                        f"{len(train)} train rows: that is no label set (is label_column the right column?)")
+
+
+def check_label_splits(train_labels: list[int], train_rows: list[int], eval_labels: list[int], eval_rows: list[int],
+                       n_eval: int, names: list[str], train_origin: str, eval_origin: str, what: str) -> None:
+    """Raise DataError (one line) when the split would train or measure garbage. The labels are
+    ids into names, one per occurrence (a sentence label, or an entity type per entity), with
+    the source line of each; `what` names where they come from (e.g. "column 'label'")."""
+    check_eval_size(n_eval, eval_origin)
+    counts = Counter(train_labels)
+    n_train = len(set(train_rows))
+    if len(counts) > MAX_LABELS_PER_TRAIN_ROW * n_train:
+        raise DataError(f"{train_origin}: {what} has {len(counts)} distinct labels in "
+                        f"{n_train} train rows: that is no label set (is it the right column?)")
     for label_id, count in sorted(counts.items()):
         if count < MIN_TRAIN_PER_LABEL:
-            row = train.rows[train.labels.index(label_id)]
+            row = train_rows[train_labels.index(label_id)]
             raise DataError(f"{train_origin}: line {row}: label {names[label_id]!r} occurs {count} time in the train "
                             f"split; every label needs at least {MIN_TRAIN_PER_LABEL} train examples")
-    for label_id, row in zip(eval_.labels, eval_.rows):
+    for label_id, row in zip(eval_labels, eval_rows):
         if label_id not in counts:
             raise DataError(f"{eval_origin}: line {row}: label {names[label_id]!r} never occurs in the train split")
 
@@ -54,14 +61,18 @@ def count_truncated(model_dir: Path, dataset, max_length: int) -> int | None:
     tokenizer.no_truncation()
     tokenizer.no_padding()
     inputs = list(zip(dataset.texts, dataset.pairs)) if dataset.pairs is not None else list(dataset.texts)
-    return sum(len(e.ids) > max_length for e in tokenizer.encode_batch(inputs))
+    pretokenized = getattr(dataset, "pretokenized", False)  # word lists (token classification)
+    return sum(len(e.ids) > max_length for e in tokenizer.encode_batch(inputs, is_pretokenized=pretokenized))
 
 
 def summary_line(splits, spec, model_dir: Path | None = None) -> str:
     """'train N / eval M examples, labels [...], seed S, max_length L' plus how many examples
     the model's tokenizer will truncate."""
-    line = (f"train {len(splits.train)} / eval {len(splits.eval)} examples, labels {splits.label_names}, "
-            f"seed {spec.seed}, max_length {spec.max_length}")
+    labels = f"labels {splits.label_names}, " if splits.label_names is not None else ""
+    line = f"train {len(splits.train)} / eval {len(splits.eval)} examples, {labels}seed {spec.seed}, max_length {spec.max_length}"
+    notes = getattr(splits.train, "notes", []) + getattr(splits.eval, "notes", [])
+    for note in dict.fromkeys(notes):  # a held-out eval split shares its source's notes
+        line += f", {note}"
     if model_dir is not None:
         cut = [count_truncated(model_dir, ds, spec.max_length) for ds in (splits.train, splits.eval)]
         if None not in cut:

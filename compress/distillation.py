@@ -13,20 +13,33 @@ from compress.errors import StageError
 from compress.stages.base import DistillationObjective
 
 log = logging.getLogger(__name__)
-NON_MODEL_KEYS = ("labels", "teacher_logits")  # collate extras that are not model inputs
+# collate extras that are not model inputs: every task's loss targets, cached teacher outputs
+NON_MODEL_KEYS = ("labels", "start_positions", "end_positions", "teacher_logits")
 
 
 # ---------------------------------------------------------------------------- losses
 
 
-def soft_target_kl(student_logits, teacher_logits, temperature: float):
-    """KL(teacher ‖ student) on temperature-softened distributions, scaled by T² so its
-    gradients keep their size as T changes (Hinton et al.)."""
+def soft_target_kl(student_logits, teacher_logits, temperature: float, mask=None, axis: int = -1):
+    """KL(teacher ‖ student) on temperature-softened distributions over `axis`, scaled by T²
+    so its gradients keep their size as T changes (Hinton et al.). Averaged over every other
+    position: examples (a label per text), real tokens (a label per token: `mask` (B, S) drops
+    padding), or examples × outputs (start and end distributions over the tokens: padding is
+    masked out of the distribution itself)."""
     import torch.nn.functional as F
 
     t = temperature
-    return F.kl_div(F.log_softmax(student_logits / t, -1), F.log_softmax(teacher_logits / t, -1),
-                    reduction="batchmean", log_target=True) * t * t
+    over_tokens = mask is not None and axis != -1  # distributions over the sequence axis
+    if over_tokens:
+        keep = mask.bool().reshape(*mask.shape, *[1] * (student_logits.dim() - mask.dim()))
+        student_logits = student_logits.masked_fill(~keep, -1e4)
+        teacher_logits = teacher_logits.masked_fill(~keep, -1e4)
+    log_s, log_t = F.log_softmax(student_logits / t, axis), F.log_softmax(teacher_logits / t, axis)
+    kl = (log_t.exp() * (log_t - log_s)).sum(axis)
+    if mask is not None and not over_tokens:  # one distribution per token: real tokens only
+        m = mask.to(kl.dtype)
+        return (kl * m).sum() / m.sum().clamp_min(1) * t * t
+    return kl.mean() * t * t
 
 
 def masked_mse(a, b, mask):
@@ -56,13 +69,14 @@ class DistillationModule(torch.nn.Module):
     weights: soft_target, label, hidden, attention); the teacher's outputs come in.
     layer_map[j] = the teacher layer that student layer j imitates (hidden/attention only)."""
 
-    def __init__(self, student, objective: DistillationObjective, layer_map: list[int] | None = None,
+    def __init__(self, student, objective: DistillationObjective, task, layer_map: list[int] | None = None,
                  teacher_hidden_size: int | None = None):
         import torch
 
         super().__init__()
         self.student = student
         self.objective = objective
+        self.task = task
         self.layer_map = list(layer_map or [])
         self.projections = None
         if objective.needs_teacher_internals and not self.layer_map:
@@ -72,18 +86,23 @@ class DistillationModule(torch.nn.Module):
                 torch.nn.Linear(student.config.hidden_size, teacher_hidden_size) for _ in self.layer_map)
 
     def forward(self, batch: dict, teacher_logits=None, teacher_hidden=None, teacher_attentions=None) -> dict:
-        import torch.nn.functional as F
+        from compress.tasks import torch_outputs
 
         w = self.objective
         internals = {"output_hidden_states": True} if w.hidden_weight > 0 else {}
         if w.attention_weight > 0:
             internals["output_attentions"] = True
-        out = self.student(**model_inputs(batch), **internals)
+        targets = {k: batch[k] for k in self.task.target_keys} if w.label_weight > 0 else {}
+        out = self.student(**model_inputs(batch), **targets, **internals)
         parts = {}
         if w.soft_target_weight > 0:
-            parts["soft_target"] = soft_target_kl(out.logits, teacher_logits, w.temperature)
+            logits = torch_outputs(out, self.task)
+            per_token = logits.dim() >= 3 or len(self.task.output_names) > 1
+            axis = self.task.distribution_axis if self.task.distribution_axis < 0 else self.task.distribution_axis + 1
+            parts["soft_target"] = soft_target_kl(logits, teacher_logits, w.temperature,
+                                                  _padding_mask(batch) if per_token else None, axis)
         if w.label_weight > 0:
-            parts["label"] = F.cross_entropy(out.logits, batch["labels"])
+            parts["label"] = out.loss  # the task's own loss on its targets (labels, answer positions)
         mask = _padding_mask(batch) if w.needs_teacher_internals else None
         if w.hidden_weight > 0:
             terms = []
@@ -105,7 +124,7 @@ def _padding_mask(batch: dict):
     return batch["input_ids"].new_ones(batch["input_ids"].shape) if mask is None else mask
 
 
-def teacher_outputs(teacher, batch: dict, objective: DistillationObjective):
+def teacher_outputs(teacher, batch: dict, objective: DistillationObjective, task):
     """(logits, hidden_states, attentions) of the frozen teacher, None where the objective
     does not use them; cached logits are used when the batch carries them and no internal
     state is needed."""
@@ -115,20 +134,22 @@ def teacher_outputs(teacher, batch: dict, objective: DistillationObjective):
         return None, None, None
     if "teacher_logits" in batch and not objective.needs_teacher_internals:
         return batch["teacher_logits"], None, None
+    from compress.tasks import torch_outputs
+
     with torch.no_grad():
         out = teacher(**model_inputs(batch), output_hidden_states=objective.hidden_weight > 0,
                       output_attentions=objective.attention_weight > 0)
-    return out.logits, out.hidden_states, out.attentions
+    return torch_outputs(out, task), out.hidden_states, out.attentions
 
 
-def make_loss_fn(teacher, objective: DistillationObjective, parts: list[dict] | None = None):
+def make_loss_fn(teacher, objective: DistillationObjective, task, parts: list[dict] | None = None):
     """loss_fn for train_loop over a DistillationModule: the teacher's outputs (none when the
     objective needs no teacher: teacher may then be None), then the module called through
     train_loop's wrapper so DistributedDataParallel syncs its gradients. Appends each step's
     parts to `parts` when given."""
 
     def loss_fn(wrapped, batch):
-        out = wrapped(batch, *teacher_outputs(teacher, batch, objective))
+        out = wrapped(batch, *teacher_outputs(teacher, batch, objective, task))
         if parts is not None:
             parts.append({k: float(v) for k, v in out.items() if k != "loss"})
         return out["loss"]
@@ -136,9 +157,12 @@ def make_loss_fn(teacher, objective: DistillationObjective, parts: list[dict] | 
     return loss_fn
 
 
-def cache_teacher_logits(teacher, examples: list[dict], collate, batch_size: int = 64) -> list[dict]:
-    """The examples with the teacher's logits attached (computed once, not every epoch)."""
+def cache_teacher_logits(teacher, examples: list[dict], collate, task, batch_size: int = 64) -> list[dict]:
+    """The examples with the teacher's outputs attached (computed once, not every epoch;
+    per-token outputs trimmed to the example's tokens)."""
     import torch
+
+    from compress.tasks import split_rows, torch_outputs
 
     device = next(teacher.parameters()).device
     out = []
@@ -146,13 +170,15 @@ def cache_teacher_logits(teacher, examples: list[dict], collate, batch_size: int
         for start in range(0, len(examples), batch_size):
             chunk = examples[start : start + batch_size]
             batch = {k: v.to(device) for k, v in model_inputs(collate(chunk)).items()}
-            logits = teacher(**batch).logits.float().cpu().numpy()
-            out.extend({**ex, "teacher_logits": row} for ex, row in zip(chunk, logits))
+            logits = torch_outputs(teacher(**batch), task).float().cpu().numpy()
+            rows = split_rows(logits, [len(ex["input_ids"]) for ex in chunk])
+            out.extend({**ex, "teacher_logits": row} for ex, row in zip(chunk, rows))
     return out
 
 
 def with_teacher_logits(collate):
-    """Wrap a collate function so cached teacher logits travel with the batch."""
+    """Wrap a collate function so cached teacher outputs travel with the batch (per-token
+    outputs zero-padded to the batch's width; padding never enters the loss)."""
 
     def wrapped(batch: list[dict]) -> dict:
         import numpy as np
@@ -160,7 +186,14 @@ def with_teacher_logits(collate):
 
         tensors = collate(batch)
         if "teacher_logits" in batch[0]:
-            tensors["teacher_logits"] = torch.from_numpy(np.stack([b["teacher_logits"] for b in batch]))
+            rows = [b["teacher_logits"] for b in batch]
+            if rows[0].ndim >= 2:  # per token: (tokens, ...) → (batch, width, ...)
+                width = tensors["input_ids"].shape[1]
+                padded = np.zeros((len(rows), width, *rows[0].shape[1:]), dtype=rows[0].dtype)
+                for i, row in enumerate(rows):
+                    padded[i, : len(row)] = row
+                rows = padded
+            tensors["teacher_logits"] = torch.from_numpy(np.stack(rows))
         return tensors
 
     return wrapped
@@ -179,7 +212,7 @@ def mean_objective_loss(module: DistillationModule, teacher, examples: list[dict
     with torch.no_grad():
         for start in range(0, len(examples), batch_size):
             batch = {k: v.to(device) for k, v in collate(examples[start : start + batch_size]).items()}
-            loss = module(batch, *teacher_outputs(teacher, batch, module.objective))["loss"]
+            loss = module(batch, *teacher_outputs(teacher, batch, module.objective, module.task))["loss"]
             size = batch["input_ids"].shape[0]
             total, n = total + float(loss) * size, n + size
     module.train(was_training)

@@ -32,27 +32,29 @@ class MeasureSpec(BaseModel):
     warmup: int = Field(5, ge=0)
 
 
-def predict_logits(session: Session, encoded: list[dict], batch_size: int, desc: str = "evaluating") -> np.ndarray:
-    """Logits for every example, in the original order (batches are length-sorted)."""
-    import numpy as np
+def predict_outputs(session: Session, encoded: list[dict], batch_size: int, desc: str = "evaluating") -> list[np.ndarray]:
+    """The model's outputs for every feature, in the original order (batches are
+    length-sorted); per-token outputs are trimmed to each feature's own tokens."""
     from rich.progress import Progress
+
+    from compress.tasks import split_rows
 
     out: list[np.ndarray | None] = [None] * len(encoded)
     with Progress(transient=True) as progress:
         task = progress.add_task(desc, total=len(encoded))
         for idx, batch in iter_batches(encoded, session.input_names, batch_size, session.pad_id):
-            logits = session.run(batch)
-            for i, row in zip(idx, logits):
+            rows = split_rows(session.run(batch), [len(encoded[i]["input_ids"]) for i in idx])
+            for i, row in zip(idx, rows):
                 out[i] = row
             progress.advance(task, len(idx))
-    return np.stack(out)
+    return out
 
 
 def evaluate_task(session: Session, encoded: list[dict], references: list, task, batch_size: int) -> dict:
     """The task's metrics of the session's outputs, rounded for the record."""
     from compress.tasks import rounded
 
-    return rounded(task.metrics(predict_logits(session, encoded, batch_size), references))
+    return rounded(task.metrics(predict_outputs(session, encoded, batch_size), encoded, references))
 
 
 class EvalSet:
@@ -66,8 +68,7 @@ class EvalSet:
         self._encoded: dict[int, list[dict]] = {}
 
     def encoded(self, artifact) -> list[dict]:
-        """The eval split tokenized with the artifact's own tokenizer (cached per tokenizer files)."""
-        from compress.data import encode
+        """The eval split's features, made with the artifact's own tokenizer (cached per tokenizer files)."""
         from compress.models import load_tokenizer
 
         key = artifact.path / "tokenizer.json"
@@ -75,8 +76,22 @@ class EvalSet:
         sig = hash(key.read_bytes() if key.exists() else str(artifact.path).encode())
         if sig not in self._encoded:
             tokenizer = load_tokenizer(artifact.path, self.trust_remote_code)
-            self._encoded[sig] = encode(tokenizer, self.dataset, self.max_length)
+            self._encoded[sig] = self.task.encode(tokenizer, self.dataset, self.max_length)
         return self._encoded[sig]
+
+    def head(self, artifact, n: int | None) -> tuple[list[dict], list]:
+        """Features and references of the first n eval examples (e.g. for a budget or parity slice)."""
+        return first_examples(self.encoded(artifact), self.references, n)
+
+
+def first_examples(features: list[dict], references: list, n: int | None) -> tuple[list[dict], list]:
+    """The features and references of the first n examples (a long QA context has several
+    features per example, all kept together)."""
+    if n is None or n >= len(references):
+        return features, references
+    if features and "example" in features[0]:
+        return [f for f in features if f["example"] < n], references[:n]
+    return features[:n], references[:n]
 
 
 def measure_latency(session: Session, encoded: list[dict], iterations: int, warmup: int, threads: int) -> dict:

@@ -45,6 +45,7 @@ class Manifest(BaseModel):
     recipe: str | None = None
     model: str
     task: str
+    metric: str | None = None  # the metric the ledger compares (None in older runs: the task's default)
     environment: dict = {}
     model_sha256: str | None = None
     data: dict | None = None  # the split record

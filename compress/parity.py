@@ -7,25 +7,27 @@ import numpy as np
 
 from compress.artifacts import Artifact
 from compress.errors import StageError
-from compress.evaluate import predict_logits
+from compress.evaluate import predict_outputs
 from compress.sessions import open_session
 
 
-def compare_outputs(reference: np.ndarray, candidate: np.ndarray, task) -> dict:
-    """How far two models' raw outputs are apart, and how often their task outputs agree."""
-    diff = np.abs(reference.astype(np.float64) - candidate.astype(np.float64))
+def compare_outputs(reference: list[np.ndarray], candidate: list[np.ndarray], task, features: list[dict]) -> dict:
+    """How far two models' raw outputs (one array per feature) are apart, and how often their
+    task outputs agree."""
     from compress.tasks import rounded
 
+    diff = np.abs(np.concatenate([r.astype(np.float64).ravel() for r in reference])
+                  - np.concatenate([c.astype(np.float64).ravel() for c in candidate]))
     return {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
-            **rounded(task.agreement(reference, candidate))}
+            **rounded(task.agreement(reference, candidate, features))}
 
 
 def check_parity(reference: Artifact, candidate: Artifact, ctx, atol: float, samples: int) -> dict:
-    encoded = ctx.encoded_eval(reference)[:samples]
+    encoded = ctx.encoded_eval(reference, samples)
     threads = ctx.measure.threads
-    ref = predict_logits(open_session(reference, threads), encoded, 16, "parity (reference)")
-    cand = predict_logits(open_session(candidate, threads), encoded, 16, "parity (candidate)")
-    result = {**compare_outputs(ref, cand, ctx.task), "atol": atol, "examples": len(encoded)}
+    ref = predict_outputs(open_session(reference, threads), encoded, 16, "parity (reference)")
+    cand = predict_outputs(open_session(candidate, threads), encoded, 16, "parity (candidate)")
+    result = {**compare_outputs(ref, cand, ctx.task, encoded), "atol": atol, "examples": len(encoded)}
     if result["max_abs_diff"] > atol:
         agreement = ", ".join(f"{k.replace('_', ' ')} {v:.2%}" for k, v in result.items() if k.endswith("agreement"))
         raise StageError(

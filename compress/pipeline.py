@@ -31,7 +31,7 @@ def run_recipe(
 
     run_dir = out_root / recipe.name
     redo_from = 0 if force else (from_index if from_index is not None else len(recipe.stages))
-    splits = load_splits(recipe.data)  # the data contract holds before anything is written
+    splits = load_splits(recipe.data, recipe.task)  # the data contract holds before anything is written
     with RunLock(run_dir):
         ctx = RunContext.create(recipe, run_dir, recipe_path, splits)
         try:
@@ -115,7 +115,7 @@ def _input_record_reader(model: Artifact, record: dict | None, ctx: RunContext):
     input measurement; an input never measured (a base model) is measured when asked."""
 
     def read() -> dict:
-        if record is None or ctx.task.primary_metric not in record:
+        if record is None or ctx.recipe.metric_name not in record:
             return measure_artifact(model, ctx.eval_set, ctx.recipe.measure)
         return record
 

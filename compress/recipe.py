@@ -5,7 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from compress.artifacts import TorchModel
 from compress.bench.settings import BenchSettings, ShapeSpec
@@ -25,6 +32,9 @@ class Recipe(BaseModel):
     model: str = Field(description="A local Hugging Face checkpoint directory or 'builtin:minilm-l6'.")
     task: str = Field(description="What the model does: one module under compress/tasks "
                                   f"({', '.join(task_names())}).", json_schema_extra={"enum": task_names()})
+    metric: str | None = Field(
+        None, description="The metric the ledger, keep_best, the budgets and the benchmark compare (higher is "
+        "better); default: the task's (accuracy, entity_f1, f1). One of the task's metric names.")
     trust_remote_code: bool = False
     data: DataSpec
     stages: list[Stage] = Field(min_length=1)
@@ -38,6 +48,18 @@ class Recipe(BaseModel):
     def _task_implemented(cls, task: str) -> str:
         get_task(task)  # ValueError naming the supported tasks
         return task
+
+    @model_validator(mode="after")
+    def _metric_of_the_task(self):
+        names = get_task(self.task).metric_names
+        if self.metric is not None and self.metric not in names:
+            raise ValueError(f"metric {self.metric!r} is not a {self.task} metric (choose from {', '.join(names)})")
+        return self
+
+    @property
+    def metric_name(self) -> str:
+        """The recipe's metric, or its task's default one."""
+        return self.metric or get_task(self.task).primary_metric
 
     @field_validator("stages")
     @classmethod
@@ -103,7 +125,7 @@ def check_inputs(recipe: Recipe, recipe_path: Path) -> None:
     except CompressError as e:
         raise RecipeError(f"{recipe_path}: model: {e}") from None
     try:
-        check_data_spec(recipe.data)
+        check_data_spec(recipe.data, recipe.task)
     except CompressError as e:
         raise RecipeError(f"{recipe_path}: data.{e}") from None
 

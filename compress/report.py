@@ -26,7 +26,7 @@ def _metric_of(run_dir: Path) -> tuple[Manifest, str]:
     from compress.tasks import get_task
 
     manifest = Manifest.read(run_dir)
-    return manifest, get_task(manifest.task).primary_metric
+    return manifest, manifest.metric or get_task(manifest.task).primary_metric
 
 
 def _fmt_size(n: int | None) -> str:

@@ -75,18 +75,19 @@ def plan_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def _check_texts(texts) -> list[str]:
+def _check_texts(texts, name: str = "texts") -> list[str]:
     if isinstance(texts, (str, bytes)):
-        raise PackageError("predict() takes a list of texts, not a single string: wrap it in a list")
+        raise PackageError(f"predict() takes a list of {name}, not a single string: wrap it in a list")
     try:
         texts = list(texts)
     except TypeError:
-        raise PackageError(f"predict() takes a list of texts, got {type(texts).__name__}") from None
+        raise PackageError(f"predict() takes a list of {name}, got {type(texts).__name__}") from None
     if not texts:
-        raise PackageError("predict() needs at least one text (got an empty list)")
+        raise PackageError(f"predict() needs at least one {'text' if name == 'texts' else 'text pair'} "
+                           "(got an empty list)")
     for i, t in enumerate(texts):
         if not isinstance(t, str):
-            raise PackageError(f"texts[{i}] is {type(t).__name__}, not str: every input must be a string")
+            raise PackageError(f"{name}[{i}] is {type(t).__name__}, not str: every input must be a string")
     return texts
 
 
@@ -99,12 +100,12 @@ class Predictor:
 
         self.path, self.spec, self.session, self.tokenizer = path, spec, session, tokenizer
         self.task = get_task(spec.get("task", "text-classification"))
-        self.labels: list[str] = spec["labels"]
+        self.labels: list[str] | None = spec["labels"]
         self.max_length: int = spec["max_sequence_length"]
         self.pad_id: int = spec["tokenizer"]["pad_id"]
         self.batch_size = batch_size
         self.inputs = [(i["name"], _NUMPY_DTYPES[i["dtype"]]) for i in spec["inputs"]]
-        self.output_name: str = spec["outputs"][0]["name"]
+        self.output_names: list[str] = [o["name"] for o in spec["outputs"]]
 
     @classmethod
     def load(cls, path: str | Path, *, providers: list[str] | None = None, threads: int | None = None,
@@ -135,20 +136,26 @@ class Predictor:
         except Exception as e:  # corrupt file with verify=False, unknown provider: one clear line
             raise PackageError(f"{path}: cannot load the package: {type(e).__name__}: {e}") from None
         tokenizer.no_padding()  # padding is per batch, below
-        tokenizer.enable_truncation(spec["max_sequence_length"])
         return cls(path, spec, session, tokenizer, batch_size)
 
-    def encode(self, texts: Sequence[str]) -> list[dict[str, list[int]]]:
-        """Token ids per text (unpadded), truncated to the maximum sequence length with
-        one TruncationWarning naming the texts that were cut."""
+    def features(self, texts: Sequence[str], text_pairs: Sequence[str] | None = None) -> list[dict]:
+        """The task's model inputs (unpadded token ids) per text, or per window of a long
+        context, truncated to the maximum sequence length with one TruncationWarning naming
+        the texts that were cut."""
         texts = _check_texts(texts)
-        encodings = self.tokenizer.encode_batch(texts)
-        cut = [i for i, e in enumerate(encodings) if e.overflowing]
+        pairs = None if text_pairs is None else _check_texts(text_pairs, "text_pairs")
+        if pairs is not None and len(pairs) != len(texts):
+            raise PackageError(f"predict() got {len(texts)} texts but {len(pairs)} text_pairs: give one pair per text")
+        try:
+            features = self.task.runtime_features(self.tokenizer, texts, pairs, self.max_length)
+        except ValueError as e:
+            raise PackageError(f"{self.path}: {e}") from None
+        cut = [i for i, f in enumerate(features) if f.get("truncated")]
         if cut:
             shown = ", ".join(f"texts[{i}]" for i in cut[:5]) + (" …" if len(cut) > 5 else "")
             warnings.warn(f"{len(cut)} of {len(texts)} texts are longer than {self.max_length} tokens and were "
                           f"truncated ({shown})", TruncationWarning, stacklevel=2)
-        return [{name: getattr(e, field) for name, field in _ENCODING_FIELDS.items()} for e in encodings]
+        return features
 
     def _pad(self, encoded: list[dict[str, list[int]]]) -> dict[str, np.ndarray]:
         width = max(len(e["input_ids"]) for e in encoded)
@@ -160,23 +167,41 @@ class Predictor:
             batch[name] = arr
         return batch
 
-    def outputs(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
-        """The model's raw outputs (logits), one row per text, in input order."""
-        encoded = self.encode(texts)
-        rows: list[np.ndarray | None] = [None] * len(encoded)
-        for idx in plan_batches([len(e["input_ids"]) for e in encoded], batch_size or self.batch_size):
-            logits = self.session.run([self.output_name], self._pad([encoded[i] for i in idx]))[0]
-            for i, row in zip(idx, logits):
-                rows[i] = row
-        return np.stack(rows)
+    def run(self, features: list[dict], batch_size: int | None = None) -> list[np.ndarray]:
+        """The model's raw outputs per feature, in order (several outputs stacked on the last
+        axis; per-token outputs trimmed to the feature's tokens)."""
+        from compress.tasks import combine_outputs, split_rows
 
-    def predict_proba(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
-        """Class probabilities, one row per text, in input order."""
+        rows: list[np.ndarray | None] = [None] * len(features)
+        for idx in plan_batches([len(f["input_ids"]) for f in features], batch_size or self.batch_size):
+            chunk = [features[i] for i in idx]
+            out = combine_outputs(self.session.run(self.output_names, self._pad(chunk)))
+            for i, row in zip(idx, split_rows(out, [len(f["input_ids"]) for f in chunk])):
+                rows[i] = row
+        return rows
+
+    def outputs(self, texts: Sequence[str], text_pairs: Sequence[str] | None = None,
+                batch_size: int | None = None) -> list[np.ndarray]:
+        """The model's raw outputs (e.g. logits) per feature, in input order."""
+        return self.run(self.features(texts, text_pairs), batch_size)
+
+    def predict_proba(self, texts: Sequence[str], text_pairs: Sequence[str] | None = None,
+                      batch_size: int | None = None) -> np.ndarray:
+        """Text classification: class probabilities, one row per text, in input order."""
         from compress.tasks.text_classification import softmax
 
-        return softmax(self.outputs(texts, batch_size))
+        if self.task.name != "text-classification":
+            raise PackageError(f"predict_proba() is for text-classification packages; this one is {self.task.name}: "
+                               "use predict()")
+        return softmax(np.stack(self.outputs(texts, text_pairs, batch_size)))
 
-    def predict(self, texts: Sequence[str], batch_size: int | None = None) -> list[dict]:
-        """The task's predictions per text, in input order (text classification:
-        [{label, score, scores: {label: probability}}])."""
-        return self.task.postprocess(self.outputs(texts, batch_size), self.labels)
+    def predict(self, texts: Sequence[str], text_pairs: Sequence[str] | None = None,
+                batch_size: int | None = None) -> list[dict]:
+        """The task's predictions per text, in input order. text-classification: [{label, score,
+        scores}] (text_pairs: the second text of each pair, for NLI or paraphrase models);
+        token-classification: [{entities: [{type, text, start, end, score}]}];
+        question-answering: texts are the questions, text_pairs their contexts: [{answer, start,
+        end, score}]."""
+        features = self.features(texts, text_pairs)
+        return self.task.postprocess(self.run(features, batch_size), features, list(texts),
+                                     None if text_pairs is None else list(text_pairs), self.labels)

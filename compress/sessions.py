@@ -1,5 +1,6 @@
-"""Sessions that turn a padded batch into logits, one per runtime, so accuracy and
-latency are measured the same way on every artifact."""
+"""Sessions that turn a padded batch into the model's outputs (one array: several outputs,
+such as start and end logits, stacked on the last axis), one per runtime, so the task's
+metrics and latency are measured the same way on every artifact."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 
 from compress.artifacts import Artifact, ONNXModel, TorchModel, TRTEngine
 from compress.errors import CompressError
+from compress.tasks import combine_outputs
 
 if TYPE_CHECKING:
     from compress.bench.targets import Target
@@ -43,7 +45,8 @@ class TorchSession:
         import torch
 
         with torch.inference_mode():
-            return self.model(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits.float().numpy()
+            out = self.model(**{k: torch.from_numpy(v) for k, v in batch.items()})
+        return combine_outputs([t.float().numpy() for t in out.to_tuple()])
 
 
 class ORTSession:
@@ -65,7 +68,7 @@ class ORTSession:
         self.pad_id = _pad_id(model.path)
 
     def run(self, batch: dict[str, np.ndarray]) -> np.ndarray:
-        return self.session.run(None, {k: batch[k] for k in self.input_names})[0]
+        return combine_outputs(self.session.run(None, {k: batch[k] for k in self.input_names}))
 
 
 class TRTSession:
@@ -87,7 +90,7 @@ class TRTSession:
         self.context = self.engine.create_execution_context()
         self.stream = torch.cuda.Stream()
         self.input_names = list(metadata["inputs"])
-        self.output_name = metadata["outputs"][0]
+        self.output_names = list(metadata["outputs"])
         self.pad_id = _pad_id(model.path)
 
     def run(self, batch: dict[str, np.ndarray]) -> np.ndarray:
@@ -97,11 +100,13 @@ class TRTSession:
             for name, tensor in inputs.items():
                 self.context.set_input_shape(name, tuple(tensor.shape))
                 self.context.set_tensor_address(name, tensor.data_ptr())
-            out = torch.empty(tuple(self.context.get_tensor_shape(self.output_name)), dtype=torch.float32, device="cuda")
-            self.context.set_tensor_address(self.output_name, out.data_ptr())
+            outs = []
+            for name in self.output_names:
+                outs.append(torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=torch.float32, device="cuda"))
+                self.context.set_tensor_address(name, outs[-1].data_ptr())
             self.context.execute_async_v3(self.stream.cuda_stream)
         self.stream.synchronize()
-        return out.cpu().numpy()
+        return combine_outputs([out.cpu().numpy() for out in outs])
 
 
 class TorchCUDASession:
@@ -117,7 +122,8 @@ class TorchCUDASession:
 
         with torch.inference_mode():
             inputs = {k: torch.from_numpy(v).to("cuda") for k, v in batch.items()}
-            return self._inner.model(**inputs).logits.float().cpu().numpy()
+            out = self._inner.model(**inputs)
+        return combine_outputs([t.float().cpu().numpy() for t in out.to_tuple()])
 
 
 def open_session(artifact: Artifact, threads: int, target: Target | None = None) -> Session:

@@ -267,17 +267,18 @@ def _load_checkpoint(accelerator, directory: Path | None, key) -> dict | None:
 # ---------------------------------------------------------------------------- stage helpers
 
 
-def split_validation(examples: list, schedule, seed: int) -> tuple[list, list]:
-    """(train, validation): a seeded slice held out of train for eval_every / keep_best, so
-    model selection never sees the eval split that every stage is measured on."""
+def split_validation(dataset, schedule, seed: int):
+    """(train, validation): a seeded slice of the train split's examples held out for
+    eval_every / keep_best, so model selection never sees the eval split that every stage is
+    measured on. Validation is None when nothing evaluates during training."""
     if not schedule.eval_every:
-        return examples, []
+        return dataset, None
     import random
 
-    order = list(range(len(examples)))
+    order = list(range(len(dataset)))
     random.Random(seed).shuffle(order)
     n_val = max(1, round(len(order) * schedule.validation_fraction))
-    return [examples[i] for i in order[n_val:]], [examples[i] for i in order[:n_val]]
+    return dataset.subset(order[n_val:]), dataset.subset(order[:n_val])
 
 
 def save_trained(result: TrainResult, out_dir: Path, tokenizer, model=None):
@@ -293,38 +294,45 @@ def save_trained(result: TrainResult, out_dir: Path, tokenizer, model=None):
 # ---------------------------------------------------------------------------- task helpers
 
 
-def tokenized_train_split(model_path: Path, ctx) -> tuple[Any, Callable[[list], dict], list[dict]]:
-    """The model's own tokenizer, the task's collate function, and the run's train split encoded with it."""
+def tokenized_train_split(model_path: Path, ctx, schedule, seed: int):
+    """The model's own tokenizer, the task's collate function, the train split's features and
+    the held-out validation slice as (features, references), or None (see split_validation)."""
     from compress.models import load_tokenizer
 
     tokenizer = load_tokenizer(model_path, ctx.recipe.trust_remote_code)
-    examples = ctx.task.encode(tokenizer, ctx.splits.train, ctx.recipe.data.max_length)
-    return tokenizer, ctx.task.collate(tokenizer), examples
+    train, validation = split_validation(ctx.splits.train, schedule, seed)
+    max_length = ctx.recipe.data.max_length
+    features = ctx.task.encode(tokenizer, train, max_length)
+    held_out = None
+    if validation is not None:
+        held_out = (ctx.task.encode(tokenizer, validation, max_length), ctx.task.references(validation))
+    return tokenizer, ctx.task.collate(tokenizer), features, held_out
 
 
 class TaskEval:
-    """eval_fn for train_loop: the task's metrics of `forward(model)` (default: the model
-    itself) on collated examples; `metric` names the one keep-best compares."""
+    """eval_fn for train_loop: the task's scalar metrics of `forward(model)` (default: the model
+    itself) on features with their references; `metric` names the one keep-best compares."""
 
-    def __init__(self, task, examples: list[dict], collate, batch_size: int = 64, forward=None):
-        self.task, self.examples, self.collate = task, examples, collate
+    def __init__(self, task, features: list[dict], references: list, collate, batch_size: int = 64,
+                 forward=None, metric: str | None = None):
+        self.task, self.features, self.references, self.collate = task, features, references, collate
         self.batch_size, self.forward = batch_size, forward
-        self.metric = task.primary_metric
+        self.metric = metric or task.primary_metric
 
     def __call__(self, model) -> dict:
-        import numpy as np
         import torch
 
-        from compress.tasks import rounded
+        from compress.tasks import rounded, split_rows, torch_outputs
 
         net = self.forward(model) if self.forward else model
-        outputs, references = [], []
+        device = next(net.parameters()).device
+        outputs = []
         with torch.no_grad():
-            for start in range(0, len(self.examples), self.batch_size):
-                batch = self.collate(self.examples[start : start + self.batch_size])
-                references.extend(batch.pop("labels").tolist())
-                batch = {k: v.to(next(net.parameters()).device) for k, v in batch.items()}
-                outputs.append(net(**batch).logits.float().cpu().numpy())
-        metrics = rounded(self.task.metrics(np.concatenate(outputs), references))
-        metrics.pop("examples", None)  # an evaluation in stage.json lists the metrics only
-        return metrics
+            for start in range(0, len(self.features), self.batch_size):
+                chunk = self.features[start : start + self.batch_size]
+                batch = {k: v.to(device) for k, v in self.collate(chunk).items() if k not in self.task.target_keys}
+                out = torch_outputs(net(**batch), self.task).float().cpu().numpy()
+                outputs.extend(split_rows(out, [len(f["input_ids"]) for f in chunk]))
+        metrics = self.task.metrics(outputs, self.features, self.references)
+        # an evaluation in stage.json lists the scalar metrics only
+        return rounded({k: metrics[k] for k in self.task.metric_names})

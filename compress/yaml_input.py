@@ -46,8 +46,8 @@ def describe_validation_error(err: ValidationError, known_fields: Sequence[str],
         msg = f"stage has no 'kind' (expected one of: {', '.join(stage_kinds)})"
     elif kind == "extra_forbidden":
         name = str(first["loc"][-1])
-        close = difflib.get_close_matches(name, known_fields, n=1)
-        msg = "unknown field" + (f" (did you mean '{close[0]}'?)" if close else "")
+        close = difflib.get_close_matches(name, [f for f in known_fields if f != name], n=1)
+        msg = "unknown field" + (f" (did you mean '{close[0]}'?)" if close else "")  # a field of another block
     elif kind == "missing":
         msg = "required field is missing"
     elif kind.startswith("value_error"):

@@ -27,7 +27,7 @@ def test_manifest_reads_back_typed(run):
     assert manifest.status == "completed" and manifest.task == "text-classification"
     assert [(e.name, e.status, e.artifact) for e in manifest.stages] == [
         ("01-finetune", "completed", "torch"), ("02-export_onnx", "completed", "onnx")]
-    assert set(manifest.stages[1].metrics) == {"accuracy"} and manifest.done_stages() == manifest.stages
+    assert set(manifest.stages[1].metrics) == {"accuracy", "macro_f1"} and manifest.done_stages() == manifest.stages
 
 
 def test_artifact_of_resolves_stage_references_and_kinds(run, tmp_path):

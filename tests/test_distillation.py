@@ -14,7 +14,10 @@ from compress.distillation import DistillationModule, DistillationObjective
 from compress.recipe import load_recipe
 from compress.stages import DistillStage, PruneStage, QATStage
 from compress.stages.base import PruneObjective, QATObjective
+from compress.tasks import get_task
 from tests.conftest import tiny_recipe_text
+
+CLASSIFICATION = get_task("text-classification")
 
 
 class FakeStudent(torch.nn.Module):
@@ -26,9 +29,11 @@ class FakeStudent(torch.nn.Module):
         self.config = SimpleNamespace(hidden_size=hidden[0].shape[-1])
         self.out = logits, hidden, attentions
 
-    def forward(self, input_ids, attention_mask, output_hidden_states=False, output_attentions=False):
+    def forward(self, input_ids, attention_mask, labels=None, output_hidden_states=False, output_attentions=False):
         logits, hidden, attentions = self.out
-        return SimpleNamespace(logits=logits * self.scale, hidden_states=hidden if output_hidden_states else None,
+        loss = None if labels is None else torch.nn.functional.cross_entropy(logits * self.scale, labels)
+        return SimpleNamespace(logits=logits * self.scale, loss=loss,
+                               hidden_states=hidden if output_hidden_states else None,
                                attentions=attentions if output_attentions else None)
 
 
@@ -45,7 +50,7 @@ def test_the_objective_is_the_weighted_sum_of_its_parts():
     t_att = [torch.rand(batch_size, heads, seq, seq) for _ in range(2)]
     objective = DistillationObjective(temperature=t, soft_target_weight=0.7, label_weight=0.2, hidden_weight=1.5,
                                       attention_weight=0.4)
-    module = DistillationModule(FakeStudent(s_logits, s_hidden, s_att), objective, layer_map=[1],
+    module = DistillationModule(FakeStudent(s_logits, s_hidden, s_att), objective, CLASSIFICATION, layer_map=[1],
                                 teacher_hidden_size=width)
     out = module(batch, t_logits, t_hidden, t_att)
 
@@ -73,7 +78,7 @@ def test_a_zero_weight_leaves_its_part_out():
     batch = {"input_ids": torch.ones(2, 4, dtype=torch.long), "attention_mask": torch.ones(2, 4),
              "labels": torch.tensor([0, 1])}
     student = FakeStudent(logits, [torch.zeros(2, 4, 5)], [torch.zeros(2, 1, 4, 4)])
-    out = DistillationModule(student, QATObjective())(batch)  # labels only: no teacher outputs needed
+    out = DistillationModule(student, QATObjective(), CLASSIFICATION)(batch)  # labels only: no teacher outputs needed
     assert set(out) == {"loss", "label"}
     expected = torch.nn.functional.cross_entropy(logits, batch["labels"])
     assert float(out["loss"].detach()) == pytest.approx(float(expected))
@@ -97,7 +102,8 @@ def test_qats_former_convex_mix_is_soft_target_w_with_label_one_minus_w(tiny_cla
         kl = F.kl_div(F.log_softmax(own.logits / t, -1), F.log_softmax(teacher_logits / t, -1), log_target=True,
                       reduction="batchmean")
         old = own.loss if not w else (1 - w) * own.loss + w * t**2 * kl
-        module = DistillationModule(net, QATObjective(soft_target_weight=w, label_weight=1 - w, temperature=t))
+        module = DistillationModule(net, QATObjective(soft_target_weight=w, label_weight=1 - w, temperature=t),
+                                    CLASSIFICATION)
         new = module(batch, teacher_logits if w else None)["loss"]
     assert float(new) == pytest.approx(float(old), rel=1e-6, abs=1e-7)
 

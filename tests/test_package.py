@@ -142,16 +142,19 @@ def test_validation_fails_against_a_different_model(run_dir, package):
     from compress.data import TextDataset, encode
     from compress.models import load_tokenizer
     from compress.stages.package.deploy import validate_package
+    from compress.tasks import get_task
 
     texts = _eval_texts(run_dir)[:20]
     encoded = encode(load_tokenizer(package), TextDataset(texts, [0] * len(texts)), 32)
-    ok = validate_package(package, ONNXModel(package), texts, encoded, threads=1, atol=1e-5)
-    assert ok["label_agreement"] == 1.0 and ok["max_probability_diff"] <= 1e-5
+    task = get_task("text-classification")
+    ok = validate_package(package, ONNXModel(package), task, texts, None, encoded, threads=1, atol=1e-5)
+    assert ok["label_agreement"] == 1.0 and ok["max_abs_diff"] <= 1e-5
     with pytest.raises(StageError, match="package validation failed"):
-        validate_package(package, ONNXModel(run_dir / "01-export_onnx"), texts, encoded, threads=1, atol=1e-7)
-    with pytest.raises(StageError, match="tokenizes eval text 0 differently"):
+        validate_package(package, ONNXModel(run_dir / "01-export_onnx"), task, texts, None, encoded, threads=1,
+                         atol=1e-7)
+    with pytest.raises(StageError, match="tokenizes eval example 0 differently"):
         shifted = [{**e, "input_ids": [*e["input_ids"][:-1], 1]} for e in encoded]
-        validate_package(package, ONNXModel(package), texts, shifted, threads=1, atol=1e-5)
+        validate_package(package, ONNXModel(package), task, texts, None, shifted, threads=1, atol=1e-5)
 
 
 @pytest.mark.parametrize("stages, pattern", [

@@ -13,7 +13,7 @@ BUILTIN_SLICE = {"train": "builtin:rotten-tomatoes", "eval_fraction": 0.1, "seed
                  "max_eval_samples": 32, "max_length": 32}
 FINE_TUNED_ENOUGH = {  # a whole (64-snippet) epoch, so the accuracy budget has something to keep
     "finetune": {"max_steps": None, "batch_size": 16},
-    "qat": {"batch_size": 16, "calibration_samples": 8, "max_accuracy_drop": 1.0},
+    "qat": {"batch_size": 16, "calibration_samples": 8, "max_metric_drop": 1.0},
 }
 
 

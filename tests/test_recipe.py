@@ -64,8 +64,8 @@ BAD_CASES = {
         r"task: required field is missing",
     ),
     "task not implemented": (
-        tiny_recipe_text().replace("text-classification", "question-answering"),
-        r"task: task 'question-answering' is not supported yet",
+        tiny_recipe_text().replace("text-classification", "summarization"),
+        r"task: task 'summarization' is not supported yet",
     ),
     "onnx stage before export": (
         tiny_recipe_text(stages="\n  - kind: finetune\n  - kind: ptq\n"),

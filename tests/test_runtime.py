@@ -62,7 +62,7 @@ def test_token_ids_match_transformers(predictor, package):
     from compress.models import load_tokenizer
 
     reference = load_tokenizer(package)(TEXTS, truncation=True, max_length=predictor.max_length)
-    ours = predictor.encode(TEXTS)
+    ours = predictor.features(TEXTS)
     for name in ("input_ids", "attention_mask", "token_type_ids"):
         assert [e[name] for e in ours] == reference[name]
 
@@ -87,7 +87,7 @@ def test_over_long_texts_are_truncated_with_a_warning(predictor):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no warning when nothing is cut
         predictor.predict(["short"])
-    assert len(predictor.encode([long])[0]["input_ids"]) == 32
+    assert len(predictor.features([long])[0]["input_ids"]) == 32
 
 
 def _copy(package: Path, tmp_path: Path) -> Path:

@@ -42,14 +42,15 @@ def load_eval(job: dict, artifact) -> tuple[list[dict], object] | None:
     """The eval split encoded with the artifact's tokenizer, and the split itself."""
     if not job.get("data"):
         return None
-    from compress.data import DataSpec, encode, load_splits
+    from compress.data import DataSpec, load_splits
     from compress.models import load_tokenizer
+    from compress.tasks import get_task
 
-    spec = DataSpec.model_validate(job["data"])
-    ds = load_splits(spec).eval
+    spec, task = DataSpec.model_validate(job["data"]), get_task(job["model"].get("task", "text-classification"))
+    ds = load_splits(spec, task.name).eval
     if job.get("max_eval_samples"):
         ds = ds.subset(list(range(min(job["max_eval_samples"], len(ds)))))
-    return encode(load_tokenizer(artifact.path), ds, spec.max_length), ds
+    return task.encode(load_tokenizer(artifact.path), ds, spec.max_length), ds
 
 
 def measure_cell(job: dict) -> dict:
@@ -111,6 +112,7 @@ def measure_cell(job: dict) -> dict:
         encoded, dataset = evalset
         task = get_task(job["model"].get("task", "text-classification"))
         result.update(evaluate_task(session, encoded, task.references(dataset), task, job["eval_batch_size"]))
+        result["metric"] = job["model"].get("metric") or task.primary_metric  # the one the tables show
     return result
 
 

@@ -63,6 +63,7 @@ class BenchModel:
     data: dict | None = None  # DataSpec (JSON) for accuracy and real lengths
     targets: tuple[str, ...] | None = None  # explicit per-model targets
     task: str = "text-classification"  # the task whose metrics the accuracy cell measures
+    metric: str | None = None  # the metric the tables compare (None: the task's default)
 
     @property
     def kind(self) -> str:
@@ -72,7 +73,7 @@ class BenchModel:
         """What a cell subprocess needs to reopen the artifact."""
         a = self.artifact
         return {"name": self.name, "kind": self.kind, "path": str(a.path), "file": getattr(a, "file", None),
-                "group": self.group, "role": self.role, "task": self.task}
+                "group": self.group, "role": self.role, "task": self.task, "metric": self.metric}
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,7 @@ def _run_models(run_dir: Path, data: dict | None) -> list[BenchModel]:
         elif entry.kind == "export_onnx" and not seen_onnx:
             role, seen_onnx = ORT_FP32, True
         models.append(BenchModel(f"{run_dir.name}/{entry.path}", artifact, run_dir.name, role, data,
-                                 task=manifest.task))
+                                 task=manifest.task, metric=manifest.metric))
     if not models:
         raise CompressError(f"run directory {run_dir} has no completed stages in manifest.json")
     return models

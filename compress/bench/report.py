@@ -1,5 +1,5 @@
 """Benchmark rows (results.jsonl) → results.csv, results.md (rows: models, columns:
-targets, one table per shape) and pareto.png (accuracy vs latency, front per target).
+targets, one table per shape) and pareto.png (the task's metric vs latency, front per target).
 Speedups are computed here, from the rows, so `compress table` re-renders them."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from compress.report import md_table
 
 CSV_COLUMNS = [
     "model", "group", "role", "kind", "target", "shape", "batch_size", "seq_len", "threads", "status", "reason",
-    "p50_ms", "p90_ms", "p99_ms", "mean_ms", "cv", "throughput", "iterations", "accuracy", "examples",
+    "p50_ms", "p90_ms", "p99_ms", "mean_ms", "cv", "throughput", "iterations", "metric", "metric_value", "examples",
     "size_bytes", "peak_rss_mb", "speedup_vs_baseline", "speedup_vs_ort_fp32", "cpu", "git_commit", "run_id",
 ]
 
@@ -53,9 +53,19 @@ def with_speedups(rows: list[dict]) -> list[dict]:
     return out
 
 
+def metric_of(row: dict) -> tuple[str, float | None]:
+    """The metric a row's table shows and its value (rows from before `metric` show accuracy)."""
+    name = row.get("metric") or "accuracy"
+    return name, row.get(name)
+
+
 def accuracy_by_cell(rows: list[dict]) -> dict[tuple[str, str], dict]:
-    """Accuracy is measured once per (model, target), in that pair's first cell."""
-    return {(r["model"], r["target"]): r for r in _ok(rows) if r.get("accuracy") is not None}
+    """The task's metric is measured once per (model, target), in that pair's first cell."""
+    return {(r["model"], r["target"]): r for r in _ok(rows) if metric_of(r)[1] is not None}
+
+
+def _short(metric: str) -> str:
+    return "acc" if metric == "accuracy" else metric
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
@@ -66,7 +76,8 @@ def write_csv(rows: list[dict], path: Path) -> None:
         for r in with_speedups(rows):
             env = r.get("env") or {}
             acc = accuracy.get((r["model"], r["target"]), {})
-            w.writerow({**r, "accuracy": acc.get("accuracy") if r.get("status") == "ok" else None,
+            name, value = metric_of(acc) if acc and r.get("status") == "ok" else (None, None)
+            w.writerow({**r, "metric": name, "metric_value": value,
                         "examples": acc.get("examples") if r.get("status") == "ok" else None,
                         "cpu": env.get("processor"), "git_commit": env.get("git_commit")})
 
@@ -86,7 +97,8 @@ def _fmt_cell(r: dict | None, acc: dict | None) -> str:
         return f"{r['status']}: {r.get('reason', '')}".replace("|", "/")
     parts = [f"{r['p50_ms']:.2f} / {r['p99_ms']:.2f} ms", f"{r['throughput']:.1f}/s"]
     if acc:
-        parts.append(f"acc {acc['accuracy']:.4f}")
+        name, value = metric_of(acc)
+        parts.append(f"{_short(name)} {value:.4f}")
     parts.append(f"{r['size_bytes'] / 1e6:.1f} MB")
     sp = [f"{r[k]:.2f}x {label}" for k, label in (("speedup_vs_baseline", "torch"), ("speedup_vs_ort_fp32", "ort"))
           if r.get(k) is not None]
@@ -101,7 +113,8 @@ def markdown_table(rows: list[dict]) -> str:
     models = _unique(r["model"] for r in rows)
     targets = _unique(r["target"] for r in rows)
     measured = [t for t in targets if any(r["target"] == t and r["status"] != "skipped" for r in rows)]
-    lines = ["Each cell: latency p50 / p99 per call · throughput (items/s) · eval accuracy · size on disk · "
+    metric = next((metric_of(r)[0] for r in accuracy.values()), "accuracy")
+    lines = [f"Each cell: latency p50 / p99 per call · throughput (items/s) · eval {metric} · size on disk · "
              "speedup of p50 vs the torch-cpu fp32 baseline and vs ORT fp32 (export_onnx) at the same shape and threads."]
     for threads, shape in _sections(rows):
         body = []
@@ -157,12 +170,13 @@ def write_plot(rows: list[dict], path: Path) -> None:
 
     rows = with_speedups(rows)
     accuracy = accuracy_by_cell(rows)
+    metric = next((metric_of(r)[0] for r in accuracy.values()), "accuracy")
     sections = _sections(rows)
     fig, ax = plt.subplots(figsize=(8, 5))
     if sections:
         threads, shape = sections[0]
         for target in _unique(r["target"] for r in _ok(rows)):
-            pts = [(r["p50_ms"], accuracy[(r["model"], target)]["accuracy"], r["model"]) for r in _ok(rows)
+            pts = [(r["p50_ms"], metric_of(accuracy[(r["model"], target)])[1], r["model"]) for r in _ok(rows)
                    if r["target"] == target and r["shape"] == shape and r["threads"] == threads
                    and (r["model"], target) in accuracy]
             if not pts:
@@ -172,12 +186,12 @@ def write_plot(rows: list[dict], path: Path) -> None:
                 ax.annotate(name.split("/")[-1], (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
             front = pareto_front([(x, y) for x, y, _ in pts])
             ax.plot([p[0] for p in front], [p[1] for p in front], drawstyle="steps-post", color=dots.get_facecolor()[0])
-        ax.set_title(f"accuracy vs latency ({shape}, {threads} threads)")
+        ax.set_title(f"{metric} vs latency ({shape}, {threads} threads)")
         ax.legend()
     else:
         ax.set_title("no measured cells")
     ax.set_xlabel("p50 latency per call (ms)")
-    ax.set_ylabel("eval accuracy")
+    ax.set_ylabel(f"eval {metric}")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -17,18 +17,16 @@ class FinetuneStage(StageConfig, TrainingSchedule):
         from compress.training import (
             TaskEval,
             save_trained,
-            split_validation,
             tokenized_train_split,
             train_loop,
         )
 
         seed = self.start(ctx)  # before the new head's initialisation
         net = ctx.task.load_model(model.path, ctx.splits.label_names, ctx.recipe.trust_remote_code)
-        tokenizer, collate, examples = tokenized_train_split(model.path, ctx)
-        train, validation = split_validation(examples, self, seed)
+        tokenizer, collate, train, validation = tokenized_train_split(model.path, ctx, self, seed)
         result = train_loop(
             net, train, collate, self, loss_fn=lambda m, batch: m(**batch).loss,
-            eval_fn=TaskEval(ctx.task, validation, collate) if validation else None,
+            eval_fn=TaskEval(ctx.task, *validation, collate, metric=ctx.metric) if validation else None,
             checkpoint_dir=ctx.checkpoint_dir, resume_key=ctx.fingerprint, seed=seed, desc="finetune",
         )
         out = save_trained(result, ctx.artifact_dir, tokenizer)

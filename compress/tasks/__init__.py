@@ -20,33 +20,92 @@ if TYPE_CHECKING:
 class Task(Protocol):
     name: str  # the recipe's `task:` value, e.g. "text-classification"
     optimum_task: str  # optimum's exporter task name
-    primary_metric: str  # the metric the ledger, keep_best and budgets compare (higher is better)
-    metric_names: tuple[str, ...]  # what metrics() returns besides the example count
+    primary_metric: str  # the default metric the ledger, keep_best and budgets compare (higher is better)
+    metric_names: tuple[str, ...]  # the scalar metrics metrics() returns (a recipe's `metric:` picks one)
     head: str  # the transformers auto class of the task's head
+    output_names: tuple[str, ...]  # the model's outputs, in order (ONNX output names)
+    target_keys: tuple[str, ...]  # batch keys the model's own loss takes (e.g. "labels")
+    distribution_axis: int  # the axis of an example's output that softmax / distillation runs over
+    data_columns: tuple[str, ...]  # DataSpec fields naming the columns a file must have
 
+    # --- data: rows of a file -> a dataset with `rows` (source line numbers), __len__, subset(idx)
+    def dataset_from_rows(self, numbered: list[tuple[int, dict]], spec, origin: str):
+        """The task's dataset from (line, row) pairs, labels still as strings. DataError (one line
+        naming origin and line) for a row the task cannot take."""
+
+    def label_set(self, dataset) -> list[str] | None:
+        """Label names in id order found in a (string-labelled) train dataset; None: no labels."""
+
+    def with_label_ids(self, dataset, names: list[str] | None, origin: str):
+        """The dataset with its labels as ids into names; DataError for an unknown label."""
+
+    def check_splits(self, train, eval_, names, train_origin: str, eval_origin: str, spec) -> None:
+        """The task's data contract on the split (DataError, one line)."""
+
+    # --- model
     def labels_of(self, path: Path) -> list[str] | None:
         """The labels a checkpoint already predicts for this task, or None (e.g. a base model)."""
 
-    def load_model(self, path: Path, labels: list[str], trust_remote_code: bool = False) -> Any:
+    def load_model(self, path: Path, labels: list[str] | None, trust_remote_code: bool = False) -> Any:
         """The torch model with the task's head, sized for `labels`."""
 
+    # --- features
     def encode(self, tokenizer, dataset, max_length: int) -> list[dict]:
-        """Unpadded examples: the tokenizer's inputs plus what the loss needs (e.g. "label")."""
+        """Features: unpadded model inputs, the loss targets (target_keys) and whatever metrics
+        need to map a feature's output back to its example (keys other than the model's inputs
+        and targets are never fed to a model)."""
 
     def collate(self, tokenizer) -> Callable[[list[dict]], dict]:
-        """Pads encoded examples into a batch of torch tensors (the loss targets under "labels")."""
+        """Pads features into a batch of torch tensors: model inputs plus target_keys."""
 
     def references(self, dataset) -> list:
         """What the metrics compare outputs against, one per example."""
 
-    def metrics(self, outputs: np.ndarray, references: list) -> dict[str, float]:
-        """The task's metrics (primary_metric among them) and the example count."""
+    # --- outputs: one numpy array per feature: (labels,) for a sequence, (tokens, labels) per
+    # token, (tokens, 2) for start/end logits; token-level outputs are trimmed to the feature's tokens
+    def metrics(self, outputs: list[np.ndarray], features: list[dict], references: list) -> dict:
+        """The task's metrics (every metric_names entry, plus details such as per-type scores)
+        and the example count."""
 
-    def agreement(self, reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
-        """How often two models' task outputs (not raw numbers) are the same."""
+    def agreement(self, reference: list[np.ndarray], candidate: list[np.ndarray], features: list[dict]) -> dict:
+        """How often two models' task outputs (not raw numbers) are the same (keys end in _agreement)."""
 
-    def postprocess(self, outputs: np.ndarray, labels: list[str]) -> list[dict]:
-        """Predictions for people and services (the deploy-time Predictor): numpy only."""
+    def postprocess(self, outputs: list[np.ndarray], features: list[dict], texts: list[str],
+                    pairs: list[str] | None, labels: list[str] | None) -> list[dict]:
+        """Predictions for people and services (the deploy-time Predictor), one per text: numpy only."""
+
+    def runtime_inputs(self, dataset) -> tuple[list[str], list[str] | None]:
+        """A dataset as a service would send it to the Predictor: (texts, text pairs or None)."""
+
+    def runtime_features(self, tokenizer, texts: list[str], pairs: list[str] | None, max_length: int) -> list[dict]:
+        """`encode`'s features built with the light `tokenizers.Tokenizer` (no transformers), for
+        the deploy-time Predictor; raises ValueError (one line) for input the task cannot take."""
+
+
+def split_rows(batch_outputs: np.ndarray, lengths: list[int]) -> list[np.ndarray]:
+    """One output array per example of a padded batch: a per-token output (batch, tokens, ...)
+    is trimmed to the example's own tokens, a per-sequence one (batch, labels) is left whole."""
+    if batch_outputs.ndim >= 3:
+        return [row[:n] for row, n in zip(batch_outputs, lengths)]
+    return list(batch_outputs)
+
+
+def combine_outputs(arrays: list[np.ndarray]) -> np.ndarray:
+    """A model's numpy outputs as one array: a single output as it is, several (start and end
+    logits) stacked on a new last axis."""
+    import numpy as np
+
+    return arrays[0] if len(arrays) == 1 else np.stack(arrays, -1)
+
+
+def torch_outputs(model_output, task: Task):
+    """combine_outputs for a transformers model call: the task's outputs as one tensor."""
+    tensors = [getattr(model_output, name) for name in task.output_names]
+    if len(tensors) == 1:
+        return tensors[0]
+    import torch
+
+    return torch.stack(tensors, -1)
 
 
 def rounded(metrics: dict) -> dict:

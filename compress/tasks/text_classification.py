@@ -1,4 +1,5 @@
-"""`text-classification`: one text (or a text pair) in, one label out; accuracy."""
+"""`text-classification`: one text (or a text pair: NLI, paraphrase) in, one label out;
+accuracy, macro-F1, per-class precision / recall / F1 and the confusion matrix."""
 
 from __future__ import annotations
 
@@ -19,8 +20,65 @@ class TextClassification:
     name = "text-classification"
     optimum_task = "text-classification"
     primary_metric = "accuracy"
-    metric_names = ("accuracy",)
+    metric_names = ("accuracy", "macro_f1")
     head = "AutoModelForSequenceClassification"
+    output_names = ("logits",)
+    target_keys = ("labels",)
+    distribution_axis = -1
+    data_columns = ("text_column", "label_column", "text_pair_column")
+
+    # ------------------------------------------------------------------ data
+
+    def dataset_from_rows(self, numbered: list[tuple[int, dict]], spec, origin: str):
+        from compress.data import TextDataset
+        from compress.errors import DataError
+
+        text_col, label_col, pair_col = spec.text_column, spec.label_column, spec.text_pair_column
+        texts, labels, pairs, lines = [], [], [] if pair_col else None, []
+        for line, row in numbered:
+            for col in filter(None, (text_col, label_col, pair_col)):
+                if col not in row:
+                    raise DataError(f"{origin}: line {line}: no column {col!r}")
+                value = row[col]
+                if value is None or (isinstance(value, str) and not value.strip()):
+                    raise DataError(f"{origin}: line {line}: empty value in column {col!r}")
+            for col in filter(None, (text_col, pair_col)):
+                if not isinstance(row[col], str):
+                    raise DataError(f"{origin}: line {line}: column {col!r} is not text: {row[col]!r}")
+            label = row[label_col]
+            if isinstance(label, (list, dict)):
+                raise DataError(f"{origin}: line {line}: the label in column {label_col!r} is a "
+                                f"{'list' if isinstance(label, list) else 'JSON object'}, not a single value: "
+                                f"{label!r}")
+            texts.append(row[text_col])
+            labels.append(str(label).strip())
+            if pairs is not None:
+                pairs.append(row[pair_col])
+            lines.append(line)
+        return TextDataset(texts, labels, pairs, lines)  # type: ignore[arg-type]
+
+    def label_set(self, dataset) -> list[str]:
+        return sorted(set(dataset.labels))
+
+    def with_label_ids(self, dataset, names: list[str], origin: str):
+        from compress.data import TextDataset
+        from compress.errors import DataError
+
+        index = {n: i for i, n in enumerate(names)}
+        ids = []
+        for raw, line in zip(dataset.labels, dataset.rows):
+            if raw not in index:
+                raise DataError(f"{origin}: line {line}: label {raw!r} is not one of the labels {names}")
+            ids.append(index[raw])
+        return TextDataset(dataset.texts, ids, dataset.pairs, dataset.rows)
+
+    def check_splits(self, train, eval_, names, train_origin: str, eval_origin: str, spec) -> None:
+        from compress.data_checks import check_label_splits
+
+        check_label_splits(train.labels, train.rows, eval_.labels, eval_.rows, len(eval_), names,
+                           train_origin, eval_origin, f"column {spec.label_column!r}")
+
+    # ------------------------------------------------------------------ model and features
 
     def labels_of(self, path: Path) -> list[str] | None:
         cfg = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
@@ -56,20 +114,50 @@ class TextClassification:
     def references(self, dataset) -> list[int]:
         return list(dataset.labels)
 
-    def metrics(self, outputs: np.ndarray, references: list) -> dict[str, float]:
-        correct = outputs.argmax(-1) == np.asarray(references)
-        return {"accuracy": float(correct.mean()), "examples": len(references)}
+    # ------------------------------------------------------------------ outputs
 
-    def agreement(self, reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
-        return {"label_agreement": float((reference.argmax(-1) == candidate.argmax(-1)).mean())}
+    def metrics(self, outputs: list[np.ndarray], features: list[dict], references: list) -> dict:
+        """Accuracy and macro-F1 (the unweighted mean of the per-class F1s), and per class the
+        precision / recall / F1 / support and the confusion matrix (rows: true, columns: predicted)."""
+        predicted, true = np.stack(outputs).argmax(-1), np.asarray(references)
+        n = np.stack(outputs).shape[-1]
+        confusion = np.zeros((n, n), dtype=np.int64)
+        np.add.at(confusion, (true, predicted), 1)
+        tp = np.diag(confusion).astype(np.float64)
+        precision = np.divide(tp, confusion.sum(0), out=np.zeros(n), where=confusion.sum(0) > 0)
+        recall = np.divide(tp, confusion.sum(1), out=np.zeros(n), where=confusion.sum(1) > 0)
+        f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(n), where=precision + recall > 0)
+        return {
+            "accuracy": float((predicted == true).mean()),
+            "macro_f1": float(f1.mean()),
+            "examples": len(references),
+            "per_class": [{"precision": round(float(p), 5), "recall": round(float(r), 5), "f1": round(float(f), 5),
+                           "support": int(s)} for p, r, f, s in zip(precision, recall, f1, confusion.sum(1))],
+            "confusion_matrix": confusion.tolist(),
+        }
 
-    def postprocess(self, outputs: np.ndarray, labels: list[str]) -> list[dict]:
+    def agreement(self, reference: list[np.ndarray], candidate: list[np.ndarray], features: list[dict]) -> dict:
+        return {"label_agreement": float((np.stack(reference).argmax(-1) == np.stack(candidate).argmax(-1)).mean())}
+
+    def postprocess(self, outputs: list[np.ndarray], features: list[dict], texts: list[str],
+                    pairs: list[str] | None, labels: list[str]) -> list[dict]:
         out = []
-        for row in softmax(outputs):
+        for row in softmax(np.stack(outputs)):
             best = int(row.argmax())
             out.append({"label": labels[best], "score": float(row[best]),
                         "scores": {name: float(p) for name, p in zip(labels, row)}})
         return out
+
+    def runtime_inputs(self, dataset) -> tuple[list[str], list[str] | None]:
+        return list(dataset.texts), None if dataset.pairs is None else list(dataset.pairs)
+
+    def runtime_features(self, tokenizer, texts: list[str], pairs: list[str] | None, max_length: int) -> list[dict]:
+        """Token ids per text (or text pair) with the light tokenizers library."""
+        tokenizer.enable_truncation(max_length)
+        tokenizer.no_padding()  # padding is per batch
+        encodings = tokenizer.encode_batch(list(zip(texts, pairs)) if pairs is not None else list(texts))
+        return [{"input_ids": e.ids, "attention_mask": e.attention_mask, "token_type_ids": e.type_ids,
+                 "truncated": bool(e.overflowing)} for e in encodings]
 
 
 TASK = TextClassification()

@@ -73,7 +73,8 @@ def test_csv_has_fixed_columns_and_accuracy_per_model_and_target(rows, tmp_path)
         got = list(reader)
     assert len(got) == len(rows)
     ptq128 = next(r for r in got if r["model"] == "run/04-ptq" and r["shape"] == "b1x128")
-    assert ptq128["accuracy"] == "0.81" and ptq128["speedup_vs_baseline"] == "4.0"
+    assert ptq128["metric"] == "accuracy" and ptq128["metric_value"] == "0.81"
+    assert ptq128["speedup_vs_baseline"] == "4.0"
     skipped = next(r for r in got if r["status"] == "skipped")
     assert skipped["p50_ms"] == "" and skipped["reason"] == "no CUDA GPU is visible"
 

@@ -60,11 +60,14 @@ def test_cached_teacher_logits_are_used_instead_of_the_teacher():
 
     cached = torch.randn(4, 2)
     batch = {"input_ids": torch.ones(4, 3, dtype=torch.long), "teacher_logits": cached}
-    assert teacher_outputs(Exploding(), batch, DistillationObjective())[0] is cached
+    from compress.tasks import get_task
+
+    task = get_task("text-classification")
+    assert teacher_outputs(Exploding(), batch, DistillationObjective(), task)[0] is cached
     with pytest.raises(AssertionError):  # hidden states are never cached: the teacher must run
-        teacher_outputs(Exploding(), batch, DistillationObjective(hidden_weight=1.0))
+        teacher_outputs(Exploding(), batch, DistillationObjective(hidden_weight=1.0), task)
     # labels only: no teacher at all
-    assert teacher_outputs(None, batch, DistillationObjective(soft_target_weight=0, label_weight=1)) == (None,) * 3
+    assert teacher_outputs(None, batch, DistillationObjective(soft_target_weight=0, label_weight=1), task) == (None,) * 3
 
 
 def test_cache_teacher_trains_like_the_uncached_run(tmp_path, tiny_classifier_dir):

@@ -83,7 +83,7 @@ def _pretend_one_layer_is_sensitive(monkeypatch):
     on dequantized inputs: the budget can only hold with that node in float."""
     import compress.evaluate as evaluate
 
-    real = evaluate.predict_logits
+    real = evaluate.predict_outputs
 
     def predict(session, encoded, batch_size, desc="evaluating"):
         logits = real(session, encoded, batch_size, desc)
@@ -93,10 +93,10 @@ def _pretend_one_layer_is_sensitive(monkeypatch):
         producers = {o: n.op_type for n in graph.node for o in n.output}
         node = next((n for n in graph.node if n.name == SENSITIVE), None)
         if node is not None and producers.get(node.input[0]) == "DequantizeLinear":
-            return logits[:, ::-1].copy()
+            return [row[::-1].copy() for row in logits]
         return logits
 
-    monkeypatch.setattr(evaluate, "predict_logits", predict)
+    monkeypatch.setattr(evaluate, "predict_outputs", predict)
 
 
 def test_budget_keeps_the_sensitive_layer_in_float(tmp_path, tiny_classifier_dir, monkeypatch):
@@ -123,21 +123,19 @@ def test_budget_search_order_and_clear_failure():
     from compress.tasks import get_task
 
     labels = np.array([0, 1, 0, 1])
-    score = task_score(get_task("text-classification"), list(labels))
-    reference = np.eye(2)[labels]
+    score = task_score(get_task("text-classification"), [{}] * 4, list(labels))
+    reference = list(np.eye(2)[labels])
     harm = {"a": 1, "b": 3, "c": 0}  # predictions each quantized node flips
 
     def logits_with(exclude, only):
         flips = sum(h for n, h in harm.items() if n not in exclude and (only is None or n in only))
-        out = reference.copy()
-        out[: min(flips, 4)] = out[: min(flips, 4), ::-1]
-        return out
+        return [row[::-1] if i < flips else row for i, row in enumerate(reference)]
 
     result = fit_accuracy_budget(logits_with, reference, score, ["a", "b", "c"], [], max_drop=0.25)
     assert result.excluded == ["b"] and result.accuracy == 0.75
     assert max(result.sensitivity, key=result.sensitivity.get) == "b"
     harm["d"] = 2  # a quantized node the search may not exclude
-    with pytest.raises(StageError, match=r"max_accuracy_drop 0 not reached.*best INT8 model 0.5000"):
+    with pytest.raises(StageError, match=r"max_metric_drop 0 not reached.*best INT8 model 0.5000"):
         fit_accuracy_budget(logits_with, reference, score, ["a", "b", "c"], [], max_drop=0.0)
 
 

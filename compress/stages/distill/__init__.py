@@ -161,7 +161,6 @@ class DistillStage(StageConfig, TrainingSchedule):
             TaskEval,
             make_accelerator,
             save_trained,
-            split_validation,
             tokenized_train_split,
             train_loop,
         )
@@ -179,20 +178,21 @@ class DistillStage(StageConfig, TrainingSchedule):
                                                                             ctx.recipe.trust_remote_code)
         student, layer_map = self.build_student(incoming, len(encoder_layers(teacher)), self.teacher is None)
 
-        tokenizer, collate, examples = tokenized_train_split(model.path, ctx)
+        tokenizer, collate, train, validation = tokenized_train_split(model.path, ctx, self, seed)
         collate = with_teacher_logits(collate)
-        train, validation = split_validation(examples, self, seed)
         accelerator = make_accelerator(self.gradient_accumulation_steps)
         teacher.to(accelerator.device).eval().requires_grad_(False)
         if self.cache_teacher:
-            train = cache_teacher_logits(teacher, train, collate)
-        module = DistillationModule(student.train(), self.distillation, layer_map, teacher.config.hidden_size)
+            train = cache_teacher_logits(teacher, train, collate, ctx.task)
+        module = DistillationModule(student.train(), self.distillation, ctx.task, layer_map,
+                                    teacher.config.hidden_size)
         probe = train[: self.probe_examples]
         loss_before = mean_objective_loss(module, teacher, probe, collate)
         parts: list[dict] = []
         result = train_loop(
-            module, train, collate, self, make_loss_fn(teacher, self.distillation, parts),
-            eval_fn=TaskEval(ctx.task, validation, collate, forward=lambda m: m.student) if validation else None,
+            module, train, collate, self, make_loss_fn(teacher, self.distillation, ctx.task, parts),
+            eval_fn=TaskEval(ctx.task, *validation, collate, forward=lambda m: m.student,
+                             metric=ctx.metric) if validation else None,
             checkpoint_dir=ctx.checkpoint_dir, resume_key=ctx.fingerprint, seed=seed, desc="distill",
             accelerator=accelerator,
         )

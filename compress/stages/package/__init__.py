@@ -20,7 +20,8 @@ class PackageStage(StageConfig):
     triton_max_batch_size: int = Field(32, ge=1, description="Triton max_batch_size for ONNX models (engines: "
                                                              "the largest profile max_batch).")
     validate_samples: int = Field(128, ge=1, description="Eval examples the packaged runtime is checked on.")
-    atol: float = Field(1e-5, gt=0, description="Max |probability difference| vs the reference ONNX Runtime session.")
+    atol: float = Field(1e-5, gt=0, description="Max |raw output difference| (logits) vs the reference ONNX Runtime "
+                                                   "session fed the same batches.")
 
     accepts = (ONNXModel, TRTEngine)
     produces = ONNXModel  # a TensorRT engine input gives a TRTEngine package (engine + its ONNX)
@@ -32,7 +33,6 @@ class PackageStage(StageConfig):
 
         from compress.artifacts import copy_sidecar_files
         from compress.environment import environment
-        from compress.errors import StageError
         from compress.onnx_graph import onnx_precision
         from compress.stages.package.deploy import (
             CARD_FILE,
@@ -45,8 +45,6 @@ class PackageStage(StageConfig):
         )
         from compress.stages.package.triton_repository import write_triton_repository
 
-        if ctx.recipe.data.text_pair_column:
-            raise StageError("package: text-pair models are not supported by the light runtime yet")
         out = ctx.artifact_dir
         engine = model if isinstance(model, TRTEngine) else None
         onnx_model = engine_source_onnx(engine, ctx.earlier) if engine else model
@@ -72,9 +70,10 @@ class PackageStage(StageConfig):
                                     spec["inputs"], spec["outputs"], spec["labels"], max_batch)
         write_deploy_spec(out, spec)  # hashes every file so far; the runtime checks them on load
 
-        samples = self.validate_samples
+        samples = min(self.validate_samples, len(ctx.splits.eval))
+        head = ctx.splits.eval.subset(list(range(samples)))
         spec["validated"].append(validate_package(
-            out, onnx_model, ctx.splits.eval.texts[:samples], ctx.encoded_eval(onnx_model)[:samples],
+            out, onnx_model, ctx.task, *ctx.task.runtime_inputs(head), ctx.encoded_eval(onnx_model, samples),
             ctx.measure.threads, self.atol))
         if engine:  # build_engine compared the engine with this ONNX model on eval inputs
             parity = ctx.input_record.get("parity", {})

@@ -18,7 +18,7 @@ import numpy as np
 from compress.artifacts import ONNXModel, TRTEngine
 from compress.errors import StageError
 from compress.files import file_sha256
-from compress.runtime import DEPLOY_FILE, FORMAT, Predictor, plan_batches
+from compress.runtime import DEPLOY_FILE, FORMAT, Predictor
 
 log = logging.getLogger(__name__)
 
@@ -99,46 +99,46 @@ def engine_source_onnx(engine: TRTEngine, earlier) -> ONNXModel:
 # ---------------------------------------------------------------------------- validation
 
 
-def validate_package(package: Path, reference: ONNXModel, texts: list[str], reference_encoded: list[dict],
-                     threads: int, atol: float, batch_size: int = 32) -> dict:
-    """Load the package with the light runtime and require (1) the same token ids as the
-    training tokenizer and (2) the same labels, and probabilities within atol, as an ONNX
-    Runtime session on the reference model fed the same batches. Raises StageError."""
-    from compress.data import pad_batch
+def validate_package(package: Path, reference: ONNXModel, task, texts: list[str], pairs: list[str] | None,
+                     reference_features: list[dict], threads: int, atol: float, batch_size: int = 32) -> dict:
+    """Load the package with the light runtime and require (1) the same features (token ids)
+    as the training tokenizer and (2) the same task outputs (labels, tags, answer spans), and
+    raw outputs within atol, as an ONNX Runtime session on the reference model fed the same
+    batches. Raises StageError."""
+    from compress.evaluate import predict_outputs
+    from compress.parity import compare_outputs
     from compress.sessions import ORTSession
-    from compress.tasks.text_classification import softmax
 
     predictor = Predictor.load(package, threads=threads)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # eval texts longer than max length are expected here
-        encoded = predictor.encode(texts)
-        probs = predictor.predict_proba(texts, batch_size)
-    for i, (ours, ref) in enumerate(zip(encoded, reference_encoded)):
+        features = predictor.features(texts, pairs)
+    if len(features) != len(reference_features):
+        raise StageError(f"package validation: the packaged runtime makes {len(features)} features of "
+                         f"{len(texts)} eval examples, the training tokenizer {len(reference_features)}")
+    for i, (ours, ref) in enumerate(zip(features, reference_features)):
         for name, _ in predictor.inputs:
-            if name in ref and ours[name] != list(ref[name]):
-                raise StageError(f"package validation: {package / 'tokenizer.json'} tokenizes eval text {i} "
-                                 f"differently from the training tokenizer ({name})")
-    session = ORTSession(reference, threads)
-    ref_probs = np.empty_like(probs)
-    for idx in plan_batches([len(e["input_ids"]) for e in reference_encoded], batch_size):
-        logits = session.run(pad_batch([reference_encoded[i] for i in idx], session.input_names, session.pad_id))
-        ref_probs[idx] = softmax(logits)
-    agreement = float((probs.argmax(-1) == ref_probs.argmax(-1)).mean())
-    max_diff = float(np.abs(probs - ref_probs).max())
+            if name in ref and list(ours[name]) != list(ref[name]):
+                raise StageError(f"package validation: {package / 'tokenizer.json'} tokenizes eval example "
+                                 f"{ours.get('example', i)} differently from the training tokenizer ({name})")
+    ours = predictor.run(features, batch_size)
+    theirs = predict_outputs(ORTSession(reference, threads), reference_features, batch_size, "package (reference)")
+    compared = compare_outputs(theirs, ours, task, reference_features)
     result = {"runtime": "compress.runtime (onnxruntime)", "provider": "CPUExecutionProvider",
               "reference": f"onnxruntime session on {reference.onnx_path.name} with the training tokenizer",
-              "examples": len(texts), "label_agreement": round(agreement, 5), "max_probability_diff": max_diff,
-              "atol": atol}
-    if agreement < 1.0 or max_diff > atol:
-        raise StageError(f"package validation failed: the packaged runtime agrees on {agreement:.2%} of "
-                         f"{len(texts)} eval labels, max |probability difference| {max_diff:.3g} (atol {atol:g})")
+              "examples": len(texts), **compared, "atol": atol}
+    disagreements = {k: v for k, v in compared.items() if k.endswith("_agreement") and v < 1.0}
+    if disagreements or compared["max_abs_diff"] > atol:
+        agreement = ", ".join(f"{k.replace('_', ' ')} {v:.2%}" for k, v in compared.items() if k.endswith("agreement"))
+        raise StageError(f"package validation failed on {len(texts)} eval examples: {agreement}, max |output "
+                         f"difference| {compared['max_abs_diff']:.3g} (atol {atol:g})")
     return result
 
 
 # ---------------------------------------------------------------------------- deploy.json and the card
 
 
-def deploy_spec(name: str, task: str, onnx_path: Path, labels: list[str], max_length: int, pad_id: int,
+def deploy_spec(name: str, task: str, onnx_path: Path, labels: list[str] | None, max_length: int, pad_id: int,
                 precision: str, engine: dict | None) -> dict:
     inputs, outputs = onnx_signature(onnx_path)
     return {
@@ -164,6 +164,16 @@ def write_deploy_spec(package: Path, spec: dict) -> None:
     (package / DEPLOY_FILE).write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
 
 
+# task → (a predict() call's arguments, what it returns), for the card's usage example
+USAGE = {
+    "text-classification": ('["some text"]', "[{'label': ..., 'score': ..., 'scores': {...}}]"),
+    "token-classification": ('["Alice flew to Paris"]',
+                             "[{'entities': [{'type': ..., 'text': ..., 'start': ..., 'end': ..., 'score': ...}]}]"),
+    "question-answering": ('["Who wrote it?"], ["It was written by Alice."]',
+                           "[{'answer': ..., 'start': ..., 'end': ..., 'score': ...}]"),
+}
+
+
 def model_card(spec: dict, ctx, environment: dict) -> str:
     """Markdown: what was done to the model, how it scored after each step, how fast it ran
     (when the run's benchmark ran before this stage), and where it was checked."""
@@ -172,30 +182,32 @@ def model_card(spec: dict, ctx, environment: dict) -> str:
     stages = [f"{i + 1}. `{e.kind}` ({e.status})" + (f": {e.reason}" if e.reason else "")
               + (f" `{json.dumps(e.config)}`" if e.config else "")
               for i, (e, _) in enumerate(ctx.earlier)]
-    header, body = summary_table(list(ctx.ledger), ctx.task.primary_metric)
+    header, body = summary_table(list(ctx.ledger), ctx.metric)
     io = [[f"`{t['name']}`", t["dtype"], str(t["shape"])] for t in spec["inputs"] + spec["outputs"]]
-    validated = [[v["runtime"], v.get("provider", "-"), str(v.get("examples", "-")), str(v.get("label_agreement", "-")),
-                  f"{v['max_probability_diff']:.2g}" if "max_probability_diff" in v else
-                  f"{v.get('max_abs_diff', float('nan')):.2g} (logits)"] for v in spec["validated"]]
+    validated = [[v["runtime"], v.get("provider", "-"), str(v.get("examples", "-")),
+                  ", ".join(f"{k.removesuffix('_agreement')} {val}" for k, val in v.items()
+                            if k.endswith("_agreement")) or "-",
+                  f"{v.get('max_abs_diff', float('nan')):.2g} (outputs)"] for v in spec["validated"]]
     parts = [
         f"# {spec['name']}\n",
-        f"Task: {spec['task']}. Labels: {', '.join(spec['labels'])}. Precision: {spec['precision']}. "
+        f"Task: {spec['task']}. " + (f"Labels: {', '.join(spec['labels'])}. " if spec["labels"] else "")
+        + f"Precision: {spec['precision']}. "
         f"Max sequence length: {spec['max_sequence_length']} tokens (longer texts are truncated).\n",
         f"Base model: `{ctx.recipe.model}`. Recipe: `{ctx.recipe_path}`.\n",
         "## Stages applied\n", "\n".join(stages) + "\n",
-        f"## {ctx.task.primary_metric.capitalize()} ledger (eval split)\n", md_table(header, body) + "\n",
+        f"## {ctx.metric.capitalize()} ledger (eval split)\n", md_table(header, body) + "\n",
     ]
     if ctx.benchmark_markdown:  # the run's benchmark, when its recipe has a benchmark block
         parts += ["## Benchmark\n", ctx.benchmark_markdown.strip() + "\n"]
     parts += [
         "## Inputs and outputs\n", md_table(["name", "dtype", "shape"], io) + "\n",
         "## Validated on\n",
-        md_table(["runtime", "provider", "examples", "label agreement", "max diff"], validated) + "\n",
+        md_table(["runtime", "provider", "examples", "agreement", "max diff"], validated) + "\n",
         "## Environment\n", "```json\n" + json.dumps(environment, indent=2) + "\n```\n",
         "## Use\n",
         "```python\nfrom compress.runtime import Predictor\n\n"
         "predictor = Predictor.load(\"path/to/this/directory\")  # checks every file's sha256 first\n"
-        "predictor.predict([\"some text\"])  # [{'label': ..., 'score': ..., 'scores': {...}}]\n```\n\n"
+        f"predictor.predict({USAGE[spec['task']][0]})  # {USAGE[spec['task']][1]}\n```\n\n"
         "or `compress predict path/to/this/directory \"some text\"`.\n",
         "Needs only `onnxruntime`, `tokenizers` and `numpy`. `triton/` is a Triton Inference Server model "
         "repository (inputs are token ids: tokenize with tokenizer.json first).\n",

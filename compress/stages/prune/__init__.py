@@ -88,13 +88,13 @@ class PruneStage(StageConfig, TrainingSchedule):
         seed = self.start(ctx)
         before = ctx.input_summary()
         net = ctx.task.load_model(model.path, ctx.splits.label_names, ctx.recipe.trust_remote_code)
-        tokenizer, collate, examples = tokenized_train_split(model.path, ctx)
+        tokenizer, collate, examples, validation = tokenized_train_split(model.path, ctx, self, seed)
         structure, params = model_structure(net), count_parameters(net)["parameters"]
         ctx.record(input=before, method=self.method, scope=self.scope, structure_before=structure)
         if self.method == "structured":
-            net = self._structured(net, examples, collate, ctx, seed, model)
+            net = self._structured(net, examples, validation, collate, ctx, seed, model)
         else:
-            net = self._unstructured(net, examples, collate, ctx, seed)
+            net = self._unstructured(net, examples, validation, collate, ctx, seed)
         after = count_parameters(net)["parameters"]
         ctx.record(parameters_before=params, parameters_removed=params - after,
                    parameters_removed_fraction=round((params - after) / params, 4))
@@ -105,7 +105,7 @@ class PruneStage(StageConfig, TrainingSchedule):
 
     # ------------------------------------------------------------------------ methods
 
-    def _structured(self, net, examples, collate, ctx, seed, artifact):
+    def _structured(self, net, examples, validation, collate, ctx, seed, artifact):
         import copy
 
         from compress.models import heads_prunable, model_structure
@@ -134,12 +134,12 @@ class PruneStage(StageConfig, TrainingSchedule):
                      "ffn_neurons": {str(k): len(v) for k, v in plan.ffn.items() if v}},
             structure_after=model_structure(net),
         )
-        ctx.record(**{f"{ctx.task.primary_metric}_before_recovery": _eval_metric(net, ctx, collate, artifact)})
+        ctx.record(**{f"{ctx.metric}_before_recovery": _eval_metric(net, ctx, collate, artifact)})
         if not self.recover:
             return net
-        return self._train(net, teacher, examples, collate, ctx, seed, desc="recovery")
+        return self._train(net, teacher, examples, validation, collate, ctx, seed, desc="recovery")
 
-    def _unstructured(self, net, examples, collate, ctx, seed):
+    def _unstructured(self, net, examples, validation, collate, ctx, seed):
         import copy
 
         from compress.stages.prune.surgery import (
@@ -161,32 +161,28 @@ class PruneStage(StageConfig, TrainingSchedule):
                 magnitude_prune_(params, target, self.scope)
                 reached.append({"step": step, "sparsity": round(target, 4)})
 
-        net = self._train(net, teacher, examples, collate, ctx, seed, desc="gradual pruning", on_step=on_step)
+        net = self._train(net, teacher, examples, validation, collate, ctx, seed, desc="gradual pruning",
+                          on_step=on_step)
         magnitude_prune_(params, self.sparsity, self.scope)  # the target, even after keep_best restored earlier masks
         finish_masks_(params)
         ctx.record(warning=UNSTRUCTURED_WARNING, sparsity={"target": self.sparsity, "encoder_linear": round(
             sparsity_of(params), 4), "schedule": reached})
         return net
 
-    def _train(self, net, teacher, examples, collate, ctx, seed, desc, on_step=None):
+    def _train(self, net, teacher, train, validation, collate, ctx, seed, desc, on_step=None):
         """Fine-tune `net` with the schedule fields on the distillation objective (the teacher,
         the unpruned input, is None when the objective needs none)."""
         from compress.distillation import DistillationModule, make_loss_fn
-        from compress.training import (
-            TaskEval,
-            make_accelerator,
-            split_validation,
-            train_loop,
-        )
+        from compress.training import TaskEval, make_accelerator, train_loop
 
-        train, validation = split_validation(examples, self, seed)
         accelerator = make_accelerator(self.gradient_accumulation_steps)
         if teacher is not None:
             teacher.to(accelerator.device).eval().requires_grad_(False)
-        module = DistillationModule(net.train(), self.distillation)
+        module = DistillationModule(net.train(), self.distillation, ctx.task)
         result = train_loop(
-            module, train, collate, self, make_loss_fn(teacher, self.distillation),
-            eval_fn=TaskEval(ctx.task, validation, collate, forward=lambda m: m.student) if validation else None,
+            module, train, collate, self, make_loss_fn(teacher, self.distillation, ctx.task),
+            eval_fn=TaskEval(ctx.task, *validation, collate, forward=lambda m: m.student,
+                             metric=ctx.metric) if validation else None,
             checkpoint_dir=ctx.checkpoint_dir, resume_key=ctx.fingerprint, seed=seed, desc=desc,
             accelerator=accelerator, on_step=on_step,
         )
@@ -203,11 +199,10 @@ def _seeded_order(n: int, seed: int) -> list[int]:
 
 
 def _eval_metric(net, ctx, collate, artifact) -> float:
-    """The task's primary metric on the eval split right after pruning (before any recovery training)."""
-    from compress.models import load_tokenizer
+    """The run's metric on the eval split right after pruning (before any recovery training)."""
     from compress.training import TaskEval
 
-    tokenizer = load_tokenizer(artifact.path, ctx.recipe.trust_remote_code)
-    encoded = ctx.task.encode(tokenizer, ctx.splits.eval, ctx.recipe.data.max_length)
-    evaluate = TaskEval(ctx.task, encoded, collate, batch_size=ctx.measure.eval_batch_size)
-    return evaluate(net.eval())[ctx.task.primary_metric]
+    features, references = ctx.eval_set.head(artifact, None)
+    evaluate = TaskEval(ctx.task, features, references, collate, batch_size=ctx.measure.eval_batch_size,
+                        metric=ctx.metric)
+    return evaluate(net.eval())[ctx.metric]

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import torch
 
-from compress.distillation import model_inputs
 from compress.errors import StageError
 from compress.models import encoder_layers, heads_output_projection, self_attention
 
@@ -72,7 +71,7 @@ def taylor_importance(model, batches) -> Importance:
             handles.append(layer.intermediate.register_forward_hook(_gate_ffn(fg)))
             handles.append(layer.register_forward_hook(_gate_layer(lg)))
         for batch in batches:
-            loss = torch.nn.functional.cross_entropy(model(**model_inputs(batch)).logits, batch["labels"])
+            loss = model(**batch).loss  # the task's own loss on its targets (labels, answer positions)
             n = len(layers)
             grads = torch.autograd.grad(loss, [*head_gates, *ffn_gates, *layer_gates])
             for i in range(n):

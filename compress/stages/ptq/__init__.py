@@ -3,13 +3,13 @@
 dynamic: weights INT8 offline, activations quantized per batch at run time.
 static: QuantizeLinear/DequantizeLinear pairs with activation ranges calibrated on
 train examples (MinMax, Entropy or Percentile); symmetric INT8, so TensorRT can take it.
-With max_accuracy_drop, the most sensitive layers are kept in float until the budget holds."""
+With max_metric_drop, the most sensitive layers are kept in float until the budget holds."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import AliasChoices, Field, model_validator
 
 from compress.artifacts import Artifact, ONNXModel
 from compress.stages.base import StageConfig
@@ -36,9 +36,10 @@ class PTQStage(StageConfig):
         None, min_length=1,
         description="Operator types to quantize (default dynamic: MatMul, Attention, Gather; static: MatMul, Gemm).")
     nodes_to_exclude: list[str] = Field(default_factory=list, description="Node names kept in float.")
-    max_accuracy_drop: float | None = Field(
-        None, ge=0, le=1, description="Largest accuracy loss allowed (absolute, 0.01 = 1 point) against the "
-        "input model; beyond it the most sensitive layers stay float.")
+    max_metric_drop: float | None = Field(
+        None, ge=0, le=1, validation_alias=AliasChoices("max_metric_drop", "max_accuracy_drop"),
+        description="Largest loss of the run's metric allowed (absolute, 0.01 = 1 point) against the input model; "
+        "beyond it the most sensitive layers stay float. The old name max_accuracy_drop is accepted.")
     budget_samples: int = Field(
         256, ge=8, le=100_000, description="Eval examples the accuracy budget and layer sensitivity are measured on.")
 
@@ -71,7 +72,7 @@ class PTQStage(StageConfig):
 
         quantize, cleanup, graph = self._quantizer(model, ctx)
         try:
-            if self.max_accuracy_drop is None:
+            if self.max_metric_drop is None:
                 quantized = quantize(ctx.artifact_dir, list(self.nodes_to_exclude), None)
             else:
                 quantized = self._fit_budget(model, ctx, quantize, graph)
@@ -92,14 +93,13 @@ class PTQStage(StageConfig):
         if self.mode == "dynamic":
             quantize = lambda out, exclude, only: quantize_dynamic_int8(model, out, self, exclude, only)  # noqa: E731
             return quantize, lambda: None, model.onnx_path
-        from compress.data import encode
         from compress.models import load_tokenizer
         from compress.onnx_graph import graph_inputs
 
         tokenizer = load_tokenizer(model.path, ctx.recipe.trust_remote_code)
         train = ctx.splits.train
         n = min(self.calibration_samples or 128, len(train))
-        encoded = encode(tokenizer, train.subset(list(range(n))), ctx.recipe.data.max_length)
+        encoded = ctx.task.encode(tokenizer, train.subset(list(range(n))), ctx.recipe.data.max_length)
         input_names = graph_inputs(model.onnx_path)
         feeds = calibration_feeds(encoded, input_names, tokenizer.pad_token_id or 0)
         ctx.record(calibration={"method": self.calibration_method, "samples": n, "source": "train split (first rows)",
@@ -108,7 +108,7 @@ class PTQStage(StageConfig):
         return static.quantize, static.cleanup, static.prepared
 
     def _fit_budget(self, model: ONNXModel, ctx, quantize, graph) -> ONNXModel:
-        """Quantize within max_accuracy_drop on a slice of the eval split, keeping the most
+        """Quantize within max_metric_drop on a slice of the eval split, keeping the most
         sensitive layers in float if needed; the final model is written to the stage directory."""
         import shutil
         import tempfile
@@ -116,7 +116,7 @@ class PTQStage(StageConfig):
 
         import numpy as np
 
-        from compress.evaluate import predict_logits
+        from compress.evaluate import predict_outputs
         from compress.sessions import ORTSession
         from compress.stages.ptq.budget import fit_accuracy_budget, task_score
         from compress.stages.ptq.ort_quantize import (
@@ -125,14 +125,14 @@ class PTQStage(StageConfig):
         )
 
         threads, batch = ctx.measure.threads, ctx.measure.eval_batch_size
-        encoded = ctx.encoded_eval(model)[: self.budget_samples]
-        score = task_score(ctx.task, ctx.eval_set.references[: len(encoded)])
-        reference = predict_logits(ORTSession(model, threads), encoded, batch, "budget (float)")
+        encoded, references = ctx.eval_set.head(model, self.budget_samples)
+        score = task_score(ctx.task, encoded, references, ctx.metric)
+        reference = predict_outputs(ORTSession(model, threads), encoded, batch, "budget (float)")
         scratch = Path(tempfile.mkdtemp(prefix="compress-budget-"))
 
-        def logits_with(exclude: list[str], only: list[str] | None) -> np.ndarray:
+        def logits_with(exclude: list[str], only: list[str] | None) -> list[np.ndarray]:
             candidate = quantize(scratch / "candidate", exclude, only)
-            logits = predict_logits(ORTSession(candidate, threads), encoded, batch, "budget (int8)")
+            logits = predict_outputs(ORTSession(candidate, threads), encoded, batch, "budget (int8)")
             shutil.rmtree(scratch / "candidate", ignore_errors=True)
             return logits
 
@@ -140,9 +140,9 @@ class PTQStage(StageConfig):
             default_ops = STATIC_DEFAULT_OP_TYPES if self.mode == "static" else None  # static never quantizes Attention
             candidates = matrix_node_names(graph, self.op_types or default_ops)
             result = fit_accuracy_budget(logits_with, reference, score, candidates,
-                                         list(self.nodes_to_exclude), self.max_accuracy_drop)
+                                         list(self.nodes_to_exclude), self.max_metric_drop)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-        ctx.record(accuracy_budget=result.record(score(reference),
-                                                 self.max_accuracy_drop, len(encoded), list(self.nodes_to_exclude)))
+        ctx.record(accuracy_budget={"metric": ctx.metric, **result.record(
+            score(reference), self.max_metric_drop, len(references), list(self.nodes_to_exclude))})
         return quantize(ctx.artifact_dir, result.excluded, None)

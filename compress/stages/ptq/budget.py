@@ -1,5 +1,5 @@
 """The accuracy budget of a quantization: when the INT8 model loses more accuracy than
-`max_accuracy_drop`, find the layers that cost the most and keep them in float.
+`max_metric_drop`, find the layers that cost the most and keep them in float.
 
 Sensitivity of a layer = how far the logits move (mean |difference| against the float
 model, on the budget slice) when that layer alone is quantized: a continuous score, so
@@ -46,15 +46,21 @@ class BudgetResult:
         }
 
 
-def task_score(task, references: list) -> Callable[[np.ndarray], float]:
-    """The task's primary metric of a model's outputs on the budget slice (higher is better)."""
-    return lambda outputs: task.metrics(outputs, references)[task.primary_metric]
+def mean_abs_difference(a: list[np.ndarray], b: list[np.ndarray]) -> float:
+    """Mean |a - b| over every number of two models' per-feature outputs."""
+    return float(np.abs(np.concatenate([x.ravel() for x in a]) - np.concatenate([y.ravel() for y in b])).mean())
+
+
+def task_score(task, features: list[dict], references: list, metric: str | None = None) -> Callable[[list], float]:
+    """The task's metric (default: its primary one) of a model's outputs on the budget slice
+    (higher is better)."""
+    return lambda outputs: task.metrics(outputs, features, references)[metric or task.primary_metric]
 
 
 def fit_accuracy_budget(
-    logits_with: Callable[[list[str], list[str] | None], np.ndarray],
-    reference_logits: np.ndarray,
-    score: Callable[[np.ndarray], float],
+    logits_with: Callable[[list[str], list[str] | None], list[np.ndarray]],
+    reference_logits: list[np.ndarray],
+    score: Callable[[list[np.ndarray]], float],
     candidates: list[str],
     pinned: list[str],
     max_drop: float,
@@ -78,7 +84,7 @@ def fit_accuracy_budget(
     free = [c for c in candidates if c not in pinned]
     sensitivity = {}
     for name in free:  # one quantization per layer, the rest float
-        diff = np.abs(logits_with(list(pinned), [name]) - reference_logits).mean()
+        diff = mean_abs_difference(logits_with(list(pinned), [name]), reference_logits)
         sensitivity[name] = float(diff)
     order = sorted(free, key=lambda n: -sensitivity[n])
     log.info("budget: most sensitive layers: %s", ", ".join(order[:5]))
@@ -93,10 +99,10 @@ def fit_accuracy_budget(
         if reference - acc <= max_drop + EPSILON:
             return BudgetResult(list(excluded), acc, attempts, sensitivity)
     raise StageError(
-        f"max_accuracy_drop {max_drop:g} not reached: the float model scores {reference:.4f} on the "
+        f"max_metric_drop {max_drop:g} not reached: the float model scores {reference:.4f} on the "
         f"{len(reference_logits)}-example budget slice and the best INT8 model {best.accuracy:.4f} "
         f"(drop {reference - best.accuracy:.4f}, with {len(best.excluded)} of {len(candidates)} layers in float: "
-        f"{_shorten(best.excluded)}); raise max_accuracy_drop or try per_channel / another calibration"
+        f"{_shorten(best.excluded)}); raise max_metric_drop or try per_channel / another calibration"
     )
 
 

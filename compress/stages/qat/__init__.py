@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import AliasChoices, Field, model_validator
 
 from compress.artifacts import Artifact, ONNXModel, TorchModel
 from compress.stages.base import (
@@ -43,9 +43,10 @@ class QATStage(StageConfig, TrainingSchedule):
         0.1, gt=0, description="Max |logit difference| between the torch QAT model and ONNX (INT8 kernels round "
         "differently from torch's fake quantization: MiniLM showed 0.04 with all labels agreeing).")
     parity_samples: int = Field(128, ge=1)
-    max_accuracy_drop: float | None = Field(
-        None, ge=0, le=1, description="Fail when the ONNX model loses more accuracy than this against the "
-        "input model on the budget slice (no layer search: that would retrain).")
+    max_metric_drop: float | None = Field(
+        None, ge=0, le=1, validation_alias=AliasChoices("max_metric_drop", "max_accuracy_drop"),
+        description="Fail when the ONNX model loses more of the run's metric than this against the input model "
+        "on the budget slice (no layer search: that would retrain). The old name max_accuracy_drop is accepted.")
     budget_samples: int = Field(256, ge=8, le=100_000)
 
     accepts = (TorchModel,)

@@ -61,22 +61,24 @@ def quantize_with_nncf(net, batches: list[dict], stage: QATStage):
         raise
 
 
-class _TorchLogits:
-    """A Session over an in-memory torch model, for predict_logits."""
+class _TorchOutputs:
+    """A Session over an in-memory torch model, for predict_outputs."""
 
-    def __init__(self, net, input_names: list[str], pad_id: int):
-        self.net, self.input_names, self.pad_id = net, input_names, pad_id
+    def __init__(self, net, task, input_names: list[str], pad_id: int):
+        self.net, self.task, self.input_names, self.pad_id = net, task, input_names, pad_id
 
     def run(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         import torch
 
+        from compress.tasks import torch_outputs
+
         with torch.no_grad():
-            return self.net(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits.numpy()
+            return torch_outputs(self.net(**{k: torch.from_numpy(v) for k, v in batch.items()}), self.task).numpy()
 
 
 def run_qat(stage: QATStage, model: TorchModel, ctx) -> ONNXModel:
     from compress.distillation import DistillationModule, make_loss_fn
-    from compress.evaluate import predict_logits
+    from compress.evaluate import predict_outputs
     from compress.onnx_graph import count_int8_coverage
     from compress.parity import compare_outputs
     from compress.sessions import ORTSession
@@ -89,7 +91,6 @@ def run_qat(stage: QATStage, model: TorchModel, ctx) -> ONNXModel:
     from compress.training import (
         TaskEval,
         make_accelerator,
-        split_validation,
         tokenized_train_split,
         train_loop,
     )
@@ -98,10 +99,9 @@ def run_qat(stage: QATStage, model: TorchModel, ctx) -> ONNXModel:
     prepare_nncf_environment()
     seed = stage.start(ctx)
     net = ctx.task.load_model(model.path, ctx.splits.label_names, ctx.recipe.trust_remote_code)
-    tokenizer, collate, examples = tokenized_train_split(model.path, ctx)
-    train, validation = split_validation(examples, stage, seed)
+    tokenizer, collate, train, validation = tokenized_train_split(model.path, ctx, stage, seed)
 
-    calibration = [_without_labels(collate([e])) for e in train[: stage.calibration_samples]]
+    calibration = [_model_inputs(collate([e]), ctx.task) for e in train[: stage.calibration_samples]]
     started = time.perf_counter()
     qnet = quantize_with_nncf(net, calibration, stage)
     calibrated_s = time.perf_counter() - started
@@ -112,17 +112,19 @@ def run_qat(stage: QATStage, model: TorchModel, ctx) -> ONNXModel:
         teacher = ctx.task.load_model(model.path, ctx.splits.label_names, ctx.recipe.trust_remote_code)
         teacher.to(accelerator.device).eval().requires_grad_(False)
     result = train_loop(
-        DistillationModule(qnet, objective), train, collate, stage, make_loss_fn(teacher, objective),
-        eval_fn=TaskEval(ctx.task, validation, collate, forward=lambda m: m.student) if validation else None,
+        DistillationModule(qnet, objective, ctx.task), train, collate, stage,
+        make_loss_fn(teacher, objective, ctx.task),
+        eval_fn=TaskEval(ctx.task, *validation, collate, forward=lambda m: m.student,
+                             metric=ctx.metric) if validation else None,
         checkpoint_dir=None, resume_key=ctx.fingerprint, seed=seed, desc="qat", accelerator=accelerator,
     )
     import nncf
 
-    example = _without_labels(collate(train[:2]))
+    example = _model_inputs(collate(train[:2]), ctx.task)
     stripped = nncf.strip(result.model.student.eval(), do_copy=True, example_input=example)
     out = ONNXModel(ctx.artifact_dir)
     ctx.artifact_dir.mkdir(parents=True, exist_ok=True)
-    input_names = export_qdq_onnx(stripped, example, out.onnx_path, stage.opset)
+    input_names = export_qdq_onnx(stripped, example, out.onnx_path, stage.opset, ctx.task.output_names)
     if stage.activation_type == "uint8":
         activations_to_uint8(out.onnx_path)
     weights_folded = fold_weight_quantization(out.onnx_path) if stage.fold_weights else 0
@@ -130,11 +132,13 @@ def run_qat(stage: QATStage, model: TorchModel, ctx) -> ONNXModel:
     copy_sidecar_files(model.path, ctx.artifact_dir)
     tokenizer.save_pretrained(ctx.artifact_dir)
 
-    encoded = ctx.encoded_eval(out)[: stage.parity_samples]
+    encoded = ctx.encoded_eval(out, stage.parity_samples)
     pad_id = tokenizer.pad_token_id or 0
-    torch_logits = predict_logits(_TorchLogits(stripped, input_names, pad_id), encoded, 16, "parity (torch qat)")
-    onnx_logits = predict_logits(ORTSession(out, ctx.measure.threads), encoded, 16, "parity (onnx qat)")
-    parity = {**compare_outputs(torch_logits, onnx_logits, ctx.task), "atol": stage.atol, "examples": len(encoded)}
+    torch_logits = predict_outputs(_TorchOutputs(stripped, ctx.task, input_names, pad_id), encoded, 16,
+                                   "parity (torch qat)")
+    onnx_logits = predict_outputs(ORTSession(out, ctx.measure.threads), encoded, 16, "parity (onnx qat)")
+    parity = {**compare_outputs(torch_logits, onnx_logits, ctx.task, encoded), "atol": stage.atol,
+              "examples": len(encoded)}
     problems = check_qdq_for_tensorrt(out.onnx_path)
     ctx.record(
         qat={"preset": stage.preset, "per_channel": stage.per_channel, "activation_type": stage.activation_type,
@@ -149,31 +153,31 @@ def run_qat(stage: QATStage, model: TorchModel, ctx) -> ONNXModel:
     if parity["max_abs_diff"] > stage.atol:
         raise StageError(f"qat export parity failed: max |logit difference| {parity['max_abs_diff']:.3g} > atol "
                          f"{stage.atol:g} between the torch QAT model and ONNX on {len(encoded)} eval examples")
-    if stage.max_accuracy_drop is not None:
+    if stage.max_metric_drop is not None:
         _check_budget(stage, model, out, ctx)
     return out
 
 
-def _without_labels(batch: dict) -> dict:
-    return {k: v for k, v in batch.items() if k != "labels"}
+def _model_inputs(batch: dict, task) -> dict:
+    return {k: v for k, v in batch.items() if k not in task.target_keys}
 
 
 def _check_budget(stage: QATStage, model: TorchModel, quantized: ONNXModel, ctx) -> None:
-    from compress.evaluate import predict_logits
+    from compress.evaluate import predict_outputs
     from compress.sessions import ORTSession, TorchSession
     from compress.stages.ptq.budget import EPSILON, task_score
 
-    encoded = ctx.encoded_eval(quantized)[: stage.budget_samples]
-    score = task_score(ctx.task, ctx.eval_set.references[: len(encoded)])
+    encoded, references = ctx.eval_set.head(quantized, stage.budget_samples)
+    score = task_score(ctx.task, encoded, references, ctx.metric)
     batch = ctx.measure.eval_batch_size
-    reference = score(predict_logits(TorchSession(model, ctx.measure.threads), encoded, batch))
-    reached = score(predict_logits(ORTSession(quantized, ctx.measure.threads), encoded, batch))
-    met = reference - reached <= stage.max_accuracy_drop + EPSILON
-    ctx.record(accuracy_budget={"max_accuracy_drop": stage.max_accuracy_drop, "slice_examples": len(encoded),
+    reference = score(predict_outputs(TorchSession(model, ctx.measure.threads), encoded, batch))
+    reached = score(predict_outputs(ORTSession(quantized, ctx.measure.threads), encoded, batch))
+    met = reference - reached <= stage.max_metric_drop + EPSILON
+    ctx.record(accuracy_budget={"metric": ctx.metric, "max_accuracy_drop": stage.max_metric_drop, "slice_examples": len(references),
                                 "reference_accuracy": round(reference, 5), "quantized_accuracy": round(reached, 5),
                                 "drop": round(reference - reached, 5), "met": met})
     if not met:
-        raise StageError(f"max_accuracy_drop {stage.max_accuracy_drop:g} not reached: the input model scores "
-                         f"{reference:.4f} on the {len(encoded)}-example budget slice and the QAT INT8 model "
+        raise StageError(f"max_metric_drop {stage.max_metric_drop:g} not reached: the input model scores "
+                         f"{reference:.4f} on the {len(references)}-example budget slice and the QAT INT8 model "
                          f"{reached:.4f}; train longer, add distillation.soft_target_weight, or raise "
-                         "max_accuracy_drop")
+                         "max_metric_drop")

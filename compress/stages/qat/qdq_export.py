@@ -16,26 +16,32 @@ log = logging.getLogger(__name__)
 ENCODER_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
-def export_qdq_onnx(model, example: dict, out_path: Path, opset: int) -> list[str]:
-    """Export `model` (a sequence classifier) with dynamic batch and sequence axes;
-    returns the graph's input names."""
+def export_qdq_onnx(model, example: dict, out_path: Path, opset: int,
+                    output_names: tuple[str, ...] = ("logits",)) -> list[str]:
+    """Export `model` (an encoder with a task head) with dynamic batch and sequence axes and
+    the task's outputs (a per-token output keeps the sequence axis dynamic too); returns the
+    graph's input names."""
     import torch
 
     names = [n for n in ENCODER_INPUTS if n in example]
 
-    class Logits(torch.nn.Module):  # positional inputs in a fixed order, logits out
+    class Outputs(torch.nn.Module):  # positional inputs in a fixed order, the task's outputs out
         def __init__(self, inner):
             super().__init__()
             self.inner = inner
 
         def forward(self, *tensors):
-            return self.inner(**dict(zip(names, tensors))).logits
+            out = self.inner(**dict(zip(names, tensors)))
+            return tuple(getattr(out, name) for name in output_names)
 
-    axes = {n: {0: "batch", 1: "sequence"} for n in names} | {"logits": {0: "batch"}}
+    with torch.no_grad():
+        per_token = Outputs(model).eval()(*(example[n] for n in names))[0].dim() >= 3 or len(output_names) > 1
+    output_axes = {0: "batch", 1: "sequence"} if per_token else {0: "batch"}
+    axes = {n: {0: "batch", 1: "sequence"} for n in names} | {name: output_axes for name in output_names}
     with torch.no_grad():
         torch.onnx.export(
-            Logits(model).eval(), tuple(example[n] for n in names), str(out_path),
-            input_names=names, output_names=["logits"], dynamic_axes=axes,
+            Outputs(model).eval(), tuple(example[n] for n in names), str(out_path),
+            input_names=names, output_names=list(output_names), dynamic_axes=axes,
             opset_version=opset, do_constant_folding=True, dynamo=False,
         )
     tidy_qdq_graph(out_path)
