@@ -76,5 +76,7 @@ def summary_line(splits, spec, model_dir: Path | None = None) -> str:
     if model_dir is not None:
         cut = [count_truncated(model_dir, ds, spec.max_length) for ds in (splits.train, splits.eval)]
         if None not in cut:
-            line += f", truncated to max_length: {cut[0]} train / {cut[1]} eval"
+            # a long QA context is not cut but split into overlapping windows
+            what = "split into windows at" if getattr(splits.train, "windowed", False) else "truncated to"
+            line += f", {what} max_length: {cut[0]} train / {cut[1]} eval"
     return line

@@ -67,7 +67,7 @@ def _run_benchmark(recipe: Recipe, ctx: RunContext) -> str:
 def starts_fine_tuned(model_dir: Path, ctx: RunContext) -> bool:
     """The recipe's input already does the run's task for the run's labels: it is measured
     as the run's input, and a benchmark block takes it as the baseline."""
-    return ctx.task.labels_of(model_dir) == ctx.splits.label_names
+    return ctx.task.is_trained_for(model_dir, ctx.splits.label_names)
 
 
 def _run_stages(recipe: Recipe, ctx: RunContext, redo_from: int) -> tuple[Artifact, str | None]:

@@ -25,6 +25,9 @@ from compress.tasks import get_task, task_names
 from compress.yaml_input import describe_validation_error, read_yaml_file
 
 
+FORMAT_TASKS = {"conll": "token-classification", "squad": "question-answering"}  # formats only one task reads
+
+
 class Recipe(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -54,6 +57,20 @@ class Recipe(BaseModel):
         names = get_task(self.task).metric_names
         if self.metric is not None and self.metric not in names:
             raise ValueError(f"metric {self.metric!r} is not a {self.task} metric (choose from {', '.join(names)})")
+        return self
+
+    @model_validator(mode="after")
+    def _data_fits_the_task(self):
+        """Data settings the task would ignore or cannot read fail here, before anything runs."""
+        task = get_task(self.task)
+        if self.data.text_pair_column and "text_pair_column" not in task.data_columns:
+            raise ValueError(f"data.text_pair_column: {self.task} takes no text pairs (question-answering reads "
+                             "question_column and context_column)")
+        if self.data.labels is not None and not task.labelled:
+            raise ValueError(f"data.labels: {self.task} has no labels")
+        wanted = FORMAT_TASKS.get(self.data.format or "")
+        if wanted and wanted != self.task:
+            raise ValueError(f"data.format: {self.data.format} files hold {wanted} data, not {self.task} data")
         return self
 
     @property

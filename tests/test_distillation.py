@@ -141,3 +141,35 @@ def test_every_training_stage_has_the_same_objective_fields():
     assert names == {("temperature", "soft_target_weight", "label_weight", "hidden_weight", "attention_weight")}
     assert QATStage(kind="qat").distillation.needs_teacher is False  # qat's default loads no teacher
     assert PruneStage(kind="prune", heads=0.3).distillation.needs_teacher is True
+
+
+def test_per_token_soft_targets_average_over_real_tokens_only():
+    """NER: one tag distribution per token; padding never enters the loss."""
+    from compress.distillation import soft_target_kl
+
+    torch.manual_seed(2)
+    s, t = torch.randn(2, 4, 3), torch.randn(2, 4, 3)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    real = [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)]
+    by_hand = sum(float(torch.nn.functional.kl_div(torch.log_softmax(s[i, j], -1), torch.log_softmax(t[i, j], -1),
+                                                     log_target=True, reduction="sum")) for i, j in real) / len(real)
+    assert float(soft_target_kl(s, t, 1.0, mask, -1)) == pytest.approx(by_hand, rel=1e-5)
+    s2 = s.clone()
+    s2[0, 3], s2[1, 2:] = 100.0, -100.0  # padding positions: no effect
+    assert float(soft_target_kl(s2, t, 1.0, mask, -1)) == pytest.approx(by_hand, rel=1e-5)
+
+
+def test_span_soft_targets_are_distributions_over_the_real_tokens():
+    """QA: start and end are distributions over the sequence (axis 1), padding masked out of them."""
+    from compress.distillation import soft_target_kl
+
+    torch.manual_seed(3)
+    s, t = torch.randn(2, 5, 2), torch.randn(2, 5, 2)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    lengths, parts = [5, 3], []
+    for i, n in enumerate(lengths):
+        for c in range(2):
+            parts.append(float(torch.nn.functional.kl_div(torch.log_softmax(s[i, :n, c], -1),
+                                                          torch.log_softmax(t[i, :n, c], -1),
+                                                          log_target=True, reduction="sum")))
+    assert float(soft_target_kl(s, t, 1.0, mask, 1)) == pytest.approx(sum(parts) / len(parts), rel=1e-5)

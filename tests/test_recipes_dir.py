@@ -12,6 +12,7 @@ from compress.recipe import load_recipe
 ROOT = Path(__file__).parents[1]
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
 TEACHER_CACHE = ROOT / "benchmarks" / ".cache"
+TASK_DATA = ROOT / "benchmarks" / "tasks" / "data"
 
 
 def test_there_are_recipes():
@@ -26,5 +27,9 @@ def test_recipe_validates(path, tmp_path, tiny_classifier_dir):
         raw["model"] = str(tiny_classifier_dir)
         path = tmp_path / path.name
         path.write_text(yaml.safe_dump(raw))
-    recipe = load_recipe(path)
+    data_files = [(path.parent / raw["data"][k]).resolve() for k in ("train", "eval")
+                  if not str(raw["data"].get(k, "builtin:")).startswith("builtin:") and raw["data"].get(k)]
+    missing = [f for f in data_files if f.is_relative_to(TASK_DATA.resolve()) and not f.exists()]
+    # task data that benchmarks/tasks/get_data.py fetches outside git: validated without the files
+    recipe = load_recipe(path, check_files=not missing)
     assert recipe.stages

@@ -27,6 +27,7 @@ class Task(Protocol):
     target_keys: tuple[str, ...]  # batch keys the model's own loss takes (e.g. "labels")
     distribution_axis: int  # the axis of an example's output that softmax / distillation runs over
     data_columns: tuple[str, ...]  # DataSpec fields naming the columns a file must have
+    labelled: bool  # predicts from a label set (data.labels applies)
 
     # --- data: rows of a file -> a dataset with `rows` (source line numbers), __len__, subset(idx)
     def dataset_from_rows(self, numbered: list[tuple[int, dict]], spec, origin: str):
@@ -45,6 +46,9 @@ class Task(Protocol):
     # --- model
     def labels_of(self, path: Path) -> list[str] | None:
         """The labels a checkpoint already predicts for this task, or None (e.g. a base model)."""
+
+    def is_trained_for(self, path: Path, labels: list[str] | None) -> bool:
+        """The checkpoint already has this task's head, for these labels (it does the task)."""
 
     def load_model(self, path: Path, labels: list[str] | None, trust_remote_code: bool = False) -> Any:
         """The torch model with the task's head, sized for `labels`."""
@@ -106,6 +110,13 @@ def torch_outputs(model_output, task: Task):
     import torch
 
     return torch.stack(tensors, -1)
+
+
+def saved_architectures(path: Path) -> list[str]:
+    """The model classes a checkpoint's config.json says it was saved as."""
+    import json
+
+    return json.loads((Path(path) / "config.json").read_text(encoding="utf-8")).get("architectures") or []
 
 
 def rounded(metrics: dict) -> dict:

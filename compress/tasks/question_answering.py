@@ -41,6 +41,8 @@ class QADataset:
     repaired_offsets: int = 0  # answer offsets moved onto their text while reading it
     notes: list[str] = field(default_factory=list)  # said in the data summary line
 
+    windowed = True  # a context longer than max_length becomes several features, never cut
+
     def __len__(self) -> int:
         return len(self.questions)
 
@@ -277,6 +279,7 @@ class QuestionAnswering:
     target_keys = ("start_positions", "end_positions")
     distribution_axis = 0  # an output is (tokens, 2): a span's softmax runs over the tokens
     data_columns = ("question_column", "context_column", "answers_column")
+    labelled = False
     doc_stride = 128  # most tokens two windows of a long context share
     max_answer_tokens = 30
     n_best = 20
@@ -326,6 +329,11 @@ class QuestionAnswering:
     def labels_of(self, path: Path) -> None:
         return None
 
+    def is_trained_for(self, path: Path, labels=None) -> bool:
+        from compress.tasks import saved_architectures
+
+        return any(a.endswith("ForQuestionAnswering") for a in saved_architectures(path))
+
     def load_model(self, path: Path, labels=None, trust_remote_code: bool = False):
         from compress.models import load_model
 
@@ -363,6 +371,9 @@ class QuestionAnswering:
             span = answer_tokens(f["offsets"], first["start"], first["start"] + len(first["text"])) if first else (0, 0)
             f["start_positions"], f["end_positions"] = span
         return features
+
+    def runtime_inputs(self, dataset: QADataset) -> tuple[list[str], list[str]]:
+        return list(dataset.questions), list(dataset.contexts)
 
     def runtime_features(self, tokenizer, texts: list[str], pairs: list[str], max_length: int) -> list[dict]:
         """The features encode() makes (without answer positions), from the light

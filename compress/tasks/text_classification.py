@@ -26,6 +26,7 @@ class TextClassification:
     target_keys = ("labels",)
     distribution_axis = -1
     data_columns = ("text_column", "label_column", "text_pair_column")
+    labelled = True
 
     # ------------------------------------------------------------------ data
 
@@ -86,6 +87,9 @@ class TextClassification:
         if not id2label or not any("ForSequenceClassification" in a for a in architectures):
             return None
         return [id2label[str(i)] for i in range(len(id2label))]
+
+    def is_trained_for(self, path: Path, labels: list[str]) -> bool:
+        return self.labels_of(path) == labels
 
     def load_model(self, path: Path, labels: list[str], trust_remote_code: bool = False):
         from compress.models import load_model

@@ -82,6 +82,7 @@ class TokenClassification:
     target_keys = ("labels",)
     distribution_axis = -1
     data_columns = ("tokens_column", "tags_column")
+    labelled = True
 
     # ------------------------------------------------------------------ data
 
@@ -165,6 +166,9 @@ class TokenClassification:
         if not id2label or not any("ForTokenClassification" in a for a in architectures):
             return None
         return [id2label[str(i)] for i in range(len(id2label))]
+
+    def is_trained_for(self, path: Path, labels: list[str]) -> bool:
+        return self.labels_of(path) == labels
 
     def load_model(self, path: Path, labels: list[str], trust_remote_code: bool = False):
         from compress.models import load_model

@@ -169,7 +169,7 @@ class DistillStage(StageConfig, TrainingSchedule):
         labels = ctx.splits.label_names
         teacher_path = self.teacher_dir(model, ctx)
         for what, path in (("incoming model", model.path), ("teacher", teacher_path)):
-            if ctx.task.labels_of(path) != labels:
+            if not ctx.task.is_trained_for(path, labels):
                 raise StageError(f"distill: the {what} in {path} is not a {ctx.task.name} model for labels "
                                  f"{labels}: fine-tune it first")
         before = ctx.input_summary()

@@ -32,12 +32,15 @@ def _tensor_block(t: dict, batched: bool, label_file: str | None = None) -> str:
 
 
 def triton_config(name: str, kind: str, inputs: list[dict], outputs: list[dict], max_batch_size: int,
-                  queue_delay_us: int = 100) -> str:
-    """config.pbtxt text. Batching needs a dynamic first dimension on every tensor."""
+                  queue_delay_us: int = 100, labelled: bool = True) -> str:
+    """config.pbtxt text. Batching needs a dynamic first dimension on every tensor. Triton's
+    classification extension (label_filename) fits one score per label per item: a
+    [batch, labels] first output, not per-token tags or start/end logits."""
     platform, backend, _, instance = BACKENDS[kind]
     batched = all(t["shape"] and not isinstance(t["shape"][0], int) for t in inputs + outputs)
     tensors_in = ",\n".join(_tensor_block(t, batched) for t in inputs)
-    tensors_out = ",\n".join(_tensor_block(t, batched, "labels.txt" if i == 0 else None)
+    per_item = labelled and len(outputs) == 1 and len(outputs[0]["shape"]) == 2
+    tensors_out = ",\n".join(_tensor_block(t, batched, "labels.txt" if i == 0 and per_item else None)
                              for i, t in enumerate(outputs))
     text = (f'name: "{name}"\nplatform: "{platform}"\nbackend: "{backend}"\n'
             f"max_batch_size: {max_batch_size if batched else 0}\n"
@@ -48,7 +51,7 @@ def triton_config(name: str, kind: str, inputs: list[dict], outputs: list[dict],
 
 
 def write_triton_repository(root: Path, name: str, kind: str, model_file: Path, inputs: list[dict],
-                            outputs: list[dict], labels: list[str], max_batch_size: int) -> Path:
+                            outputs: list[dict], labels: list[str] | None, max_batch_size: int) -> Path:
     """Write the repository under root/<name>/; the model file is hard-linked (or copied)."""
     from compress.stages.package.deploy import link_or_copy
 
@@ -57,7 +60,8 @@ def write_triton_repository(root: Path, name: str, kind: str, model_file: Path, 
     link_or_copy(model_file, model_dir / "1" / BACKENDS[kind][2])
     for extra in model_file.parent.glob(f"{model_file.name}?*"):  # ONNX external data (model.onnx.data)
         link_or_copy(extra, model_dir / "1" / extra.name)
-    (model_dir / "labels.txt").write_text("\n".join(labels) + "\n", encoding="utf-8")
-    (model_dir / "config.pbtxt").write_text(triton_config(name, kind, inputs, outputs, max_batch_size),
-                                            encoding="utf-8")
+    if labels:  # the label (or tag) names in output order
+        (model_dir / "labels.txt").write_text("\n".join(labels) + "\n", encoding="utf-8")
+    (model_dir / "config.pbtxt").write_text(
+        triton_config(name, kind, inputs, outputs, max_batch_size, labelled=bool(labels)), encoding="utf-8")
     return model_dir

@@ -1,0 +1,52 @@
+"""Copy what a finished run measured (not its model files) into benchmarks/results/tasks/<run>/:
+manifest.json, data_split.json, every stage's stage.json (at the run's own paths, so
+`compress.report.markdown_summary` reads the copy as it reads the run), summary.md and
+the run's benchmark (bench/results.jsonl, .md, .csv, pareto.png).
+
+    python benchmarks/tasks/collect.py RUN_DIR [--out benchmarks/results/tasks]
+
+tests/test_task_results.py re-renders summary.md and bench/results.md from these files."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from compress.manifest import Manifest  # noqa: E402
+from compress.report import markdown_summary  # noqa: E402
+
+
+def collect(run_dir: Path, out_root: Path) -> Path:
+    manifest = Manifest.read(run_dir)
+    if manifest.status != "completed":
+        raise SystemExit(f"{run_dir}: the run is {manifest.status}, not completed")
+    out = out_root / run_dir.name
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    for name in ("manifest.json", "data_split.json"):
+        shutil.copy2(run_dir / name, out / name)
+    for entry in manifest.done_stages():
+        (out / entry.path).mkdir(parents=True, exist_ok=True)
+        shutil.copy2(run_dir / entry.path / "stage.json", out / entry.path / "stage.json")
+    (out / "summary.md").write_text(markdown_summary(run_dir), encoding="utf-8")
+    if (run_dir / "bench").is_dir():
+        shutil.copytree(run_dir / "bench", out / "bench", ignore=shutil.ignore_patterns("*.tmp", "cells"))
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "tasks")
+    a = parser.parse_args()
+    print(collect(a.run_dir.resolve(), a.out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
