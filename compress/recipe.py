@@ -24,7 +24,6 @@ from compress.stages import STAGE_CLASSES, STAGE_KINDS, Stage
 from compress.tasks import get_task, task_names
 from compress.yaml_input import describe_validation_error, read_yaml_file
 
-
 FORMAT_TASKS = {"conll": "token-classification", "squad": "question-answering"}  # formats only one task reads
 
 

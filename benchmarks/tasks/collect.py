@@ -39,6 +39,32 @@ def collect(run_dir: Path, out_root: Path) -> Path:
     return out
 
 
+def readme_row(results: Path) -> str:
+    """One Markdown row per task run for the README: the run's metric for the fp32 ONNX export
+    and the INT8 model in the same run, and their batch-1 ONNX Runtime latency from the run's
+    benchmark (real eval lengths)."""
+    import json
+
+    from compress.bench.report import read_rows, with_speedups
+
+    manifest = Manifest.read(results)
+    metric = manifest.metric
+    stages = {e.kind: json.loads((results / e.path / "stage.json").read_text()) for e in manifest.done_stages()}
+    fp32, int8 = stages["export_onnx"], stages["ptq"]
+    rows = with_speedups(read_rows(results / "bench" / "results.jsonl"))
+    at_b1 = {r["model"].split("/")[-1]: r for r in rows if r["status"] == "ok" and r["target"] == "ort-cpu"
+             and r["batch_size"] == 1 and r["seq_len"] is None}
+    fp32_b1, int8_b1 = at_b1[_stage_path(manifest, "export_onnx")], at_b1[_stage_path(manifest, "ptq")]
+    return (f"| {manifest.name} | {manifest.task} | {metric} | {fp32[metric]:.4f} | {int8[metric]:.4f} | "
+            f"{(int8[metric] - fp32[metric]) * 100:+.2f} | {fp32_b1['p50_ms']:.2f} | {int8_b1['p50_ms']:.2f} | "
+            f"{fp32_b1['p50_ms'] / int8_b1['p50_ms']:.2f}x | {fp32['size_bytes'] / 1e6:.1f} → "
+            f"{int8['size_bytes'] / 1e6:.1f} MB |")
+
+
+def _stage_path(manifest: Manifest, kind: str) -> str:
+    return next(e.path for e in manifest.done_stages() if e.kind == kind)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)

@@ -119,6 +119,18 @@ def saved_architectures(path: Path) -> list[str]:
     return json.loads((Path(path) / "config.json").read_text(encoding="utf-8")).get("architectures") or []
 
 
+def saved_labels(path: Path, head_suffix: str) -> list[str] | None:
+    """The label names in id order of a checkpoint saved with a `*{head_suffix}` head (e.g.
+    "ForTokenClassification"); None for any other checkpoint (a base model, another task)."""
+    import json
+
+    cfg = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+    id2label = cfg.get("id2label")
+    if not id2label or not any(a.endswith(head_suffix) for a in cfg.get("architectures") or []):
+        return None
+    return [id2label[str(i)] for i in range(len(id2label))]
+
+
 def rounded(metrics: dict) -> dict:
     """A task's metrics as a record keeps them: floats to 5 decimals, counts as they are."""
     return {k: round(v, 5) if isinstance(v, float) else v for k, v in metrics.items()}

@@ -3,7 +3,6 @@ accuracy, macro-F1, per-class precision / recall / F1 and the confusion matrix."
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -82,11 +81,9 @@ class TextClassification:
     # ------------------------------------------------------------------ model and features
 
     def labels_of(self, path: Path) -> list[str] | None:
-        cfg = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
-        id2label, architectures = cfg.get("id2label"), cfg.get("architectures") or []
-        if not id2label or not any("ForSequenceClassification" in a for a in architectures):
-            return None
-        return [id2label[str(i)] for i in range(len(id2label))]
+        from compress.tasks import saved_labels
+
+        return saved_labels(path, "ForSequenceClassification")
 
     def is_trained_for(self, path: Path, labels: list[str]) -> bool:
         return self.labels_of(path) == labels

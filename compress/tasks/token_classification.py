@@ -7,7 +7,6 @@ seqeval's default mode and conlleval read it; the data summary counts such tags.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -161,11 +160,9 @@ class TokenClassification:
     # ------------------------------------------------------------------ model and features
 
     def labels_of(self, path: Path) -> list[str] | None:
-        cfg = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
-        id2label, architectures = cfg.get("id2label"), cfg.get("architectures") or []
-        if not id2label or not any("ForTokenClassification" in a for a in architectures):
-            return None
-        return [id2label[str(i)] for i in range(len(id2label))]
+        from compress.tasks import saved_labels
+
+        return saved_labels(path, "ForTokenClassification")
 
     def is_trained_for(self, path: Path, labels: list[str]) -> bool:
         return self.labels_of(path) == labels

@@ -1,5 +1,6 @@
-"""The accuracy budget of a quantization: when the INT8 model loses more accuracy than
-`max_metric_drop`, find the layers that cost the most and keep them in float.
+"""The metric budget of a quantization (the run's metric: accuracy, entity F1, SQuAD F1):
+when the INT8 model loses more of it than `max_metric_drop`, find the layers that cost the
+most and keep them in float.
 
 Sensitivity of a layer = how far the logits move (mean |difference| against the float
 model, on the budget slice) when that layer alone is quantized: a continuous score, so
@@ -100,7 +101,7 @@ def fit_accuracy_budget(
             return BudgetResult(list(excluded), acc, attempts, sensitivity)
     raise StageError(
         f"max_metric_drop {max_drop:g} not reached: the float model scores {reference:.4f} on the "
-        f"{len(reference_logits)}-example budget slice and the best INT8 model {best.accuracy:.4f} "
+        f"budget slice ({len(reference_logits)} features) and the best INT8 model {best.accuracy:.4f} "
         f"(drop {reference - best.accuracy:.4f}, with {len(best.excluded)} of {len(candidates)} layers in float: "
         f"{_shorten(best.excluded)}); raise max_metric_drop or try per_channel / another calibration"
     )
