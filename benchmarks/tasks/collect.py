@@ -53,7 +53,7 @@ def readme_row(results: Path) -> str:
     fp32, int8 = stages["export_onnx"], stages["ptq"]
     rows = with_speedups(read_rows(results / "bench" / "results.jsonl"))
     at_b1 = {r["model"].split("/")[-1]: r for r in rows if r["status"] == "ok" and r["target"] == "ort-cpu"
-             and r["batch_size"] == 1 and r["seq_len"] is None}
+             and r["batch_size"] == 1 and r["seq_len"] == "real"}
     fp32_b1, int8_b1 = at_b1[_stage_path(manifest, "export_onnx")], at_b1[_stage_path(manifest, "ptq")]
     return (f"| {manifest.name} | {manifest.task} | {metric} | {fp32[metric]:.4f} | {int8[metric]:.4f} | "
             f"{(int8[metric] - fp32[metric]) * 100:+.2f} | {fp32_b1['p50_ms']:.2f} | {int8_b1['p50_ms']:.2f} | "
