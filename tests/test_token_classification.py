@@ -197,3 +197,46 @@ def test_postprocess_returns_entities_with_character_offsets(tiny_base_dir):
     assert [(e["type"], e["text"], e["start"], e["end"]) for e in entities] == [
         ("person", "alice bob", 2, 11), ("place", "paris", 21, 26)]
     assert all(0.9 < e["score"] <= 1.0 for e in entities)
+
+
+# ---------------------------------------------------------------------------- property: any tagging file
+
+# no whitespace inside a word: a CoNLL line holds one word (an empty word is still drawn)
+words = st.one_of(st.sampled_from(PEOPLE + PLACES + FILLER),
+                  st.text(st.characters(blacklist_categories=("Cc", "Cs", "Zs", "Zl", "Zp")), max_size=6))
+tags = st.sampled_from(["O", "B-person", "I-person", "B-place", "I-place", "B-", "I-x y", "X", "", "o"])
+
+
+@st.composite
+def tagging_files(draw):
+    n = draw(st.one_of(st.integers(0, 12), st.integers(40, 70)))
+    noise = draw(st.sampled_from([0, 0, 0.02, 0.3]))
+    corrupt = st.floats(0, 1).map(lambda u: u < noise)
+    sentences = [([draw(words) if draw(corrupt) else w for w in ws], [draw(tags) if draw(corrupt) else t for t in ts])
+                 for ws, ts in make_tagged(n, seed=draw(st.integers(0, 3)))]
+    return draw(st.sampled_from(["conll", "jsonl"])), sentences, draw(st.sampled_from([0.1, 0.25]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(tagging_files())
+def test_any_tagging_file_is_accepted_with_a_true_summary_or_refused_in_one_line(tmp_path_factory, generated):
+    from compress.data_checks import summary_line
+    from compress.errors import CompressError
+
+    fmt, sentences, fraction = generated
+    path = tmp_path_factory.mktemp("ner") / f"d.{fmt}"
+    if fmt == "conll":
+        write_conll(path, sentences)
+    else:
+        path.write_text("".join(json.dumps({"tokens": w, "tags": t}) + "\n" for w, t in sentences), encoding="utf-8")
+    spec = DataSpec(train=str(path), eval_fraction=fraction, seed=7)
+    try:
+        splits = load_splits(spec, "token-classification")
+    except CompressError as e:
+        assert "\n" not in str(e) and str(e).startswith(str(path)), str(e)
+        return
+    kept = [s for s in sentences if s[0]]  # a CoNLL sentence of empty words has no lines
+    assert len(splits.train) + len(splits.eval) <= len(kept)
+    assert summary_line(splits, spec).startswith(f"train {len(splits.train)} / eval {len(splits.eval)} examples")
+    for tags_of_sentence in splits.train.tags + splits.eval.tags:
+        assert all(0 <= t < len(splits.label_names) for t in tags_of_sentence)
