@@ -86,7 +86,10 @@ def measure_cell(job: dict) -> dict:
         session.run(batch)
         return len(batch["input_ids"])
 
-    samples, items = time_calls(call, job["warmup"], job["min_iterations"], job["min_seconds"], job["max_seconds"], sync=sync)
+    # warm-up calls take the first batches: the timed loop starts at batch `warmup`, so a pass
+    # of len(batches) calls from there still times every batch exactly once
+    samples, items = time_calls(call, job["warmup"], job["min_iterations"], job["min_seconds"], job["max_seconds"],
+                                sync=sync, cycle=len(batches))
     if target.device == "cuda":
         end_evt.record()
         torch.cuda.synchronize()
@@ -103,6 +106,7 @@ def measure_cell(job: dict) -> dict:
         "session_load_s": round(load_s, 3),
         "warmup": job["warmup"],
         "distinct_batches": len(batches),
+        "passes": round(len(samples) / len(batches), 3),  # whole passes unless max_seconds cut the last
         "mean_real_tokens_per_item": round(sum(tokens) / sum(len(b["input_ids"]) for b in batches), 2),
         "runtime_threads": _runtime_threads(target),
     }

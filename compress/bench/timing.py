@@ -53,12 +53,15 @@ def summarize(samples_ms: Sequence[float], items_per_call: Sequence[int]) -> dic
 
 def time_calls(
     call: Callable[[int], int], warmup: int, min_iterations: int, min_seconds: float, max_seconds: float,
-    clock: Callable[[], float] = time.perf_counter, sync: Callable[[], None] | None = None,
+    clock: Callable[[], float] = time.perf_counter, sync: Callable[[], None] | None = None, cycle: int = 1,
 ) -> tuple[list[float], list[int]]:
     """Run call(i) (which returns the number of items it processed) warmup times untimed,
-    then time it until both min_iterations and min_seconds are reached (max_seconds caps
-    the loop once min_iterations ran). sync() waits for queued GPU work before each clock
-    read, so an asynchronous launch is not mistaken for the work."""
+    then time it until both min_iterations and min_seconds are reached, and then on to the
+    end of a pass of `cycle` calls (max_seconds caps the loop once min_iterations ran).
+    call(i) cycles through `cycle` distinct inputs (real eval lengths): timing whole passes
+    makes a faster model time the same inputs as a slower one, not more of the longer or
+    shorter ones. sync() waits for queued GPU work before each clock read, so an
+    asynchronous launch is not mistaken for the work."""
     sync = sync or (lambda: None)
     for i in range(warmup):
         call(i)
@@ -74,6 +77,6 @@ def time_calls(
         items.append(n)
         i += 1
         elapsed = clock() - started
-        if i >= min_iterations and (elapsed >= min_seconds or elapsed >= max_seconds):
+        if i >= min_iterations and ((elapsed >= min_seconds and i % cycle == 0) or elapsed >= max_seconds):
             break
     return samples, items

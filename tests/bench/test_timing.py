@@ -67,6 +67,28 @@ def test_time_calls_excludes_warmup_and_honours_minimums():
     assert sum(items) == 40
 
 
+def test_time_calls_ends_on_a_whole_pass_over_distinct_inputs():
+    """Real eval lengths: 7 distinct batches, the faster model must not time a different mix."""
+    for step in (0.01, 0.003):  # a slower and a faster model
+        clock = FakeClock(step)
+
+        def call(i, clock=clock, step=step):
+            clock.now += step
+            return 1
+
+        samples, _ = time_calls(call, warmup=2, min_iterations=5, min_seconds=0.1, max_seconds=10, clock=clock,
+                                cycle=7)
+        assert len(samples) % 7 == 0 and len(samples) * step >= 0.1 - 1e-9
+    clock = FakeClock(1.0)
+
+    def slow(i):
+        clock.now += 1.0
+        return 1
+
+    samples, _ = time_calls(slow, warmup=0, min_iterations=2, min_seconds=0, max_seconds=3, clock=clock, cycle=100)
+    assert len(samples) == 3  # max_seconds still caps the loop
+
+
 def test_time_calls_runs_min_iterations_even_past_max_seconds():
     clock = FakeClock(1.0)
 
