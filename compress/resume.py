@@ -43,6 +43,7 @@ def stage_fingerprint(recipe, index: int, input_sha256: str, split_record: dict)
     payload = {
         "compress": __version__,
         "task": recipe.task,
+        "metric": recipe.metric_name,  # keep_best and the budgets choose by it
         "trust_remote_code": recipe.trust_remote_code,
         "data": recipe.data.model_dump(mode="json"),
         "stages": [s.model_dump(mode="json") for s in recipe.stages[: index + 1]],

@@ -229,3 +229,18 @@ def test_a_failure_after_training_keeps_the_finished_training(recipe_dir, tiny_b
     record = json.loads((run_dir / "01-finetune" / "stage.json").read_text())
     assert record["training"]["steps"] == 6 and record["training"]["resumed_from_step"] == 6
     assert not (run_dir / "01-finetune" / "checkpoint").exists() and not list(run_dir.glob(".*.partial"))
+
+
+def test_the_recipes_metric_is_part_of_every_stage_fingerprint(recipe_dir):
+    """keep_best and the budgets choose by the metric: another metric may make other artifacts."""
+    from compress.recipe import load_recipe
+    from compress.resume import stage_fingerprint
+
+    split = {"seed": 7, "label_names": ["neg", "pos"], "train": {}, "eval": {}, "source_sha256": {}}
+    (recipe_dir / "a.yaml").write_text(tiny_recipe_text())
+    (recipe_dir / "b.yaml").write_text(tiny_recipe_text().replace("task: text-classification",
+                                                                  "task: text-classification\nmetric: macro_f1"))
+    a, b = load_recipe(recipe_dir / "a.yaml"), load_recipe(recipe_dir / "b.yaml")
+    assert (a.metric_name, b.metric_name) == ("accuracy", "macro_f1")
+    assert stage_fingerprint(a, 0, "x", split) != stage_fingerprint(b, 0, "x", split)
+    assert stage_fingerprint(a, 0, "x", split) == stage_fingerprint(load_recipe(recipe_dir / "a.yaml"), 0, "x", split)
