@@ -29,13 +29,22 @@ def fixed_batches(session, tokenizer, batch_size: int, seq_len: int, seed: int =
     return [{k: full[k] for k in session.input_names}]
 
 
-def real_batches(session, encoded: list[dict], batch_size: int) -> list[dict]:
-    """Consecutive eval examples in their original order, each batch padded to its longest."""
+def real_batches(session, encoded: list[dict], batch_size: int) -> tuple[list[dict], list[int]]:
+    """Consecutive eval examples in their original order, each batch padded to its longest,
+    and the examples in each. An example is the task's unit of work: a text, a pair, or a
+    question with every window of its context (features sharing an `example`), so batch
+    size 1 times one question however many windows it takes."""
     from compress.data import pad_batch
 
-    return [pad_batch(encoded[i : i + batch_size], session.input_names, session.pad_id)
-            for i in range(0, len(encoded) - batch_size + 1, batch_size)] or [
-        pad_batch(encoded, session.input_names, session.pad_id)]
+    groups: list[list[dict]] = []
+    for feature in encoded:
+        if groups and "example" in feature and groups[-1][0].get("example") == feature["example"]:
+            groups[-1].append(feature)
+        else:
+            groups.append([feature])
+    spans = [groups[i : i + batch_size] for i in range(0, len(groups) - batch_size + 1, batch_size)] or [groups]
+    return ([pad_batch([f for g in span for f in g], session.input_names, session.pad_id) for span in spans],
+            [len(span) for span in spans])
 
 
 def load_eval(job: dict, artifact) -> tuple[list[dict], object] | None:
@@ -69,9 +78,10 @@ def measure_cell(job: dict) -> dict:
     load_s = time.perf_counter() - started
     evalset = load_eval(job, artifact) if (job["accuracy"] or seq_len is None) else None
     if seq_len is None:
-        batches = real_batches(session, evalset[0], batch_size)
+        batches, examples_per_batch = real_batches(session, evalset[0], batch_size)
     else:
         batches = fixed_batches(session, load_tokenizer(artifact.path), batch_size, seq_len)
+        examples_per_batch = [len(b["input_ids"]) for b in batches]
 
     sync, gpu = None, {}
     if target.device == "cuda":  # gated: only on a GPU target, where torch sees CUDA
@@ -81,10 +91,9 @@ def measure_cell(job: dict) -> dict:
         start_evt, end_evt = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start_evt.record()
 
-    def call(i: int) -> int:
-        batch = batches[i % len(batches)]
-        session.run(batch)
-        return len(batch["input_ids"])
+    def call(i: int) -> int:  # returns the examples done: throughput counts texts, pairs, questions
+        session.run(batches[i % len(batches)])
+        return examples_per_batch[i % len(batches)]
 
     # warm-up calls take the first batches: the timed loop starts at batch `warmup`, so a pass
     # of len(batches) calls from there still times every batch exactly once
@@ -117,7 +126,7 @@ def measure_cell(job: dict) -> dict:
         task = get_task(job["model"].get("task", "text-classification"))
         result.update(evaluate_task(session, encoded, task.references(dataset), task, job["eval_batch_size"]))
         result["metric"] = job["model"].get("metric") or task.primary_metric  # the one the tables show
-    if evalset is not None:  # a long QA context is several windows: a call's items are windows, not questions
+    if evalset is not None:  # a long QA context is several windows, all in its example's call
         result["features_per_example"] = round(len(evalset[0]) / max(1, len(evalset[1])), 4)
     return result
 

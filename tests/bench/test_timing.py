@@ -113,3 +113,20 @@ def test_time_calls_syncs_before_reading_the_clock():
 
     samples, _ = time_calls(call, warmup=1, min_iterations=3, min_seconds=0, max_seconds=1, clock=clock, sync=sync)
     assert samples == pytest.approx([3.0, 3.0, 3.0])
+
+
+def test_real_batches_keep_a_questions_windows_in_one_call():
+    """QA: batch size 1 is one question with every window of its context; throughput counts questions."""
+    from types import SimpleNamespace
+
+    from compress.bench.cell import real_batches
+
+    session = SimpleNamespace(input_names=["input_ids", "attention_mask"], pad_id=0)
+    features = [{"input_ids": [1] * n, "attention_mask": [1] * n, "example": e}
+                for e, n in [(0, 5), (0, 3), (1, 4), (2, 6), (2, 6), (2, 2)]]
+    batches, examples = real_batches(session, features, 1)
+    assert [b["input_ids"].shape for b in batches] == [(2, 5), (1, 4), (3, 6)] and examples == [1, 1, 1]
+    batches, examples = real_batches(session, features, 2)
+    assert [b["input_ids"].shape[0] for b in batches] == [3] and examples == [2]  # the third question is left over
+    plain = [{"input_ids": [1] * 3, "attention_mask": [1] * 3} for _ in range(4)]  # one feature per example
+    assert real_batches(session, plain, 2)[1] == [2, 2]
