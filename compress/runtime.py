@@ -6,6 +6,8 @@ and serve the model.
     from compress.runtime import Predictor
     predictor = Predictor.load("runs/quickstart/05-package")
     predictor.predict(["a moving, funny film"])  # [{'label': 'fresh', 'score': 0.97, 'scores': {...}}]
+    # text pairs: predict(premises, hypotheses); NER: predict(texts) -> [{'entities': [...]}];
+    # QA: predict(questions, contexts) -> [{'answer', 'start', 'end', 'score'}]
 """
 
 from __future__ import annotations
