@@ -22,6 +22,11 @@ def compare_outputs(reference: list[np.ndarray], candidate: list[np.ndarray], ta
             **rounded(task.agreement(reference, candidate, features))}
 
 
+def describe_agreement(compared: dict) -> str:
+    """The *_agreement shares of a comparison for a failure message, e.g. 'label agreement 98.00%'."""
+    return ", ".join(f"{k.replace('_', ' ')} {v:.2%}" for k, v in compared.items() if k.endswith("agreement"))
+
+
 def check_parity(reference: Artifact, candidate: Artifact, ctx, atol: float, samples: int) -> dict:
     encoded = ctx.encoded_eval(reference, samples)
     threads = ctx.measure.threads
@@ -29,7 +34,7 @@ def check_parity(reference: Artifact, candidate: Artifact, ctx, atol: float, sam
     cand = predict_outputs(open_session(candidate, threads), encoded, 16, "parity (candidate)")
     result = {**compare_outputs(ref, cand, ctx.task, encoded), "atol": atol, "examples": len(encoded)}
     if result["max_abs_diff"] > atol:
-        agreement = ", ".join(f"{k.replace('_', ' ')} {v:.2%}" for k, v in result.items() if k.endswith("agreement"))
+        agreement = describe_agreement(result)
         raise StageError(
             f"parity check failed: max |logit difference| {result['max_abs_diff']:.3g} > atol {atol:g} "
             f"on {len(encoded)} eval examples ({agreement})"

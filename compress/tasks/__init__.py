@@ -28,6 +28,7 @@ class Task(Protocol):
     distribution_axis: int  # the axis of an example's output that softmax / distillation runs over
     data_columns: tuple[str, ...]  # DataSpec fields naming the columns a file must have
     labelled: bool  # predicts from a label set (data.labels applies)
+    usage: tuple[str, str]  # a Predictor.predict call's arguments and what it returns, for model cards
 
     # --- data: rows of a file -> a dataset with `rows` (source line numbers), __len__, subset(idx)
     def dataset_from_rows(self, numbered: list[tuple[int, dict]], spec, origin: str):

@@ -280,6 +280,8 @@ class QuestionAnswering:
     distribution_axis = 0  # an output is (tokens, 2): a span's softmax runs over the tokens
     data_columns = ("question_column", "context_column", "answers_column")
     labelled = False
+    usage = ('["Who wrote it?"], ["It was written by Alice."]',
+             "[{'answer': ..., 'start': ..., 'end': ..., 'score': ...}]")
     doc_stride = 128  # most tokens two windows of a long context share
     max_answer_tokens = 30
     n_best = 20
@@ -315,11 +317,9 @@ class QuestionAnswering:
         return dataset
 
     def check_splits(self, train, eval_, names, train_origin: str, eval_origin: str, spec) -> None:
-        from compress.data_checks import MIN_EVAL_EXAMPLES
+        from compress.data_checks import check_eval_size
 
-        if len(eval_) < MIN_EVAL_EXAMPLES:
-            raise DataError(f"{eval_origin}: {len(eval_)} eval examples: fewer than {MIN_EVAL_EXAMPLES} make the "
-                            "metric meaningless (give more rows, raise data.eval_fraction or data.max_eval_samples)")
+        check_eval_size(len(eval_), eval_origin)
         for answers, row in zip(eval_.answers, eval_.rows):
             if not answers:  # it would score 0 whatever the model says
                 raise DataError(f"{eval_origin}: line {row}: no answer: every eval question needs a gold answer")

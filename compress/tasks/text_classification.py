@@ -26,6 +26,7 @@ class TextClassification:
     distribution_axis = -1
     data_columns = ("text_column", "label_column", "text_pair_column")
     labelled = True
+    usage = ('["some text"]', "[{'label': ..., 'score': ..., 'scores': {...}}]")
 
     # ------------------------------------------------------------------ data
 

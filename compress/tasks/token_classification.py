@@ -82,6 +82,8 @@ class TokenClassification:
     distribution_axis = -1
     data_columns = ("tokens_column", "tags_column")
     labelled = True
+    usage = ('["Alice flew to Paris"]',
+             "[{'entities': [{'type': ..., 'text': ..., 'start': ..., 'end': ..., 'score': ...}]}]")
 
     # ------------------------------------------------------------------ data
 

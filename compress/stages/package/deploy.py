@@ -106,7 +106,7 @@ def validate_package(package: Path, reference: ONNXModel, task, texts: list[str]
     raw outputs within atol, as an ONNX Runtime session on the reference model fed the same
     batches. Raises StageError."""
     from compress.evaluate import predict_outputs
-    from compress.parity import compare_outputs
+    from compress.parity import compare_outputs, describe_agreement
     from compress.sessions import ORTSession
 
     predictor = Predictor.load(package, threads=threads)
@@ -127,11 +127,10 @@ def validate_package(package: Path, reference: ONNXModel, task, texts: list[str]
     result = {"runtime": "compress.runtime (onnxruntime)", "provider": "CPUExecutionProvider",
               "reference": f"onnxruntime session on {reference.onnx_path.name} with the training tokenizer",
               "examples": len(texts), **compared, "atol": atol}
-    disagreements = {k: v for k, v in compared.items() if k.endswith("_agreement") and v < 1.0}
-    if disagreements or compared["max_abs_diff"] > atol:
-        agreement = ", ".join(f"{k.replace('_', ' ')} {v:.2%}" for k, v in compared.items() if k.endswith("agreement"))
-        raise StageError(f"package validation failed on {len(texts)} eval examples: {agreement}, max |output "
-                         f"difference| {compared['max_abs_diff']:.3g} (atol {atol:g})")
+    disagree = any(v < 1.0 for k, v in compared.items() if k.endswith("_agreement"))
+    if disagree or compared["max_abs_diff"] > atol:
+        raise StageError(f"package validation failed on {len(texts)} eval examples: {describe_agreement(compared)}, "
+                         f"max |output difference| {compared['max_abs_diff']:.3g} (atol {atol:g})")
     return result
 
 
@@ -162,16 +161,6 @@ def deploy_spec(name: str, task: str, onnx_path: Path, labels: list[str] | None,
 def write_deploy_spec(package: Path, spec: dict) -> None:
     spec["files"] = hash_files(package)
     (package / DEPLOY_FILE).write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
-
-
-# task → (a predict() call's arguments, what it returns), for the card's usage example
-USAGE = {
-    "text-classification": ('["some text"]', "[{'label': ..., 'score': ..., 'scores': {...}}]"),
-    "token-classification": ('["Alice flew to Paris"]',
-                             "[{'entities': [{'type': ..., 'text': ..., 'start': ..., 'end': ..., 'score': ...}]}]"),
-    "question-answering": ('["Who wrote it?"], ["It was written by Alice."]',
-                           "[{'answer': ..., 'start': ..., 'end': ..., 'score': ...}]"),
-}
 
 
 def model_card(spec: dict, ctx, environment: dict) -> str:
@@ -207,7 +196,7 @@ def model_card(spec: dict, ctx, environment: dict) -> str:
         "## Use\n",
         "```python\nfrom compress.runtime import Predictor\n\n"
         "predictor = Predictor.load(\"path/to/this/directory\")  # checks every file's sha256 first\n"
-        f"predictor.predict({USAGE[spec['task']][0]})  # {USAGE[spec['task']][1]}\n```\n\n"
+        f"predictor.predict({ctx.task.usage[0]})  # {ctx.task.usage[1]}\n```\n\n"
         "or `compress predict path/to/this/directory \"some text\"`.\n",
         "Needs only `onnxruntime`, `tokenizers` and `numpy`. `triton/` is a Triton Inference Server model "
         "repository (inputs are token ids: tokenize with tokenizer.json first).\n",

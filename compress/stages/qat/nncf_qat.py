@@ -77,7 +77,7 @@ class _TorchOutputs:
 
 
 def run_qat(stage: QATStage, model: TorchModel, ctx) -> ONNXModel:
-    from compress.distillation import DistillationModule, make_loss_fn
+    from compress.distillation import DistillationModule, make_loss_fn, model_inputs
     from compress.evaluate import predict_outputs
     from compress.onnx_graph import count_int8_coverage
     from compress.parity import compare_outputs
@@ -101,7 +101,7 @@ def run_qat(stage: QATStage, model: TorchModel, ctx) -> ONNXModel:
     net = ctx.task.load_model(model.path, ctx.splits.label_names, ctx.recipe.trust_remote_code)
     tokenizer, collate, train, validation = tokenized_train_split(model.path, ctx, stage, seed)
 
-    calibration = [_model_inputs(collate([e]), ctx.task) for e in train[: stage.calibration_samples]]
+    calibration = [model_inputs(collate([e])) for e in train[: stage.calibration_samples]]
     started = time.perf_counter()
     qnet = quantize_with_nncf(net, calibration, stage)
     calibrated_s = time.perf_counter() - started
@@ -120,7 +120,7 @@ def run_qat(stage: QATStage, model: TorchModel, ctx) -> ONNXModel:
     )
     import nncf
 
-    example = _model_inputs(collate(train[:2]), ctx.task)
+    example = model_inputs(collate(train[:2]))
     stripped = nncf.strip(result.model.student.eval(), do_copy=True, example_input=example)
     out = ONNXModel(ctx.artifact_dir)
     ctx.artifact_dir.mkdir(parents=True, exist_ok=True)
@@ -158,10 +158,6 @@ def run_qat(stage: QATStage, model: TorchModel, ctx) -> ONNXModel:
     return out
 
 
-def _model_inputs(batch: dict, task) -> dict:
-    return {k: v for k, v in batch.items() if k not in task.target_keys}
-
-
 def _check_budget(stage: QATStage, model: TorchModel, quantized: ONNXModel, ctx) -> None:
     from compress.evaluate import predict_outputs
     from compress.sessions import ORTSession, TorchSession
@@ -173,7 +169,8 @@ def _check_budget(stage: QATStage, model: TorchModel, quantized: ONNXModel, ctx)
     reference = score(predict_outputs(TorchSession(model, ctx.measure.threads), encoded, batch))
     reached = score(predict_outputs(ORTSession(quantized, ctx.measure.threads), encoded, batch))
     met = reference - reached <= stage.max_metric_drop + EPSILON
-    ctx.record(accuracy_budget={"metric": ctx.metric, "max_accuracy_drop": stage.max_metric_drop, "slice_examples": len(references),
+    ctx.record(accuracy_budget={"metric": ctx.metric, "max_accuracy_drop": stage.max_metric_drop,
+                                "slice_examples": len(references),
                                 "reference_accuracy": round(reference, 5), "quantized_accuracy": round(reached, 5),
                                 "drop": round(reference - reached, 5), "met": met})
     if not met:
