@@ -321,12 +321,16 @@ def load_splits(spec: DataSpec, task_name: str = "text-classification") -> DataS
         eval_ds = eval_ds.subset(list(range(min(spec.max_eval_samples, len(eval_ds)))))
     task.check_splits(train_ds, eval_ds, names, train_origin, eval_origin, spec)
 
+    # The record names a source as the recipe does ('builtin:wnut16', not the installed
+    # package's path on this machine); its content is pinned by the file's sha256.
+    files = {spec.train: train_origin, **({spec.eval: eval_origin} if spec.eval else {})}
+    held_out = "" if spec.eval else f" (held out, eval_fraction={spec.eval_fraction})"
     record = {
         "seed": spec.seed,
         "label_names": names,
-        "train": {"source": train_origin, "size": len(train_ds), "rows_sha256": _rows_hash(train_ds)},
-        "eval": {"source": eval_origin, "size": len(eval_ds), "rows_sha256": _rows_hash(eval_ds)},
-        "source_sha256": {o: file_sha256(o) for o in {train_origin, spec.eval and eval_origin} if o and Path(o).is_file()},
+        "train": {"source": spec.train, "size": len(train_ds), "rows_sha256": _rows_hash(train_ds)},
+        "eval": {"source": (spec.eval or spec.train) + held_out, "size": len(eval_ds), "rows_sha256": _rows_hash(eval_ds)},
+        "source_sha256": {name: file_sha256(f) for name, f in files.items() if Path(f).is_file()},
     }
     return DataSplits(train=train_ds, eval=eval_ds, label_names=names, record=record)
 

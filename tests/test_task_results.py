@@ -4,6 +4,7 @@ records, and the README's task results table quotes them."""
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -34,3 +35,12 @@ def test_readme_quotes_the_records(results):
     from collect import readme_row
 
     assert readme_row(results) in (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def test_committed_results_hold_no_machines_paths():
+    """Records name artifacts relative to their bench spec or run, and files relative to the
+    repository (or by their builtin name), never by where one machine kept them."""
+    machine = re.compile(r'"(/(?:work|tmp|home|root|Users|var)/[^"]*)"')
+    found = [f"{f.relative_to(ROOT)}: {m.group(1)}" for f in (ROOT / "benchmarks" / "results").rglob("*.json*")
+             for m in [machine.search(f.read_text(encoding="utf-8"))] if m]
+    assert not found, found[:5]

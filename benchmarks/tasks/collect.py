@@ -1,5 +1,6 @@
 """Copy what a finished run measured (not its model files) into benchmarks/results/tasks/<run>/:
-manifest.json, data_split.json, every stage's stage.json (at the run's own paths, so
+manifest.json, data_split.json, every stage's stage.json (paths of this checkout written
+relative to the repository root; each at the run's own paths, so
 `compress.report.markdown_summary` reads the copy as it reads the run), summary.md and
 the run's benchmark (bench/results.jsonl, .md, .csv, pareto.png).
 
@@ -10,6 +11,7 @@ tests/test_task_results.py re-renders summary.md and bench/results.md from these
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -21,6 +23,13 @@ from compress.manifest import Manifest  # noqa: E402
 from compress.report import markdown_summary  # noqa: E402
 
 
+def copy_portable(src: Path, dst: Path) -> None:
+    """Copy a JSON record with this checkout's absolute paths written relative to the
+    repository root (recipe, model and data files), so the record holds no machine's paths."""
+    text = src.read_text(encoding="utf-8")
+    dst.write_text(text.replace(json.dumps(str(ROOT) + "/")[1:-1], ""), encoding="utf-8")
+
+
 def collect(run_dir: Path, out_root: Path) -> Path:
     manifest = Manifest.read(run_dir)
     if manifest.status != "completed":
@@ -29,10 +38,10 @@ def collect(run_dir: Path, out_root: Path) -> Path:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     for name in ("manifest.json", "data_split.json"):
-        shutil.copy2(run_dir / name, out / name)
+        copy_portable(run_dir / name, out / name)
     for entry in manifest.done_stages():
         (out / entry.path).mkdir(parents=True, exist_ok=True)
-        shutil.copy2(run_dir / entry.path / "stage.json", out / entry.path / "stage.json")
+        copy_portable(run_dir / entry.path / "stage.json", out / entry.path / "stage.json")
     (out / "summary.md").write_text(markdown_summary(run_dir), encoding="utf-8")
     if (run_dir / "bench").is_dir():
         shutil.copytree(run_dir / "bench", out / "bench", ignore=shutil.ignore_patterns("*.tmp", "cells"))
@@ -43,8 +52,6 @@ def readme_row(results: Path) -> str:
     """One Markdown row per task run for the README: the run's metric for the fp32 ONNX export
     and the INT8 model in the same run, and their batch-1 ONNX Runtime latency from the run's
     benchmark (real eval lengths)."""
-    import json
-
     from compress.bench.report import read_rows, with_speedups
 
     manifest = Manifest.read(results)
