@@ -103,57 +103,55 @@ def resolve_from_stage(stages: list, value: str) -> int:
 # ---------------------------------------------------------------------------- lock
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class RunLock:
-    """An exclusive lock on a run directory: `.lock` holds the owner's PID and host. A
-    lock whose process is gone (killed run) is stale and taken over with a warning."""
+    """An exclusive lock on a run directory, held by the job's rank 0 for the whole run.
 
-    def __init__(self, run_dir: Path):
+    The lock is the operating system's (filelock: flock on `.lock`), so it is released when
+    its process dies, even by kill -9: a killed run's lock is never mistaken for a live one,
+    and no file content decides who holds it. On a shared filesystem with working locks
+    (local disks, NFS v4, Lustre, GPFS) it excludes runs on other hosts too. `.lock.json`
+    names the holder (host, pid, start) so a refused run can say who has the directory."""
+
+    def __init__(self, run_dir: Path, world_size: int = 1):
         self.path = run_dir / ".lock"
+        self.owner_path = run_dir / ".lock.json"
+        self.world_size = world_size
+        self._lock = None
 
     def __enter__(self) -> RunLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        me = {"pid": os.getpid(), "host": socket.gethostname(),
-              "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        for _ in range(3):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                self._check_existing()
-                continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
-            return self
-        raise CompressError(f"{self.path}: could not take the run lock")
+        from filelock import FileLock, Timeout
 
-    def _check_existing(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(self.path, timeout=0)
         try:
-            owner = json.loads(self.path.read_text())
-            pid, host = int(owner["pid"]), owner["host"]
-        except (OSError, ValueError, KeyError, TypeError):
-            owner, pid, host = None, None, None
-        if owner is not None and pid != os.getpid():
-            if host != socket.gethostname():
-                raise CompressError(
-                    f"{self.path.parent} is locked by a run on host {host} (pid {pid}); "
-                    f"if that run is gone, delete {self.path}"
-                )
-            if _pid_alive(pid):
-                raise CompressError(
-                    f"{self.path.parent} is in use by another compress run (pid {pid}, started "
-                    f"{owner.get('started')}); wait for it to finish or use another --out"
-                )
-        log.warning("taking over a stale lock on %s (its run is no longer running)", self.path.parent)
-        self.path.unlink(missing_ok=True)
+            lock.acquire()
+        except Timeout:
+            raise CompressError(f"{self.path.parent} is in use by another compress run ({self._holder()}); "
+                                "wait for it to finish or use another --out") from None
+        self._lock = lock
+        previous = self._read_owner()
+        if previous is not None:  # it held the lock and is gone without releasing it: killed
+            log.warning("taking over %s from a run that is no longer running (pid %s on %s, started %s)",
+                        self.path.parent, previous.get("pid"), previous.get("host"), previous.get("started"))
+        from compress.files import write_json
+
+        write_json(self.owner_path, {"pid": os.getpid(), "host": socket.gethostname(), "processes": self.world_size,
+                                     "started": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+        return self
+
+    def _read_owner(self) -> dict | None:
+        try:
+            owner = json.loads(self.owner_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return owner if isinstance(owner, dict) else None
+
+    def _holder(self) -> str:
+        owner = self._read_owner()
+        if owner is None:  # it has the lock but has not written its name yet
+            return "holder not yet recorded"
+        return f"pid {owner.get('pid')} on host {owner.get('host')}, started {owner.get('started')}"
 
     def __exit__(self, *exc) -> None:
-        self.path.unlink(missing_ok=True)
+        self.owner_path.unlink(missing_ok=True)  # before releasing: the next holder's record is never removed
+        self._lock.release()

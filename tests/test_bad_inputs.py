@@ -87,14 +87,11 @@ def test_disk_full_keeps_earlier_stages(recipe_dir, tmp_path, monkeypatch):
 
 
 def test_second_run_on_a_locked_directory_is_refused(recipe_dir, tmp_path):
-    import os
-    import socket
+    from compress.resume import RunLock
 
     run_dir = tmp_path / "out" / "tiny"
-    run_dir.mkdir(parents=True)
-    # this test process stands in for a live run holding the lock
-    (run_dir / ".lock").write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname(), "started": "t"}))
-    result, errors = run_cli(recipe_dir, tiny_recipe_text(), tmp_path / "out")
+    with RunLock(run_dir):  # this test process stands in for a live run holding the lock
+        result, errors = run_cli(recipe_dir, tiny_recipe_text(), tmp_path / "out")
     assert result.exit_code == 2
     assert len(errors) == 1 and "is in use by another compress run" in errors[0]
 

@@ -94,23 +94,51 @@ def test_corrupted_artifact_is_refused_by_name(recipe_dir, tiny_classifier_dir, 
     verify_artifact(run_dir / "01-export_onnx")
 
 
-def test_live_lock_refuses_and_stale_lock_is_taken_over(tmp_path):
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        import socket
+HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from compress.resume import RunLock
+with RunLock(Path(sys.argv[1])):
+    print("held", flush=True)
+    time.sleep(120)
+"""
 
-        (run_dir / ".lock").write_text(json.dumps({"pid": sleeper.pid, "host": socket.gethostname(), "started": "x"}))
-        with pytest.raises(CompressError, match=rf"in use by another compress run \(pid {sleeper.pid}"):
+
+def test_a_live_lock_refuses_and_a_killed_holders_lock_is_taken_over(tmp_path, caplog):
+    """The lock is the OS's: a second run is refused naming the holder; kill -9 of the holder
+    frees it (no PID guessing), and the next run says it took over."""
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run_dir)], env=env, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(CompressError, match=rf"in use by another compress run \(pid {holder.pid} on host "):
             with RunLock(run_dir):
                 pass
     finally:
-        sleeper.kill()
-        sleeper.wait()
-    with RunLock(run_dir):  # the owner is gone: stale
-        assert json.loads((run_dir / ".lock").read_text())["pid"] == os.getpid()
-    assert not (run_dir / ".lock").exists()
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert json.loads((run_dir / ".lock.json").read_text())["pid"] == holder.pid  # left behind by the kill
+    with caplog.at_level("WARNING", logger="compress.resume"), RunLock(run_dir):
+        assert json.loads((run_dir / ".lock.json").read_text())["pid"] == os.getpid()
+    assert f"from a run that is no longer running (pid {holder.pid}" in caplog.text
+    assert not (run_dir / ".lock.json").exists()
+    with RunLock(run_dir):  # released: taken again without a warning
+        pass
+
+
+def test_a_lock_whose_holder_has_not_written_its_name_is_still_held(tmp_path):
+    """Holding is what counts, not the owner file: the old PID-file lock deleted a lock read
+    before its JSON was written, so two runs could both start."""
+    from filelock import FileLock
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with FileLock(run_dir / ".lock", timeout=0):  # holds it, has not written .lock.json
+        with pytest.raises(CompressError, match="holder not yet recorded"):
+            with RunLock(run_dir):
+                pass
 
 
 def test_kill_9_mid_training_then_resume_matches_uninterrupted_run(recipe_dir, tiny_base_dir, tmp_path):
@@ -138,7 +166,7 @@ def test_kill_9_mid_training_then_resume_matches_uninterrupted_run(recipe_dir, t
     run_dir = killed_out / "tiny"
     assert not (run_dir / "01-finetune").exists()  # nothing that looks complete
     assert json.loads((run_dir / "manifest.json").read_text())["status"] == "running"
-    assert (run_dir / ".lock").exists()  # stale: its process is dead
+    assert (run_dir / ".lock.json").exists()  # its holder is dead: the next run takes over
 
     resumed = subprocess.run([*cmd, str(killed_out)], env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
@@ -153,7 +181,7 @@ def test_kill_9_mid_training_then_resume_matches_uninterrupted_run(recipe_dir, t
         assert a["accuracy"] == b["accuracy"]
         assert a["fingerprint"] == b["fingerprint"]
     assert record(killed_out, "01-finetune")["training"]["final_loss"] == record(tmp_path / "clean", "01-finetune")["training"]["final_loss"]
-    assert not list(run_dir.glob(".*.partial")) and not (run_dir / ".lock").exists()
+    assert not list(run_dir.glob(".*.partial")) and not (run_dir / ".lock.json").exists()
 
 
 def test_kill_9_after_a_training_checkpoint_resumes_mid_stage(recipe_dir, tiny_base_dir, tmp_path):
