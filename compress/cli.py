@@ -49,7 +49,9 @@ def _setup(verbose: bool) -> None:
 
 
 def _fail(message: str, code: int) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    from rich.markup import escape
+
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     return typer.Exit(code)
 
 
@@ -80,31 +82,54 @@ def run(
     if dry_run:
         _print_plan(spec, out, recipe)
         return
+    from compress.distributed import launch
     from compress.pipeline import run_recipe
     from compress.report import markdown_summary, print_summary
     from compress.resume import resolve_from_stage
 
     run_dir = out / spec.name
+    job = launch()
+    who = f"{job.describe()}: " if job.multi else ""  # which process failed, when several run
+    if not job.main:
+        logging.getLogger("compress").setLevel(logging.DEBUG if verbose else logging.WARNING)
+    _stop_on_sigterm()
     try:
         from_index = resolve_from_stage(spec.stages, from_stage) if from_stage else None
         ctx = run_recipe(spec, out, recipe_path=recipe.resolve(), force=force, from_index=from_index)
     except KeyboardInterrupt:
-        raise _fail(f"interrupted{_kept(run_dir)}", 130) from None
+        raise _fail(f"{who}interrupted{_kept(run_dir)}", 130) from None
     except CompressError as e:
-        raise _fail(f"{e}{_kept(run_dir)}", e.exit_code) from None
+        raise _fail(f"{who}{e}{_kept(run_dir)}", e.exit_code) from None
     except OSError as e:  # disk full, permissions: the user's environment, not a bug
         where = e.filename or run_dir
-        raise _fail(f"cannot write {where}: {e.strerror or e}{_kept(run_dir)}", 2) from None
+        raise _fail(f"{who}cannot write {where}: {e.strerror or e}{_kept(run_dir)}", 2) from None
     except Exception as e:  # a bug or an environment problem: one line here, the traceback in a file
-        log_path = run_dir / "error.log"
+        log_path = run_dir / (f"error.rank{job.rank}.log" if job.multi else "error.log")
         try:
+            log_path.parent.mkdir(parents=True, exist_ok=True)
             log_path.write_text(traceback.format_exc(), encoding="utf-8")
         except OSError:
             log_path = "(not writable)"
-        raise _fail(f"{type(e).__name__}: {e} (traceback in {log_path}){_kept(run_dir)}", 1) from None
+        raise _fail(f"{who}{type(e).__name__}: {e} (traceback in {log_path}){_kept(run_dir)}", 1) from None
+    if ctx is None:  # another rank than 0: rank 0 writes and prints the run
+        return
     (ctx.run_dir / "summary.md").write_text(markdown_summary(ctx.run_dir), encoding="utf-8")
     print_summary(ctx.run_dir, console)
     console.print(f"run directory: {ctx.run_dir}  (manifest.json, summary.md)")
+
+
+def _stop_on_sigterm() -> None:
+    """A launcher stops a job with SIGTERM (torchrun, when another rank failed; a scheduler at
+    its time limit): end like Ctrl-C, so the manifest says failed and a training checkpoint
+    survives for the rerun."""
+    import signal
+    import threading
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
+        signal.signal(signal.SIGTERM, interrupt)
 
 
 def _kept(run_dir: Path) -> str:

@@ -84,6 +84,8 @@ class StageContext:
     benchmark_markdown: str | None = None  # the run's benchmark table, when it ran before this stage
     read_input_record: Callable[[], dict] = dict  # the pipeline's: the input's record, measured if it has none
     info: dict = field(default_factory=dict)  # this stage's own record (stage.json), filled by record()
+    # False on the other ranks of a multi-process run: they train with rank 0 and write nothing
+    main_process: bool = True
 
     @property
     def checkpoint_dir(self) -> Path:

@@ -159,21 +159,25 @@ def make_loss_fn(teacher, objective: DistillationObjective, task, parts: list[di
 
 def cache_teacher_logits(teacher, examples: list[dict], collate, task, batch_size: int = 64) -> list[dict]:
     """The examples with the teacher's outputs attached (computed once, not every epoch;
-    per-token outputs trimmed to the example's tokens)."""
+    per-token outputs trimmed to the example's tokens). With several processes each rank
+    runs the teacher on its own contiguous shard and the shards are gathered in order."""
     import torch
 
+    from compress.distributed import gather_in_order, launch, shard_of
     from compress.tasks import split_rows, torch_outputs
 
+    job = launch()
+    mine = shard_of(examples, job) if job.multi else examples
     device = next(teacher.parameters()).device
-    out = []
+    logits_of_mine = []
     with torch.no_grad():
-        for start in range(0, len(examples), batch_size):
-            chunk = examples[start : start + batch_size]
+        for start in range(0, len(mine), batch_size):
+            chunk = mine[start : start + batch_size]
             batch = {k: v.to(device) for k, v in model_inputs(collate(chunk)).items()}
             logits = torch_outputs(teacher(**batch), task).float().cpu().numpy()
-            rows = split_rows(logits, [len(ex["input_ids"]) for ex in chunk])
-            out.extend({**ex, "teacher_logits": row} for ex, row in zip(chunk, rows))
-    return out
+            logits_of_mine.extend(split_rows(logits, [len(ex["input_ids"]) for ex in chunk]))
+    every = gather_in_order(logits_of_mine) if job.multi else logits_of_mine
+    return [{**ex, "teacher_logits": row} for ex, row in zip(examples, every, strict=True)]
 
 
 def with_teacher_logits(collate):

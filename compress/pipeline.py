@@ -9,10 +9,13 @@ intact, and runs from the first stage that changed or did not finish."""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from compress.artifacts import ARTIFACT_KINDS, Artifact, TorchModel
 from compress.context import RunContext, stage_dir_name
+from compress.distributed import Launch, share
+from compress.errors import CompressError
 from compress.evaluate import measure_artifact
 from compress.models import resolve_model_dir
 from compress.recipe import Recipe
@@ -24,18 +27,28 @@ BENCH_DIR = "bench"
 
 def run_recipe(
     recipe: Recipe, out_root: Path, recipe_path: Path | None = None, force: bool = False, from_index: int | None = None
-) -> RunContext:
+) -> RunContext | None:
     """Run (or resume) a recipe into out_root/<name>/. force: redo every stage;
-    from_index: reuse at most the stages before this index."""
+    from_index: reuse at most the stages before this index. Under torchrun or accelerate
+    launch every process calls this: rank 0 runs the recipe and returns its context, the
+    other ranks train with it (see compress.distributed) and return None."""
     from compress.data import load_splits
+    from compress.distributed import launch, start
 
+    job = launch()
+    start(job)
     run_dir = out_root / recipe.name
     redo_from = 0 if force else (from_index if from_index is not None else len(recipe.stages))
     splits = load_splits(recipe.data, recipe.task)  # the data contract holds before anything is written
-    with RunLock(run_dir):
+    if job.multi:
+        _same_data_on_every_rank(splits, job)
+    if not job.main:
+        _follow_stages(recipe, run_dir, recipe_path, splits, job)
+        return None
+    with RunLock(run_dir, job.world_size):
         ctx = RunContext.create(recipe, run_dir, recipe_path, splits)
         try:
-            model, benchmarked = _run_stages(recipe, ctx, redo_from)
+            model, benchmarked = _run_stages(recipe, ctx, redo_from, job)
         except BaseException as e:
             if ctx.manifest.status == "running":  # failed outside a stage (e.g. measuring the input)
                 ctx.finish("failed", error=str(e) or type(e).__name__)
@@ -70,9 +83,13 @@ def starts_fine_tuned(model_dir: Path, ctx: RunContext) -> bool:
     return ctx.task.is_trained_for(model_dir, ctx.splits.label_names)
 
 
-def _run_stages(recipe: Recipe, ctx: RunContext, redo_from: int) -> tuple[Artifact, str | None]:
+def _run_stages(recipe: Recipe, ctx: RunContext, redo_from: int, job: Launch = Launch()
+                ) -> tuple[Artifact, str | None]:
     """Runs the stages; returns the final artifact and the benchmark table if the benchmark
-    already ran (it runs before a final stage such as package, so the model card can hold it)."""
+    already ran (it runs before a final stage such as package, so the model card can hold it).
+    With several processes, every training stage tells the other ranks what to train (or that
+    it is reused or skipped) once its directory is ready."""
+    tell = _tell_followers if job.multi else (lambda stage, order: None)
     benchmark: str | None = None
     model: Artifact = TorchModel(resolve_model_dir(recipe.model))
     input_sha = tree_sha256(model.path)
@@ -90,6 +107,7 @@ def _run_stages(recipe: Recipe, ctx: RunContext, redo_from: int) -> tuple[Artifa
         if reason:  # e.g. build_engine without a GPU: never faked, the input passes through
             log.warning("stage %d/%d: %s skipped: %s", i + 1, len(recipe.stages), stage.kind, reason)
             ctx.skip_stage(i, stage.kind, reason)
+            tell(stage, None)
             continue
         extra = [tree_sha256(p) for p in stage.extra_inputs(ctx.recipe_path) if p.is_dir()]
         fingerprint = stage_fingerprint(recipe, i, ":".join([input_sha, *extra]), ctx.splits.record)
@@ -97,11 +115,13 @@ def _run_stages(recipe: Recipe, ctx: RunContext, redo_from: int) -> tuple[Artifa
         if record is not None:
             log.info("stage %d/%d: %s unchanged, reusing %s", i + 1, len(recipe.stages), stage.kind, name)
             ctx.reuse_stage(i, stage.kind, record)
+            tell(stage, None)
         else:
             log.info("stage %d/%d: %s", i + 1, len(recipe.stages), stage.kind)
             with ctx.stage(i, stage.kind, stage.model_dump(mode="json", exclude={"kind"}), fingerprint,
                            read_input_record=_input_record_reader(model, model_record, ctx),
                            benchmark_markdown=benchmark) as sctx:
+                tell(stage, TrainingOrder(model, sctx.artifact_dir, fingerprint, sctx.earlier))
                 produced = stage.run(model, sctx)
                 sctx.record(**measure_artifact(produced, ctx.eval_set, recipe.measure))
             record = sctx.info
@@ -120,3 +140,58 @@ def _input_record_reader(model: Artifact, record: dict | None, ctx: RunContext):
         return record
 
     return read
+
+
+# ---------------------------------------------------------------------------- several processes
+
+
+@dataclass(frozen=True)
+class TrainingOrder:
+    """What rank 0 tells the other ranks when a training stage starts: its input, the
+    (prepared) directory it writes into, the resume key and the earlier stages' artifacts."""
+
+    model: Artifact
+    artifact_dir: Path
+    fingerprint: str
+    earlier: tuple
+
+
+def _tell_followers(stage, order: TrainingOrder | None) -> None:
+    if stage.trains:
+        share(order)
+
+
+def _same_data_on_every_rank(splits, job: Launch) -> None:
+    """Every rank must train on the same split: on several machines a data path can name
+    different files. Compared by content hash and counts, not by path."""
+    keys = ("seed", "label_names", "train", "eval", "source_sha256")
+    mine = {k: splits.record.get(k) for k in keys}
+    theirs = share(mine if job.main else None)
+    if mine != theirs:
+        differs = ", ".join(k for k in keys if mine[k] != theirs[k])
+        raise CompressError(f"{job.describe()} read different data than rank 0 ({differs} differ): every machine "
+                            "must see the same data files")
+
+
+def _follow_stages(recipe: Recipe, run_dir: Path, recipe_path: Path | None, splits, job: Launch) -> None:
+    """A rank other than 0: train each training stage that rank 0 runs, on this rank's shard
+    (Accelerate shards the loader), into rank 0's directory; nothing else. Returns after the
+    last training stage, while rank 0 finishes the run (exports, quantization, measurement)."""
+    from compress.context import StageContext
+    from compress.evaluate import EvalSet
+    from compress.tasks import get_task
+
+    task = get_task(recipe.task)
+    eval_set = EvalSet(task, splits.eval, recipe.data.max_length, recipe.trust_remote_code)
+    for i, stage in enumerate(recipe.stages):
+        if not stage.trains:
+            continue
+        order: TrainingOrder | None = share()
+        if order is None:  # reused or skipped by rank 0
+            continue
+        log.debug("%s: stage %d (%s)", job.describe(), i + 1, stage.kind)
+        sctx = StageContext(index=i, kind=stage.kind, artifact_dir=order.artifact_dir, recipe=recipe, task=task,
+                            splits=splits, eval_set=eval_set, recipe_path=recipe_path,
+                            fingerprint=order.fingerprint, earlier=order.earlier, main_process=False)
+        stage.run(order.model, sctx)
+    log.info("%s: training done; rank 0 finishes the run in %s", job.describe(), run_dir)

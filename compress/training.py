@@ -38,14 +38,22 @@ class TrainResult:
     evaluations: list[dict] = field(default_factory=list)  # {"step": n, **metrics}
     best_step: int | None = None
     is_main_process: bool = True
+    mixed_precision: str = "no"
+    threads: int | None = None
 
     def record(self, batch_size: int, accum: int, seed: int) -> dict:
         """What a stage writes to stage.json about its training."""
         tail = self.losses[-20:]
+        global_batch = batch_size * accum * self.processes
         return {
             "steps": self.steps,
-            "epochs": round(self.steps * accum * batch_size * self.processes / max(1, self.train_examples), 3),
+            "epochs": round(self.steps * global_batch / max(1, self.train_examples), 3),
             "train_examples": self.train_examples,
+            "per_device_batch_size": batch_size,
+            "gradient_accumulation_steps": accum,
+            "global_batch_size": global_batch,  # examples per optimizer step, all processes together
+            "mixed_precision": self.mixed_precision,
+            "threads_per_process": self.threads,
             "seed": seed,
             "first_loss": round(self.losses[0], 5) if self.losses else None,
             "final_loss": round(sum(tail) / len(tail), 5) if tail else None,
@@ -92,12 +100,25 @@ def make_optimizer(model, lr: float, weight_decay: float):
     )
 
 
-def make_accelerator(accum: int = 1):
-    """CPU-only Accelerator when there is no GPU, so gloo runs several CPU processes."""
+def make_accelerator(schedule=None):
+    """The Accelerator for a TrainingSchedule (gradient accumulation, mixed precision); CPU-only
+    when there is no GPU, so gloo runs several CPU processes."""
     import torch
     from accelerate import Accelerator
 
-    return Accelerator(gradient_accumulation_steps=accum, cpu=not torch.cuda.is_available())
+    from compress.errors import StageError
+
+    accum = schedule.gradient_accumulation_steps if schedule is not None else 1
+    precision = schedule.mixed_precision if schedule is not None else "no"
+    gpu = torch.cuda.is_available()
+    if precision == "fp16" and not gpu:
+        raise StageError("mixed_precision: fp16 needs a GPU and this machine has none; use bf16 (CPUs run it) or no")
+    # Accelerate keeps one process-wide state and refuses a second mixed_precision: each stage is
+    # its own training job, so its settings replace the last stage's (the process group stays).
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
+    return Accelerator(gradient_accumulation_steps=accum, cpu=not gpu, mixed_precision=precision)
 
 
 def train_loop(
@@ -136,7 +157,7 @@ def train_loop(
 
     set_seed(seed)
     accum = schedule.gradient_accumulation_steps
-    accelerator = accelerator or make_accelerator(accum)
+    accelerator = accelerator or make_accelerator(schedule)
     order = EpochOrder(len(examples), seed)
     # own generator: creating the iterator must not draw from the global RNG (resume replays it)
     loader = DataLoader(examples, batch_size=schedule.batch_size, sampler=order, collate_fn=collate,
@@ -146,7 +167,12 @@ def train_loop(
     steps_per_epoch = max(1, math.ceil(batches_per_epoch / accum))
     total = schedule.max_steps or max(1, math.ceil(schedule.epochs * steps_per_epoch))
     lr_schedule = get_scheduler(schedule.lr_scheduler, optimizer, int(schedule.warmup_ratio * total), total)
-    model, optimizer, loader, lr_schedule = accelerator.prepare(model, optimizer, loader, lr_schedule)
+    # The LR schedule is not prepared: Accelerate's wrapper steps it once per process on every
+    # optimizer step (it assumes a schedule sized for one process), which under N processes
+    # decays the LR N times too fast. `total` already counts optimizer steps of the whole job,
+    # so it is stepped once per optimizer step below, and checkpointed with the rest.
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    accelerator.register_for_checkpointing(lr_schedule)
 
     step, epoch, batch_in_epoch, losses = 0, 0, 0, []
     evaluations, best = [], None
@@ -176,9 +202,12 @@ def train_loop(
                     if accelerator.sync_gradients:
                         accelerator.clip_grad_norm_(model.parameters(), schedule.max_grad_norm)
                     optimizer.step()
-                    lr_schedule.step()
+                    if accelerator.sync_gradients:  # an optimizer step, not an accumulation micro-batch
+                        lr_schedule.step()
                     optimizer.zero_grad()
-                losses.append(float(loss.detach()))
+                # the loss of the whole job's micro-batch (every rank records the same numbers)
+                losses.append(float(accelerator.reduce(loss.detach(), "mean")) if accelerator.num_processes > 1
+                              else float(loss.detach()))
                 batch_in_epoch += 1
                 if not accelerator.sync_gradients:
                     continue
@@ -212,7 +241,8 @@ def train_loop(
         seconds=time.perf_counter() - started, processes=accelerator.num_processes,
         device=str(accelerator.device), resumed_from=resumed["step"] if resumed else None,
         evaluations=evaluations, best_step=best["step"] if best else None,
-        is_main_process=accelerator.is_main_process,
+        is_main_process=accelerator.is_main_process, mixed_precision=str(accelerator.mixed_precision),
+        threads=torch.get_num_threads(),
     )
 
 
@@ -243,7 +273,8 @@ def _save_checkpoint(accelerator, directory: Path, key, step, epoch, batch, loss
     if accelerator.is_main_process:
         if best is not None:
             torch.save(best["state"], tmp / "best.pt")
-        meta = {"resume_key": key, "step": step, "epoch": epoch, "batch": batch, "losses": losses,
+        meta = {"resume_key": key, "processes": accelerator.num_processes,
+                "step": step, "epoch": epoch, "batch": batch, "losses": losses,
                 "evaluations": evaluations,
                 "best": {k: v for k, v in best.items() if k != "state"} if best else None}
         (tmp / STATE_FILE).write_text(json.dumps(meta), encoding="utf-8")
@@ -258,6 +289,12 @@ def _load_checkpoint(accelerator, directory: Path | None, key) -> dict | None:
     meta = json.loads((directory / STATE_FILE).read_text(encoding="utf-8"))
     if meta.get("resume_key") != key:
         log.warning("ignoring a checkpoint in %s written for other inputs", directory)
+        return None
+    written_by = meta.get("processes", 1)
+    if written_by != accelerator.num_processes:  # the data shards and RNG states are per process
+        log.warning("the checkpoint in %s was written by %d processes and this run has %d: the stage restarts "
+                    "from step 0 (resuming needs the same number of processes)", directory, written_by,
+                    accelerator.num_processes)
         return None
     accelerator.load_state(str(directory))
     return meta

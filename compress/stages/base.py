@@ -74,8 +74,17 @@ class TrainingSchedule(BaseModel):
     learning_rate: float = Field(5e-5, gt=0, lt=1)
     lr_scheduler: Literal["linear", "cosine", "constant_with_warmup"] = Field(
         "linear", description="LR decay after the warm-up.")
-    batch_size: int = Field(32, ge=1, le=65536, description="Examples per process per micro-batch.")
+    batch_size: int = Field(32, ge=1, le=65536, description="Examples per process (per device) per micro-batch; "
+                                                          "the global batch is batch_size x processes x "
+                                                          "gradient_accumulation_steps.")
     gradient_accumulation_steps: int = Field(1, ge=1, le=4096)
+    mixed_precision: Literal["no", "fp16", "bf16"] = Field(
+        "no", description="Autocast the forward pass: fp16 needs a GPU; bf16 runs on GPUs and on CPUs. Weights "
+                          "stay fp32 (the saved model too).")
+    threads: int | None = Field(
+        None, ge=1, le=1024, description="torch intra-op threads per training process. Default: this machine's "
+                                         "cores shared among the training processes on it (measure.threads sets "
+                                         "the threads of measurement only).")
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     weight_decay: float = Field(0.01, ge=0, lt=1)
     max_grad_norm: float = Field(1.0, gt=0)
@@ -95,8 +104,18 @@ class TrainingSchedule(BaseModel):
 
         seed = self.seed if self.seed is not None else ctx.recipe.data.seed
         set_seed(seed)
-        torch.set_num_threads(ctx.measure.threads)
+        torch.set_num_threads(self.training_threads())
         return seed
+
+    def training_threads(self) -> int:
+        import os
+
+        from compress.distributed import launch
+
+        if self.threads is not None:
+            return self.threads
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return max(1, cores // launch().local_world_size)
 
     @model_validator(mode="after")
     def _keep_best_needs_eval(self):

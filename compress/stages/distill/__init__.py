@@ -180,7 +180,7 @@ class DistillStage(StageConfig, TrainingSchedule):
 
         tokenizer, collate, train, validation = tokenized_train_split(model.path, ctx, self, seed)
         collate = with_teacher_logits(collate)
-        accelerator = make_accelerator(self.gradient_accumulation_steps)
+        accelerator = make_accelerator(self)
         teacher.to(accelerator.device).eval().requires_grad_(False)
         if self.cache_teacher:
             train = cache_teacher_logits(teacher, train, collate, ctx.task)

@@ -80,8 +80,6 @@ class PruneStage(StageConfig, TrainingSchedule):
         return self
 
     def run(self, model: Artifact, ctx) -> TorchModel:
-        from accelerate import PartialState
-
         from compress.models import count_parameters, model_structure
         from compress.training import tokenized_train_split
 
@@ -98,7 +96,7 @@ class PruneStage(StageConfig, TrainingSchedule):
         after = count_parameters(net)["parameters"]
         ctx.record(parameters_before=params, parameters_removed=params - after,
                    parameters_removed_fraction=round((params - after) / params, 4))
-        if PartialState().is_main_process:  # one writer when several processes run the stage
+        if ctx.main_process:  # one writer when several processes run the stage
             net.save_pretrained(ctx.artifact_dir)
             tokenizer.save_pretrained(ctx.artifact_dir)
         return TorchModel(ctx.artifact_dir)
@@ -108,6 +106,7 @@ class PruneStage(StageConfig, TrainingSchedule):
     def _structured(self, net, examples, validation, collate, ctx, seed, artifact):
         import copy
 
+        from compress.distributed import launch, shard_of
         from compress.models import heads_prunable, model_structure
         from compress.stages.prune.importance import (
             plan_budget,
@@ -122,7 +121,10 @@ class PruneStage(StageConfig, TrainingSchedule):
         order = _seeded_order(len(examples), seed)
         n = min(len(examples), self.importance_batches * self.batch_size)
         batches = [collate([examples[i] for i in order[s : s + self.batch_size]]) for s in range(0, n, self.batch_size)]
-        imp = taylor_importance(net, batches)
+        job = launch()
+        imp = taylor_importance(net, shard_of(batches, job))  # each rank scores its share of the batches
+        if job.multi:
+            imp = imp.summed_over_ranks()
         plan = (plan_budget(net, imp, self.max_parameters, heads=heads_prunable(net)) if self.max_parameters
                 else plan_fractions(imp, self.heads, self.ffn, self.layers, self.scope))
         teacher = copy.deepcopy(net) if self.recover and self.distillation.needs_teacher else None
@@ -134,7 +136,8 @@ class PruneStage(StageConfig, TrainingSchedule):
                      "ffn_neurons": {str(k): len(v) for k, v in plan.ffn.items() if v}},
             structure_after=model_structure(net),
         )
-        ctx.record(**{f"{ctx.metric}_before_recovery": _eval_metric(net, ctx, collate, artifact)})
+        if ctx.main_process:  # a record only rank 0 writes
+            ctx.record(**{f"{ctx.metric}_before_recovery": _eval_metric(net, ctx, collate, artifact)})
         if not self.recover:
             return net
         return self._train(net, teacher, examples, validation, collate, ctx, seed, desc="recovery")
@@ -175,7 +178,7 @@ class PruneStage(StageConfig, TrainingSchedule):
         from compress.distillation import DistillationModule, make_loss_fn
         from compress.training import TaskEval, make_accelerator, train_loop
 
-        accelerator = make_accelerator(self.gradient_accumulation_steps)
+        accelerator = make_accelerator(self)
         if teacher is not None:
             teacher.to(accelerator.device).eval().requires_grad_(False)
         module = DistillationModule(net.train(), self.distillation, ctx.task)

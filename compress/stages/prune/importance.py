@@ -28,6 +28,16 @@ class Importance:
     layers: torch.Tensor  # one score per layer
     batches: int = 0
 
+    def summed_over_ranks(self) -> Importance:
+        """The scores of every rank's batches added up (each rank scored its own shard), the
+        same on every rank, so every rank removes the same units."""
+        from compress.distributed import sum_across_ranks
+
+        counts = torch.tensor([float(self.batches)])
+        sum_across_ranks([*self.heads, *self.ffn, self.layers, counts])
+        self.batches = int(counts.item())
+        return self
+
 
 def _gate_heads(gate: torch.Tensor, n_heads: int):
     """A forward pre-hook on the attention output projection, whose input is the heads'

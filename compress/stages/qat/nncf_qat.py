@@ -105,7 +105,7 @@ def run_qat(stage: QATStage, model: TorchModel, ctx) -> ONNXModel:
     started = time.perf_counter()
     qnet = quantize_with_nncf(net, calibration, stage)
     calibrated_s = time.perf_counter() - started
-    accelerator = make_accelerator(stage.gradient_accumulation_steps)
+    accelerator = make_accelerator(stage)
     objective = stage.distillation
     teacher = None
     if objective.needs_teacher:
@@ -118,6 +118,8 @@ def run_qat(stage: QATStage, model: TorchModel, ctx) -> ONNXModel:
                              metric=ctx.metric) if validation else None,
         checkpoint_dir=None, resume_key=ctx.fingerprint, seed=seed, desc="qat", accelerator=accelerator,
     )
+    if not ctx.main_process:  # rank 0 alone exports and checks the trained model
+        return model
     import nncf
 
     example = model_inputs(collate(train[:2]))
