@@ -21,8 +21,9 @@ console = Console(width=None if sys.stdout.isatty() else 120, soft_wrap=True)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 120, soft_wrap=True)
 
 
-def _setup(verbose: bool) -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # compress never downloads weights or data
+def _setup(verbose: bool, offline: bool = False) -> None:
+    if offline:  # Hub ids from the Hugging Face cache only (HF_HUB_OFFLINE=1 does the same)
+        os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from rich.logging import RichHandler
 
@@ -62,6 +63,9 @@ def _load(recipe: Path):
         raise _fail(str(e), e.exit_code) from None
 
 
+OFFLINE_HELP = "Resolve Hugging Face Hub ids from the local cache only (as HF_HUB_OFFLINE=1)."
+
+
 @app.command()
 def run(
     recipe: Path = typer.Argument(..., help="Recipe YAML file."),
@@ -70,9 +74,10 @@ def run(
     force: bool = typer.Option(False, "--force", help="Redo every stage, even unchanged ones."),
     from_stage: str = typer.Option(None, "--from", help="Redo from this stage (number, NN-kind or kind)."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
+    offline: bool = typer.Option(False, "--offline", help=OFFLINE_HELP),
 ) -> None:
     """Run a recipe: every stage in order, each measured on the same eval split."""
-    _setup(verbose)
+    _setup(verbose, offline)
     spec = _load(recipe)
     if spec.trust_remote_code:
         err_console.print(f"[bold yellow]warning:[/] {recipe}: trust_remote_code is on: the model directory's "
@@ -123,7 +128,7 @@ def _data_summary(spec, recipe: Path) -> str:
         splits = load_splits(spec.data, spec.task)
     except CompressError as e:
         raise _fail(f"{recipe}: data: {e}", e.exit_code) from None
-    return "data: " + summary_line(splits, spec.data, resolve_model_dir(spec.model))
+    return "data: " + summary_line(splits, spec.data, resolve_model_dir(spec.model, spec.model_revision))
 
 
 def _print_plan(spec, out: Path, recipe: Path) -> None:
@@ -132,7 +137,7 @@ def _print_plan(spec, out: Path, recipe: Path) -> None:
     summary = _data_summary(spec, recipe)
     run_dir = out / spec.name
     console.print(f"[bold]{spec.name}[/] ({spec.task})")
-    console.print(f"model: {spec.model} -> {resolve_model_dir(spec.model)}")
+    console.print(f"model: {spec.model} -> {resolve_model_dir(spec.model, spec.model_revision)}")
     console.print(summary, highlight=False)
     artifact = "torch model"
     for i, stage in enumerate(spec.stages):
@@ -144,8 +149,13 @@ def _print_plan(spec, out: Path, recipe: Path) -> None:
 
 
 @app.command()
-def validate(recipe: Path = typer.Argument(..., help="Recipe YAML file.")) -> None:
+def validate(
+    recipe: Path = typer.Argument(..., help="Recipe YAML file."),
+    offline: bool = typer.Option(False, "--offline", help=OFFLINE_HELP),
+) -> None:
     """Check a recipe (fields, stage order, model, and the data exactly as a run loads it) without running it."""
+    if offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"
     spec = _load(recipe)
     summary = _data_summary(spec, recipe)
     console.print(f"{recipe}: ok ({len(spec.stages)} stages: {' -> '.join(s.kind for s in spec.stages)})")
