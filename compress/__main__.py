@@ -1,4 +1,5 @@
-"""`python -m compress ...`: the CLI (how launchers such as torchrun start it)."""
+"""`python -m compress ...`: the same commands as the `compress` script (how launchers such as
+torchrun start it)."""
 
 from compress.cli import app
 

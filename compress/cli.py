@@ -15,14 +15,34 @@ from rich.console import Console
 
 from compress.errors import CompressError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Compress fine-tuned transformer models.")
+app = typer.Typer(add_completion=True, no_args_is_help=True, help="Compress fine-tuned transformer models.")
 # Tables stay readable when output goes to a file or CI log (rich assumes 80 columns there).
 console = Console(width=None if sys.stdout.isatty() else 120, soft_wrap=True)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 120, soft_wrap=True)
 
 
-def _setup(verbose: bool) -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # compress never downloads weights or data
+def _version(value: bool) -> None:
+    if value:
+        from compress import __version__
+
+        sys.stdout.write(f"compress {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                      help="Print the version and exit.")) -> None:
+    """Compress fine-tuned transformer models."""
+
+
+QUIET_HELP = "Only warnings and errors on stderr (no progress lines)."
+
+
+def _setup(verbose: bool, offline: bool = False, quiet: bool = False) -> None:
+    if verbose and quiet:
+        raise _fail("--verbose and --quiet: choose one", 2)
+    if offline:  # Hub ids from the Hugging Face cache only (HF_HUB_OFFLINE=1 does the same)
+        os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from rich.logging import RichHandler
 
@@ -34,7 +54,7 @@ def _setup(verbose: bool) -> None:
         handlers=[RichHandler(console=err_console, show_path=False, show_time=False)],
         force=True,
     )
-    logging.getLogger("compress").setLevel(logging.DEBUG if verbose else logging.INFO)
+    logging.getLogger("compress").setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
     if not verbose:
         # transformers imports torchao (pinned for NNCF) on every model load; on a CPU-only
         # machine it warns about its CUDA kernels, and torch about its enum registrations.
@@ -64,6 +84,9 @@ def _load(recipe: Path):
         raise _fail(str(e), e.exit_code) from None
 
 
+OFFLINE_HELP = "Resolve Hugging Face Hub ids from the local cache only (as HF_HUB_OFFLINE=1)."
+
+
 @app.command()
 def run(
     recipe: Path = typer.Argument(..., help="Recipe YAML file."),
@@ -72,9 +95,11 @@ def run(
     force: bool = typer.Option(False, "--force", help="Redo every stage, even unchanged ones."),
     from_stage: str = typer.Option(None, "--from", help="Redo from this stage (number, NN-kind or kind)."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
+    offline: bool = typer.Option(False, "--offline", help=OFFLINE_HELP),
 ) -> None:
     """Run a recipe: every stage in order, each measured on the same eval split."""
-    _setup(verbose)
+    _setup(verbose, offline, quiet)
     spec = _load(recipe)
     if spec.trust_remote_code:
         err_console.print(f"[bold yellow]warning:[/] {recipe}: trust_remote_code is on: the model directory's "
@@ -148,7 +173,7 @@ def _data_summary(spec, recipe: Path) -> str:
         splits = load_splits(spec.data, spec.task)
     except CompressError as e:
         raise _fail(f"{recipe}: data: {e}", e.exit_code) from None
-    return "data: " + summary_line(splits, spec.data, resolve_model_dir(spec.model))
+    return "data: " + summary_line(splits, spec.data, resolve_model_dir(spec.model, spec.model_revision))
 
 
 def _print_plan(spec, out: Path, recipe: Path) -> None:
@@ -157,7 +182,7 @@ def _print_plan(spec, out: Path, recipe: Path) -> None:
     summary = _data_summary(spec, recipe)
     run_dir = out / spec.name
     console.print(f"[bold]{spec.name}[/] ({spec.task})")
-    console.print(f"model: {spec.model} -> {resolve_model_dir(spec.model)}")
+    console.print(f"model: {spec.model} -> {resolve_model_dir(spec.model, spec.model_revision)}")
     console.print(summary, highlight=False)
     artifact = "torch model"
     for i, stage in enumerate(spec.stages):
@@ -169,8 +194,13 @@ def _print_plan(spec, out: Path, recipe: Path) -> None:
 
 
 @app.command()
-def validate(recipe: Path = typer.Argument(..., help="Recipe YAML file.")) -> None:
+def validate(
+    recipe: Path = typer.Argument(..., help="Recipe YAML file."),
+    offline: bool = typer.Option(False, "--offline", help=OFFLINE_HELP),
+) -> None:
     """Check a recipe (fields, stage order, model, and the data exactly as a run loads it) without running it."""
+    if offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"
     spec = _load(recipe)
     summary = _data_summary(spec, recipe)
     console.print(f"{recipe}: ok ({len(spec.stages)} stages: {' -> '.join(s.kind for s in spec.stages)})")
@@ -178,11 +208,14 @@ def validate(recipe: Path = typer.Argument(..., help="Recipe YAML file.")) -> No
 
 
 @app.command()
-def schema() -> None:
-    """Print the recipe JSON schema (for editor completion and validation)."""
-    from compress.recipe import recipe_json_schema
+def schema(bench: bool = typer.Option(False, "--bench", help="The bench spec's schema instead.")) -> None:
+    """Print the recipe (or bench spec) JSON schema, for editor completion and validation."""
+    if bench:
+        from compress.bench.spec import bench_spec_json_schema as json_schema
+    else:
+        from compress.recipe import recipe_json_schema as json_schema
 
-    sys.stdout.write(json.dumps(recipe_json_schema(), indent=2) + "\n")
+    sys.stdout.write(json.dumps(json_schema(), indent=2) + "\n")
 
 
 # ---------------------------------------------------------------------------- benchmarks
@@ -193,9 +226,10 @@ def bench(
     spec: Path = typer.Argument(..., help="Bench spec YAML file."),
     out: Path = typer.Option(None, "--out", "-o", help="Output directory (default: runs/bench/<spec name>)."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP + " No per-cell lines."),
 ) -> None:
     """Measure artifacts side by side: results.jsonl, results.csv, results.md, pareto.png."""
-    _setup(verbose)
+    _setup(verbose, quiet=quiet)
     from compress.bench.plan import build_plan, resolve_models
     from compress.bench.spec import BenchSpecError, load_bench_spec
 
@@ -216,7 +250,7 @@ def bench(
 
     out_dir = out or Path("runs") / "bench" / settings.name
     try:
-        rows = run_benchmark(models, settings, out_dir, str(spec), on_row=_print_row,
+        rows = run_benchmark(models, settings, out_dir, str(spec), on_row=None if quiet else _print_row,
                              paths_from=spec.resolve().parent)
     except KeyboardInterrupt:
         raise _fail(f"interrupted (finished cells kept in {out_dir / 'results.jsonl'})", 130) from None
@@ -243,9 +277,10 @@ def _print_row(row: dict) -> None:
 def table(
     results: Path = typer.Argument(..., help="A results.jsonl written by compress bench."),
     out: Path = typer.Option(None, "--out", "-o", help="Where to write results.csv/md and pareto.png (default: beside RESULTS)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the rows (with their speedups) as a JSON array instead of the Markdown table."),
 ) -> None:
     """Re-render the CSV, Markdown table and plot from a results.jsonl."""
-    from compress.bench.report import read_rows, write_reports
+    from compress.bench.report import read_rows, with_speedups, write_reports
 
     if not results.is_file():
         raise _fail(f"{results}: results file not found", 2)
@@ -255,6 +290,9 @@ def table(
     out_dir = out or results.parent
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = write_reports(rows, out_dir)
+    if as_json:
+        sys.stdout.write(json.dumps(with_speedups(rows), indent=2, ensure_ascii=False) + "\n")
+        return
     console.print(paths["md"].read_text(encoding="utf-8"), highlight=False, markup=False)
 
 
@@ -274,9 +312,10 @@ def predict(
         None, "--pair", help="The second text of each pair (NLI, paraphrase) or the context of each question (QA): "
                              "repeat once per text, in order."),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per text, for every task (JSON Lines)."),
 ) -> None:
     """Run a packaged model on texts (light runtime: no torch, no transformers). Classification prints
-    label, score and text per line; other tasks print one JSON object per text."""
+    label, score and text per line; other tasks (and --json) print one JSON object per text."""
     import warnings
 
     from compress.runtime import Predictor
@@ -293,7 +332,7 @@ def predict(
     for w in caught:
         err_console.print(f"[bold yellow]warning:[/] {w.message}", highlight=False)
     for text, r in zip(texts, results):
-        if "label" in r:
+        if "label" in r and not as_json:
             sys.stdout.write(f"{r['label']}\t{r['score']:.4f}\t{text}\n")
         else:
             sys.stdout.write(json.dumps({"text": text, **r}, ensure_ascii=False) + "\n")

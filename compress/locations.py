@@ -1,5 +1,6 @@
 """Where a model or a data set comes from, as a recipe or a bench spec writes it: a
-built-in packaged one ('builtin:<name>') or a path relative to the file naming it."""
+built-in packaged one ('builtin:<name>'), a path relative to the file naming it, or (models
+only) a Hugging Face Hub id (compress.hub)."""
 
 from __future__ import annotations
 
@@ -31,3 +32,18 @@ def resolve_location(value: str | None, base: Path, where: str, error: type[Comp
         return str((base / Path(value).expanduser()).resolve())
     except (OSError, ValueError, RuntimeError) as e:  # e.g. '~nobody' with no such user
         raise error(f"{where}: cannot resolve path {value!r}: {e}") from None
+
+
+def resolve_model_location(value: str, base: Path, where: str, error: type[CompressError]) -> str:
+    """A model: a 'builtin:' name or a Hub id ('owner/name' with nothing of that name under
+    `base`) as it is; otherwise a path made absolute against `base`."""
+    from compress.hub import looks_like_hub_id
+
+    if builtin_name(value) is None and looks_like_hub_id(value):
+        try:
+            exists = (base / value).exists()
+        except OSError:
+            exists = False
+        if not exists:
+            return value
+    return resolve_location(value, base, where, error)

@@ -48,6 +48,7 @@ class Manifest(BaseModel):
     metric: str | None = None  # the metric the ledger compares (None in older runs: the task's default)
     environment: dict = {}
     model_sha256: str | None = None
+    model_commit: str | None = None  # the Hub commit a Hub id model's revision resolved to
     data: dict | None = None  # the split record
     input: dict | None = None  # the input model's measurement, when it already does the task
     stages: list[StageEntry] = []

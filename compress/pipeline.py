@@ -17,9 +17,16 @@ from compress.context import RunContext, stage_dir_name
 from compress.distributed import Launch, share
 from compress.errors import CompressError
 from compress.evaluate import measure_artifact
+from compress.hub import snapshot_of
 from compress.models import resolve_model_dir
 from compress.recipe import Recipe
-from compress.resume import RunLock, reusable_record, stage_fingerprint, tree_sha256
+from compress.resume import (
+    RunLock,
+    input_key,
+    reusable_record,
+    stage_fingerprint,
+    tree_sha256,
+)
 
 log = logging.getLogger(__name__)
 BENCH_DIR = "bench"
@@ -67,7 +74,7 @@ def _run_benchmark(recipe: Recipe, ctx: RunContext) -> str:
 
     # A run that starts from an already fine-tuned model (no finetune stage) measures
     # that input as its baseline: the uncompressed model is what every speedup is against.
-    source = resolve_model_dir(recipe.model)
+    source = resolve_model_dir(recipe.model, recipe.model_revision)
     fine_tuned = starts_fine_tuned(source, ctx)
     spec = BenchSpec(models=[{"path": str(ctx.run_dir)}], baseline=str(source) if fine_tuned else None,
                      data=recipe.data if fine_tuned else None, task=recipe.task, **recipe.benchmark.model_dump())
@@ -91,9 +98,11 @@ def _run_stages(recipe: Recipe, ctx: RunContext, redo_from: int, job: Launch = L
     it is reused or skipped) once its directory is ready."""
     tell = _tell_followers if job.multi else (lambda stage, order: None)
     benchmark: str | None = None
-    model: Artifact = TorchModel(resolve_model_dir(recipe.model))
-    input_sha = tree_sha256(model.path)
-    ctx.manifest.model_sha256 = input_sha
+    model: Artifact = TorchModel(resolve_model_dir(recipe.model, recipe.model_revision))
+    ctx.manifest.model_sha256 = tree_sha256(model.path)
+    input_sha = input_key(model.path)  # + the Hub commit of a Hub id model
+    hub = snapshot_of(model.path)
+    ctx.manifest.model_commit = hub.commit if hub is not None else None
     model_record: dict | None = None  # what was measured of `model` (None: a base model, not measured)
     if starts_fine_tuned(model.path, ctx):
         log.info("measuring the input model")
@@ -109,7 +118,7 @@ def _run_stages(recipe: Recipe, ctx: RunContext, redo_from: int, job: Launch = L
             ctx.skip_stage(i, stage.kind, reason)
             tell(stage, None)
             continue
-        extra = [tree_sha256(p) for p in stage.extra_inputs(ctx.recipe_path) if p.is_dir()]
+        extra = [input_key(p) for p in stage.extra_inputs(ctx.recipe_path) if p.is_dir()]
         fingerprint = stage_fingerprint(recipe, i, ":".join([input_sha, *extra]), ctx.splits.record)
         record = reusable_record(ctx.run_dir / name, fingerprint) if i < redo_from else None
         if record is not None:

@@ -19,7 +19,7 @@ from compress.bench.settings import BenchSettings, ShapeSpec
 from compress.data import DataSpec, check_data_spec
 from compress.errors import CompressError, RecipeError
 from compress.evaluate import MeasureSpec
-from compress.locations import check_location, resolve_location
+from compress.locations import check_location, resolve_location, resolve_model_location
 from compress.stages import STAGE_CLASSES, STAGE_KINDS, Stage
 from compress.tasks import get_task, task_names
 from compress.yaml_input import describe_validation_error, read_yaml_file
@@ -31,7 +31,11 @@ class Recipe(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
-    model: str = Field(description="A local Hugging Face checkpoint directory or 'builtin:minilm-l6'.")
+    model: str = Field(description="A local Hugging Face checkpoint directory (relative to the recipe), a Hugging "
+                                   "Face Hub id ('bert-base-uncased', 'owner/name': used when no such directory "
+                                   "exists; './name' is always a directory) or 'builtin:minilm-l6'.")
+    model_revision: str | None = Field(None, min_length=1, description="The Hub revision of a Hub id model: "
+                                       "branch, tag or commit (default main).")
     task: str = Field(description="What the model does: one module under compress/tasks "
                                   f"({', '.join(task_names())}).", json_schema_extra={"enum": task_names()})
     metric: str | None = Field(
@@ -129,17 +133,24 @@ def resolve_paths(recipe: Recipe, base: Path, recipe_path: Path | None = None) -
     data = recipe.data.model_copy(
         update={"train": resolve(recipe.data.train, "data.train"), "eval": resolve(recipe.data.eval, "data.eval")}
     )
-    return recipe.model_copy(update={"model": resolve(recipe.model, "model"), "data": data})
+    model = resolve_model_location(recipe.model, base, f"{recipe_path or base}: model", RecipeError)
+    return recipe.model_copy(update={"model": model, "data": data})
 
 
 def check_inputs(recipe: Recipe, recipe_path: Path) -> None:
     """Cheap existence checks on the model and the data (headers only)."""
-    from compress.models import check_model_spec
+    from compress.models import check_model_spec, is_hub_model
 
     try:
-        check_model_spec(recipe.model, recipe.trust_remote_code)
+        check_model_spec(recipe.model, recipe.trust_remote_code, recipe.model_revision)
     except CompressError as e:
-        raise RecipeError(f"{recipe_path}: model: {e}") from None
+        local = f"no directory {recipe_path.parent / recipe.model}, and " if is_hub_model(recipe.model) else ""
+        raise RecipeError(f"{recipe_path}: model: {local}{e}") from None
+    for i, stage in enumerate(recipe.stages):  # a teacher named by a Hub id or a directory
+        try:
+            stage.check_inputs(recipe_path)
+        except CompressError as e:
+            raise RecipeError(f"{recipe_path}: stages[{i}].{e}") from None
     try:
         check_data_spec(recipe.data, recipe.task)
     except CompressError as e:

@@ -36,6 +36,15 @@ def tree_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def input_key(path: Path) -> str:
+    """What a model directory contributes to a fingerprint: its content, and for a Hugging Face
+    Hub snapshot also the commit its revision resolved to (a moved revision reruns the run)."""
+    from compress.hub import snapshot_of
+
+    hub = snapshot_of(path)
+    return tree_sha256(path) + (f"@{hub.repo_id}:{hub.commit}" if hub is not None else "")
+
+
 def stage_fingerprint(recipe, index: int, input_sha256: str, split_record: dict) -> str:
     """Everything a stage's output depends on: the recipe up to and including the stage
     (measurement settings excluded: they change numbers, not artifacts), the input

@@ -147,3 +147,23 @@ measure:
   latency_iterations: 5
   warmup: 1
 """
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch) -> Path:
+    """An empty Hugging Face Hub cache of this test's own (HF_HOME, HF_HUB_CACHE), offline:
+    fill it with tests.helpers.add_to_hub_cache."""
+    from huggingface_hub import constants
+
+    import compress.hub as hub
+
+    cache = tmp_path / "hf-home" / "hub"
+    cache.mkdir(parents=True)
+    monkeypatch.setenv("HF_HOME", str(cache.parent))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))  # read by huggingface_hub at import
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    hub.forget_resolved()
+    yield cache
+    hub.forget_resolved()

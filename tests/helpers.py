@@ -76,3 +76,27 @@ def run_shipped_recipe(name: str, tmp: Path, model_dir: Path, data: dict | None 
     path = tmp / name
     path.write_text(yaml.safe_dump(raw))
     return run_recipe(load_recipe(path), tmp / "runs", recipe_path=path).run_dir
+
+
+def add_to_hub_cache(cache: Path, repo_id: str, model_dir: Path, commit: str | None = None,
+                     ref: str = "main") -> str:
+    """Put a saved checkpoint into a Hugging Face Hub cache as huggingface_hub lays it out
+    (models--owner--name/{blobs, refs/<ref>, snapshots/<commit>/<file> -> ../../blobs/<hash>}),
+    so a Hub id resolves offline; returns the commit hash."""
+    import hashlib
+    import os
+
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    files = sorted(p for p in Path(model_dir).rglob("*") if p.is_file())
+    commit = commit or hashlib.sha1(b"".join(p.read_bytes() for p in files)).hexdigest()
+    (repo / "blobs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / ref).write_text(commit)
+    snapshot = repo / "snapshots" / commit
+    for f in files:
+        blob = hashlib.sha256(f.read_bytes()).hexdigest()
+        shutil.copyfile(f, repo / "blobs" / blob)
+        link = snapshot / f.relative_to(model_dir)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(repo / "blobs" / blob, link.parent))
+    return commit

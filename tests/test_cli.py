@@ -80,3 +80,48 @@ def test_missing_data_exits_2(recipe_dir):
     result = runner.invoke(app, ["run", str(write(recipe_dir, tiny_recipe_text(train="gone.csv")))])
     assert result.exit_code == 2
     assert "data.train: data file not found" in result.output
+
+
+def test_version_and_completion():
+    from compress import __version__
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.stdout.strip() == f"compress {__version__}"
+    assert "--install-completion" in runner.invoke(app, ["--help"]).output
+
+
+def test_bench_spec_schema_takes_models_as_paths_or_mappings():
+    result = runner.invoke(app, ["schema", "--bench"])
+    assert result.exit_code == 0
+    schema = json.loads(result.stdout)
+    assert "models" in schema["required"] and "targets" in schema["properties"]
+    kinds = [item.get("type") or item.get("$ref") for item in schema["properties"]["models"]["items"]["anyOf"]]
+    assert kinds == ["string", "#/$defs/ModelRef"]
+    assert json.loads(runner.invoke(app, ["schema"]).stdout)["title"] == "Recipe"
+
+
+def test_quiet_run_prints_the_table_without_progress(recipe_dir, tmp_path):
+    stages = "\n  - kind: finetune\n    max_steps: 2\n    batch_size: 8\n  - kind: export_onnx\n"
+    path = write(recipe_dir, tiny_recipe_text(stages=stages))
+    out = str(tmp_path / "out")
+    loud = runner.invoke(app, ["run", str(path), "--out", out])
+    quiet = runner.invoke(app, ["run", str(path), "--out", out, "--force", "-q"])
+    assert loud.exit_code == quiet.exit_code == 0, quiet.output
+    assert "stage 1/2: finetune" in loud.output and "stage 1/2" not in quiet.output
+    assert "02-export_onnx" in quiet.output  # the ledger still prints
+    both = runner.invoke(app, ["run", str(path), "-v", "-q"])
+    assert both.exit_code == 2 and "choose one" in both.output
+
+
+def test_table_json_prints_rows_with_speedups(tmp_path):
+    from tests.bench.test_report import row
+
+    rows = [row("run/01-finetune", "torch-cpu", 12.0, role="baseline", accuracy=0.8),
+            row("run/03-ptq", "torch-cpu", 4.0, accuracy=0.79)]
+    path = tmp_path / "results.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = runner.invoke(app, ["table", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.stdout)
+    assert [r["model"] for r in printed] == ["run/01-finetune", "run/03-ptq"]
+    assert printed[1]["speedup_vs_baseline"] == 3.0

@@ -61,8 +61,8 @@ def _reference_probs(package: Path, texts: list[str], batch_size: int) -> np.nda
 def test_package_directory_contents(run_dir, package):
     m = manifest(run_dir)
     assert m["status"] == "completed" and m["final_artifact"] == {"kind": "onnx", "path": "03-package"}
-    for name in ("model.onnx", "tokenizer.json", "config.json", "model-card.md", "deploy.json",
-                 "triton/tiny/config.pbtxt", "triton/tiny/1/model.onnx", "triton/tiny/labels.txt"):
+    for name in ("model.onnx", "tokenizer.json", "config.json", "README.md", "deploy.json",
+                 "triton/tiny/config.pbtxt", "triton/tiny/1/triton_model.onnx", "triton/tiny/labels.txt"):
         assert (package / name).is_file(), name
     # the package's model is the ptq output, copied (not linked: editing it must not change the stage)
     ptq = run_dir / "02-ptq" / "model.onnx"
@@ -118,7 +118,7 @@ def test_fresh_process_with_only_the_runtime_predicts_like_onnxruntime(run_dir, 
 
 
 def test_model_card(run_dir, package, tmp_path):
-    card = (package / "model-card.md").read_text()
+    card = (package / "README.md").read_text()
     assert "## Stages applied" in card and "`export_onnx` (completed)" in card and "`ptq` (completed)" in card
     ledger = card.split("## Accuracy ledger")[1].split("##")[0]
     acc = stage_json(run_dir, "02-ptq")["accuracy"]

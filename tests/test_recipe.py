@@ -78,7 +78,8 @@ BAD_CASES = {
     "no stages": (tiny_recipe_text(stages=" []\n"), r"stages: List should have at least 1 item"),
     "missing model directory": (
         tiny_recipe_text(model="no-such-model"),
-        r"recipe\.yaml: model: model directory not found: .*no-such-model",
+        r"recipe\.yaml: model: no directory .*no-such-model, and Hugging Face model 'no-such-model' is not in the "
+        "local cache",
     ),
     "unknown builtin model": (
         tiny_recipe_text(model="builtin:gpt-17"),

@@ -150,3 +150,14 @@ def test_cli_predict_errors_are_one_line(package, tmp_path):
     assert result.output.count("\n") == 1 and "error:" in result.output and "package directory not found" in result.output
     result = runner.invoke(app, ["predict", str(package), "-"], input="")
     assert result.exit_code == 2 and "needs at least one text" in result.output
+
+
+def test_cli_predict_json_lines(package, predictor):
+    result = runner.invoke(app, ["predict", str(package), "a good film", "boring", "--json"])
+    assert result.exit_code == 0, result.output
+    printed = [json.loads(line) for line in result.stdout.splitlines()]
+    expected = predictor.predict(["a good film", "boring"])
+    assert [p["text"] for p in printed] == ["a good film", "boring"]
+    assert [p["label"] for p in printed] == [e["label"] for e in expected]
+    for p, e in zip(printed, expected):
+        assert p["scores"] == pytest.approx(e["scores"]) and p["score"] == pytest.approx(e["score"])

@@ -49,7 +49,8 @@ def _model_config_class():
             ("backend", F.TYPE_STRING, one, None), ("max_batch_size", F.TYPE_INT32, one, None),
             ("input", F.TYPE_MESSAGE, many, "ModelInput"), ("output", F.TYPE_MESSAGE, many, "ModelOutput"),
             ("dynamic_batching", F.TYPE_MESSAGE, one, "ModelDynamicBatching"),
-            ("instance_group", F.TYPE_MESSAGE, many, "ModelInstanceGroup"))
+            ("instance_group", F.TYPE_MESSAGE, many, "ModelInstanceGroup"),
+            ("default_model_filename", F.TYPE_STRING, one, None))
     pool = descriptor_pool.DescriptorPool()
     pool.Add(file)
     return GetMessageClass(pool.FindMessageTypeByName("inference.ModelConfig"))
@@ -78,8 +79,9 @@ def test_packaged_triton_config_matches_the_onnx_graph(tmp_path_factory, tiny_cl
                        "\n  - kind: export_onnx\n  - kind: package\n    name: clf\n    triton_max_batch_size: 16\n")
     repo = run_dir / "02-package" / "triton" / "clf"
     config = parse((repo / "config.pbtxt").read_text())
-    graph = onnx.load(str(repo / "1" / "model.onnx")).graph
-    assert (repo / "1" / "model.onnx").read_bytes() == (run_dir / "02-package" / "model.onnx").read_bytes()
+    assert config.default_model_filename == "triton_model.onnx"  # not a second model.onnx in the package
+    graph = onnx.load(str(repo / "1" / "triton_model.onnx")).graph
+    assert (repo / "1" / "triton_model.onnx").read_bytes() == (run_dir / "02-package" / "model.onnx").read_bytes()
     assert config.name == "clf" and config.backend == "onnxruntime" and config.platform == "onnxruntime_onnx"
     assert config.max_batch_size == 16 and config.dynamic_batching.max_queue_delay_microseconds > 0
     onnx_to_triton = {onnx.TensorProto.INT64: "TYPE_INT64", onnx.TensorProto.FLOAT: "TYPE_FP32"}

@@ -55,6 +55,14 @@ class BenchSpec(BenchSettings):
         return value
 
 
+def bench_spec_json_schema() -> dict:
+    """The bench spec's JSON schema (`compress schema --bench`); a model may also be a bare path."""
+    schema = BenchSpec.model_json_schema()
+    items = schema["properties"]["models"]["items"]
+    schema["properties"]["models"]["items"] = {"anyOf": [{"type": "string", "description": "A model path."}, items]}
+    return schema
+
+
 _FIELDS = sorted({n for cls in (BenchSpec, ShapeSpec, ModelRef, DataSpec) for n in cls.model_fields})
 
 

@@ -57,6 +57,10 @@ class StageConfig(BaseModel):
         """Checks that need the other stages (e.g. a reference to an earlier stage's output);
         raise ValueError with a message naming the field."""
 
+    def check_inputs(self, recipe_path: Path) -> None:
+        """Cheap checks, when a recipe is loaded, of models or files the stage names (e.g. a
+        teacher); raise CompressError with a message that starts with the field's name."""
+
     def extra_inputs(self, recipe_path: Path | None) -> list[Path]:
         """Directories besides the incoming artifact that the output depends on (e.g. a teacher
         checkpoint): their content joins the stage's fingerprint, so a changed one reruns it."""

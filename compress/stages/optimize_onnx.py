@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import Field
 
 from compress.artifacts import Artifact, ONNXModel, copy_sidecar_files
+from compress.errors import StageError
 from compress.stages.base import StageConfig
 
 log = logging.getLogger(__name__)
@@ -42,23 +43,38 @@ class OptimizeONNXStage(StageConfig):
         from compress.parity import check_parity
 
         atol = self.atol or (QUANTIZED_ATOL if onnx_precision(model.onnx_path).startswith("int8") else FLOAT_ATOL)
-        optimized, fusions = optimize_onnx(model, ctx.artifact_dir, opt_level=self.opt_level)
-        ctx.record(fused_ops=fusions)
+        optimized, fusions, rules = optimize_onnx(model, ctx.artifact_dir, opt_level=self.opt_level)
+        ctx.record(fused_ops=fusions, fusion_rules=rules)
         ctx.record(parity=check_parity(model, optimized, ctx, atol=atol, samples=self.parity_samples))
         return optimized
 
 
-# Hugging Face model_type → the fusion family in onnxruntime.transformers.
-FUSION_FAMILY = {"bert": "bert", "roberta": "bert", "xlm-roberta": "bert", "distilbert": "bert", "electra": "bert"}
+def fusion_family(model_type: str | None, config_path: Path) -> tuple[str, str]:
+    """(the onnxruntime.transformers fusion rules for a Hugging Face model_type, who said so):
+    optimum's ORTConfigManager (the maintained table: mpnet, deberta, albert, ... -> bert), else a
+    model_type ONNX Runtime's optimizer takes by its own name. StageError when neither knows it."""
+    from onnxruntime.transformers.optimizer import MODEL_TYPES
+    from optimum.onnxruntime.utils import ORTConfigManager
+
+    try:
+        family = ORTConfigManager.get_model_ort_type(model_type)
+    except KeyError:  # not in optimum's table
+        family = None
+    if family in MODEL_TYPES:
+        return family, "optimum ORTConfigManager"
+    if model_type in MODEL_TYPES:
+        return model_type, "onnxruntime.transformers"
+    raise StageError(f"{config_path}: model_type {model_type!r} has no ONNX Runtime fusion rules (neither optimum's "
+                     "ORTConfigManager nor onnxruntime.transformers.optimizer knows it): remove the optimize_onnx "
+                     "stage (export_onnx's graph runs as it is)")
 
 
-def optimize_onnx(model: ONNXModel, out_dir: Path, opt_level: int) -> tuple[ONNXModel, dict[str, int]]:
+def optimize_onnx(model: ONNXModel, out_dir: Path, opt_level: int) -> tuple[ONNXModel, dict[str, int], dict]:
+    """The fused model, the fused operator counts, and which rules were used."""
     from onnxruntime.transformers.optimizer import optimize_model
 
     cfg = json.loads((model.path / "config.json").read_text())
-    family = FUSION_FAMILY.get(cfg.get("model_type"), "bert")
-    if cfg.get("model_type") not in FUSION_FAMILY:
-        log.warning("no dedicated fusion rules for model_type %r; using the BERT rules", cfg.get("model_type"))
+    family, source = fusion_family(cfg.get("model_type"), model.path / "config.json")
     from onnxruntime.transformers.fusion_options import FusionOptions
 
     options = FusionOptions(family)
@@ -78,4 +94,4 @@ def optimize_onnx(model: ONNXModel, out_dir: Path, opt_level: int) -> tuple[ONNX
     optimized.save_model_to_file(str(result.onnx_path))
     copy_sidecar_files(model.path, out_dir)
     fusions = {k: int(v) for k, v in optimized.get_fused_operator_statistics().items() if v}
-    return result, fusions
+    return result, fusions, {"model_type": cfg.get("model_type"), "rules": family, "from": source}

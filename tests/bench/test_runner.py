@@ -50,7 +50,7 @@ def test_recipe_benchmark_block_writes_the_four_files(bench_run):
 
 
 def test_benchmark_runs_before_package_so_the_model_card_holds_its_table(bench_run):
-    card = (bench_run / "04-package" / "model-card.md").read_text(encoding="utf-8")
+    card = (bench_run / "04-package" / "README.md").read_text(encoding="utf-8")
     table = (bench_run / "bench" / "results.md").read_text(encoding="utf-8").strip()
     assert "## Benchmark" in card and table in card
     measured = {json.loads(line)["model"].split("/")[-1] for line in (bench_run / "bench" / "results.jsonl").open()}

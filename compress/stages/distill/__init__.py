@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from compress.artifacts import Artifact, TorchModel
-from compress.errors import StageError
+from compress.errors import CompressError, StageError
 from compress.stages.base import (
     STAGE_REF,
     DistillationObjective,
@@ -46,8 +46,10 @@ class StudentSpec(BaseModel):
 class DistillStage(StageConfig, TrainingSchedule):
     kind: Literal["distill"]
     teacher: str | None = Field(
-        None, description="Default: the incoming model. 'stage:<n|name|kind>' (an earlier stage's model) or a "
-                          "checkpoint directory (relative to the recipe).")
+        None, description="Default: the incoming model. 'stage:<n|name|kind>' (an earlier stage's model), a "
+                          "checkpoint directory (relative to the recipe) or a Hugging Face Hub id (as for model:).")
+    teacher_revision: str | None = Field(None, min_length=1, description="The Hub revision of a Hub id teacher: "
+                                         "branch, tag or commit (default main).")
     keep_layers: list[int] | None = Field(
         None, min_length=1, description="Student = these layers of the incoming model, e.g. [0, 2, 4].")
     every: int | None = Field(
@@ -105,15 +107,31 @@ class DistillStage(StageConfig, TrainingSchedule):
 
     # ------------------------------------------------------------------------ run
 
+    def check_inputs(self, recipe_path: Path) -> None:
+        if self.teacher_revision is not None and (self.teacher is None or self.teacher.startswith(STAGE_REF)):
+            raise CompressError("teacher_revision: only for a teacher given as a Hugging Face Hub id")
+        if self.teacher and not self.teacher.startswith(STAGE_REF):
+            try:
+                self.checkpoint_teacher(recipe_path)
+            except CompressError as e:
+                raise CompressError(f"teacher: {e}") from None
+
     def extra_inputs(self, recipe_path: Path | None) -> list[Path]:
         # a stage's output is already covered by the fingerprints upstream; a directory is not
         return [self.checkpoint_teacher(recipe_path)] if self.teacher and not self.teacher.startswith(STAGE_REF) \
             else []
 
     def checkpoint_teacher(self, recipe_path: Path | None) -> Path:
-        """A teacher given as a directory, relative to the recipe's directory."""
+        """A teacher given as a directory (relative to the recipe's directory) or a Hub id
+        (its snapshot in the Hugging Face cache; compress.hub says how the two are told apart)."""
+        from compress.hub import looks_like_hub_id
+        from compress.models import resolve_model_dir
+
         path = Path(self.teacher).expanduser()
-        return recipe_path.parent / path if not path.is_absolute() and recipe_path is not None else path
+        if not path.is_absolute() and recipe_path is not None:
+            path = recipe_path.parent / path
+        local = path.exists() or not looks_like_hub_id(self.teacher)
+        return resolve_model_dir(str(path) if local else self.teacher, self.teacher_revision)
 
     def teacher_dir(self, model: Artifact, ctx) -> Path:
         if self.teacher is None:
@@ -156,6 +174,7 @@ class DistillStage(StageConfig, TrainingSchedule):
             mean_objective_loss,
             with_teacher_logits,
         )
+        from compress.hub import snapshot_of
         from compress.models import encoder_layers, model_structure
         from compress.training import (
             TaskEval,
@@ -168,6 +187,9 @@ class DistillStage(StageConfig, TrainingSchedule):
         seed = self.start(ctx)
         labels = ctx.splits.label_names
         teacher_path = self.teacher_dir(model, ctx)
+        hub = snapshot_of(teacher_path)
+        if hub is not None:  # the commit a Hub teacher's revision resolved to
+            ctx.record(teacher_hub={"id": hub.repo_id, "revision": hub.revision, "commit": hub.commit})
         for what, path in (("incoming model", model.path), ("teacher", teacher_path)):
             if not ctx.task.is_trained_for(path, labels):
                 raise StageError(f"distill: the {what} in {path} is not a {ctx.task.name} model for labels "

@@ -1,7 +1,9 @@
 """Build a deployable package from a run's final model: the model files, a fast
 tokenizer (tokenizer.json), deploy.json (I/O signature, labels, precision, hashes),
-model-card.md and a Triton model repository; then prove it works by loading it with
-the light runtime (compress.runtime) and comparing against the reference session."""
+README.md (a Hugging Face model card: YAML metadata, then Markdown) and a Triton model
+repository; then prove it works by loading it with the light runtime (compress.runtime)
+and comparing against the reference session. The directory also loads with optimum's
+ORTModelFor<Task>.from_pretrained and transformers' pipeline()."""
 
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from compress.runtime import DEPLOY_FILE, FORMAT, Predictor
 
 log = logging.getLogger(__name__)
 
-CARD_FILE = "model-card.md"
+CARD_FILE = "README.md"  # the Hugging Face model card name
 NOT_HASHED = {DEPLOY_FILE, "stage.json"}  # deploy.json cannot hash itself; stage.json is written after
 
 
@@ -163,9 +165,51 @@ def write_deploy_spec(package: Path, spec: dict) -> None:
     (package / DEPLOY_FILE).write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
 
 
+# stage kind -> a Hub tag for what it did to the model
+STAGE_TAGS = {"distill": "distillation", "prune": "pruned", "ptq": "quantized", "qat": "quantized",
+              "build_engine": "tensorrt"}
+
+
+def ort_class_name(task) -> str:
+    """The optimum class that loads a package of `task`: the ORT twin of the task's head
+    (AutoModelForSequenceClassification -> ORTModelForSequenceClassification)."""
+    return "ORT" + task.head.removeprefix("Auto")
+
+
+def _data_name(location: str) -> str:
+    from compress.locations import builtin_name
+
+    return builtin_name(location) or Path(location).name
+
+
+def card_metadata(spec: dict, ctx) -> str:
+    """The model card's YAML metadata (huggingface_hub's ModelCardData): base model, data,
+    the package's metric values on the eval split (model-index), tags, pipeline tag, library."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    from compress.models import hub_id_of
+
+    data = ctx.recipe.data
+    datasets = list(dict.fromkeys(_data_name(x) for x in (data.train, data.eval) if x))
+    record = ctx.input_record  # the packaged model's own measurement (the stage's input)
+    names = [ctx.metric, *(m for m in ctx.task.metric_names if m != ctx.metric)]
+    values = {m: float(record[m]) for m in names if isinstance(record.get(m), (int, float))}
+    results = [EvalResult(task_type=spec["task"], dataset_type=datasets[0], dataset_name=datasets[0],
+                          dataset_split="eval (held out)", metric_type=m, metric_name=m, metric_value=v)
+               for m, v in values.items()]
+    kinds = [e.kind for e, _ in ctx.earlier if e.status != "skipped"]
+    tags = ["onnx", "onnxruntime", "compress", spec["precision"], *dict.fromkeys(
+        STAGE_TAGS[k] for k in kinds if k in STAGE_TAGS)]
+    meta = ModelCardData(model_name=spec["name"], base_model=hub_id_of(ctx.recipe.model), datasets=datasets,
+                         metrics=list(values), tags=tags, pipeline_tag=spec["task"], library_name="optimum",
+                         eval_results=results or None)
+    return meta.to_yaml()
+
+
 def model_card(spec: dict, ctx, environment: dict) -> str:
-    """Markdown: what was done to the model, how it scored after each step, how fast it ran
-    (when the run's benchmark ran before this stage), and where it was checked."""
+    """README.md: Hugging Face model-card metadata, then what was done to the model, how it
+    scored after each step, how fast it ran (when the run's benchmark ran before this stage),
+    where it was checked and how to load it."""
     from compress.report import md_table, summary_table
 
     stages = [f"{i + 1}. `{e.kind}` ({e.status})" + (f": {e.reason}" if e.reason else "")
@@ -178,6 +222,7 @@ def model_card(spec: dict, ctx, environment: dict) -> str:
                             if k.endswith("_agreement")) or "-",
                   f"{v.get('max_abs_diff', float('nan')):.2g} (outputs)"] for v in spec["validated"]]
     parts = [
+        f"---\n{card_metadata(spec, ctx)}\n---\n",
         f"# {spec['name']}\n",
         f"Task: {spec['task']}. " + (f"Labels: {', '.join(spec['labels'])}. " if spec["labels"] else "")
         + f"Precision: {spec['precision']}. "
@@ -188,6 +233,7 @@ def model_card(spec: dict, ctx, environment: dict) -> str:
     ]
     if ctx.benchmark_markdown:  # the run's benchmark, when its recipe has a benchmark block
         parts += ["## Benchmark\n", ctx.benchmark_markdown.strip() + "\n"]
+    ort_class = ort_class_name(ctx.task)
     parts += [
         "## Inputs and outputs\n", md_table(["name", "dtype", "shape"], io) + "\n",
         "## Validated on\n",
@@ -197,7 +243,12 @@ def model_card(spec: dict, ctx, environment: dict) -> str:
         "```python\nfrom compress.runtime import Predictor\n\n"
         "predictor = Predictor.load(\"path/to/this/directory\")  # checks every file's sha256 first\n"
         f"predictor.predict({ctx.task.usage[0]})  # {ctx.task.usage[1]}\n```\n\n"
-        "or `compress predict path/to/this/directory \"some text\"`.\n",
+        "or `compress predict path/to/this/directory \"some text\"`. With optimum and transformers:\n",
+        f"```python\nfrom optimum.onnxruntime import {ort_class}\n"
+        "from transformers import AutoTokenizer, pipeline\n\n"
+        f"model = {ort_class}.from_pretrained(\"path/to/this/directory\")\n"
+        "tokenizer = AutoTokenizer.from_pretrained(\"path/to/this/directory\")\n"
+        f"pipe = pipeline(\"{spec['task']}\", model=model, tokenizer=tokenizer)\n```\n",
         "Needs only `onnxruntime`, `tokenizers` and `numpy`. `triton/` is a Triton Inference Server model "
         "repository (inputs are token ids: tokenize with tokenizer.json first).\n",
     ]

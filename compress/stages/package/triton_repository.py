@@ -1,6 +1,10 @@
 """A Triton Inference Server model repository for a packaged model:
-`triton/<name>/config.pbtxt` + `triton/<name>/1/model.onnx` (or `model.plan` for a
-TensorRT engine), with dynamic batching and the I/O signature of the ONNX graph."""
+`triton/<name>/config.pbtxt` + `triton/<name>/1/triton_model.onnx` (or `model.plan` for a
+TensorRT engine), with dynamic batching and the I/O signature of the ONNX graph.
+
+The ONNX copy is not named model.onnx (config.pbtxt names it: default_model_filename): the
+package directory holds exactly one `model.onnx`, so optimum's ORTModel.from_pretrained(package)
+picks it without a "multiple ONNX files" warning."""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ TRITON_DTYPES = {
     "bool": "TYPE_BOOL", "uint8": "TYPE_UINT8", "int8": "TYPE_INT8", "int16": "TYPE_INT16", "int32": "TYPE_INT32",
     "int64": "TYPE_INT64", "float16": "TYPE_FP16", "float32": "TYPE_FP32", "float64": "TYPE_FP64",
 }
-BACKENDS = {"onnx": ("onnxruntime_onnx", "onnxruntime", "model.onnx", "KIND_CPU"),
+BACKENDS = {"onnx": ("onnxruntime_onnx", "onnxruntime", "triton_model.onnx", "KIND_CPU"),
             "trt": ("tensorrt_plan", "tensorrt", "model.plan", "KIND_GPU")}
 
 
@@ -36,13 +40,14 @@ def triton_config(name: str, kind: str, inputs: list[dict], outputs: list[dict],
     """config.pbtxt text. Batching needs a dynamic first dimension on every tensor. Triton's
     classification extension (label_filename) fits one score per label per item: a
     [batch, labels] first output, not per-token tags or start/end logits."""
-    platform, backend, _, instance = BACKENDS[kind]
+    platform, backend, model_file, instance = BACKENDS[kind]
     batched = all(t["shape"] and not isinstance(t["shape"][0], int) for t in inputs + outputs)
     tensors_in = ",\n".join(_tensor_block(t, batched) for t in inputs)
     per_item = labelled and len(outputs) == 1 and len(outputs[0]["shape"]) == 2
     tensors_out = ",\n".join(_tensor_block(t, batched, "labels.txt" if i == 0 and per_item else None)
                              for i, t in enumerate(outputs))
     text = (f'name: "{name}"\nplatform: "{platform}"\nbackend: "{backend}"\n'
+            f'default_model_filename: "{model_file}"\n'
             f"max_batch_size: {max_batch_size if batched else 0}\n"
             f"input [\n{tensors_in}\n]\noutput [\n{tensors_out}\n]\n")
     if batched:
