@@ -91,7 +91,14 @@ def share(obj: Any = None) -> Any:
     import torch.distributed as dist
 
     box = [obj]
-    dist.broadcast_object_list(box, src=0)
+    try:
+        dist.broadcast_object_list(box, src=0)
+    except RuntimeError as e:  # gloo/NCCL: a time-out, or the peer's connection closed
+        if dist.get_rank() == 0:
+            raise
+        raise CompressError(f"rank 0 did not answer within {timeout_seconds()} s ({TIMEOUT_ENV}) or its "
+                            f"connection closed: it failed or hangs; see its log ({str(e).splitlines()[0][:160]})"
+                            ) from None
     return box[0]
 
 

@@ -103,11 +103,25 @@ def test_torchrun_runs_the_whole_recipe_as_one_process_does(tmp_path, no_dropout
         assert mine["accuracy"] == theirs["accuracy"]
 
 
+def test_accelerate_launch_drives_the_recipe_too(tmp_path, no_dropout_model):
+    """`accelerate launch --multi_gpu` (the README's line; it goes through torchrun and falls
+    back to gloo without a GPU) gives the same run as torchrun."""
+    recipe = write_recipe(tmp_path, "tiny", batch_size=4, after="")
+    out = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--main_process_port", str(_free_port()), "-m", "compress", "run", str(recipe),
+           "--out", str(out)]
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    training = json.loads((out / "tiny" / "01-finetune" / "stage.json").read_text())["training"]
+    assert (training["processes"], training["global_batch_size"]) == (2, 8)
+
+
 def test_a_rank_that_raises_stops_the_job_and_is_named(tmp_path, no_dropout_model):
     recipe = write_recipe(tmp_path, "tiny", batch_size=4, max_steps=50)
     out = tmp_path / "runs"
     started = time.perf_counter()
-    proc = subprocess.run(torchrun(2, str(ROOT / "tests" / "dist_fail_worker.py"), "1", "run", str(recipe),
+    proc = subprocess.run(torchrun(2, str(ROOT / "tests" / "dist_fail_worker.py"), "raise", "1", "run", str(recipe),
                                    "--out", str(out)), env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert time.perf_counter() - started < 240  # nobody left waiting on a dead peer
@@ -117,6 +131,20 @@ def test_a_rank_that_raises_stops_the_job_and_is_named(tmp_path, no_dropout_mode
     manifest = json.loads((out / "tiny" / "manifest.json").read_text())
     assert manifest["status"] in ("failed", "running")  # "running" only if rank 0 was killed outright
     assert not (out / "tiny" / "01-finetune").exists()  # nothing half-written looks complete
+
+
+def test_a_rank_that_hangs_is_given_up_after_the_time_out(tmp_path, no_dropout_model):
+    """Rank 0 never reaches the first collective: rank 1 stops after COMPRESS_DIST_TIMEOUT
+    with one line saying whom it waited for, and the launcher ends the job."""
+    recipe = write_recipe(tmp_path, "tiny", batch_size=4, after="")
+    started = time.perf_counter()
+    proc = subprocess.run(torchrun(2, str(ROOT / "tests" / "dist_fail_worker.py"), "hang", "0", "run", str(recipe),
+                                   "--out", str(tmp_path / "runs")),
+                          env={**_env(), "COMPRESS_DIST_TIMEOUT": "10"}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert time.perf_counter() - started < 120
+    line = next(ln for ln in proc.stderr.splitlines() if "error:" in ln and "rank 1 of 2" in ln)
+    assert "rank 0 did not answer within 10 s" in line
 
 
 def _kill_after_checkpoint(cmd: list[str], state: Path) -> int:
