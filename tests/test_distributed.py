@@ -207,9 +207,10 @@ def test_a_changed_world_size_says_so_and_restarts_the_stage(tmp_path, no_dropou
     assert record["training"]["resumed_from_step"] is None and record["training"]["processes"] == 1
 
 
-def test_distill_with_a_cached_teacher_and_pruning_run_in_two_processes(tmp_path, no_dropout_model):
-    """The teacher's logits are computed once, sharded over the ranks and gathered; prune
-    importance is summed over the ranks' shards; both ranks train the recovery."""
+def test_every_training_stage_kind_runs_in_two_processes(tmp_path, no_dropout_model):
+    """distill: the teacher's logits are computed once, sharded over the ranks and gathered;
+    prune: importance is summed over the ranks' shards and both ranks train the recovery;
+    qat: both ranks train, rank 0 alone exports and checks parity."""
     after = """  - kind: distill
     keep_layers: [1]
     cache_teacher: true
@@ -220,6 +221,10 @@ def test_distill_with_a_cached_teacher_and_pruning_run_in_two_processes(tmp_path
     importance_batches: 4
     max_steps: 2
     batch_size: 4
+  - kind: qat
+    max_steps: 2
+    batch_size: 4
+    calibration_samples: 8
 """
     recipe = write_recipe(tmp_path, "tiny", batch_size=4, max_steps=2, after=after)
     out = tmp_path / "runs"
@@ -231,6 +236,8 @@ def test_distill_with_a_cached_teacher_and_pruning_run_in_two_processes(tmp_path
     assert distill["cached_teacher_logits"] and distill["training"]["processes"] == 2
     assert prune["importance"]["batches"] == 4  # 2 per rank, summed
     assert prune["training"]["processes"] == 2
+    qat = json.loads((out / "tiny" / "04-qat" / "stage.json").read_text())
+    assert qat["training"]["processes"] == 2 and qat["parity"]["label_agreement"] == 1.0
     assert json.loads((out / "tiny" / "manifest.json").read_text())["status"] == "completed"
 
 
