@@ -98,8 +98,8 @@ def test_the_base_install_holds_no_training_stack(light_python):
 
 def test_predictor_loads_and_predicts_with_the_runtime_only(light_python, package):
     texts = ["a good film", "boring boring movie"]
-    code = ("import json, sys; from compress.runtime import Predictor; "
-            f"p = Predictor.load(sys.argv[1], threads=1); print(json.dumps(p.predict({texts!r}))); "
+    code = ("import json, sys, compress; "
+            f"p = compress.load(sys.argv[1], threads=1); print(json.dumps(p.predict({texts!r}))); "
             "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
     result = _run(light_python, "-c", code, str(package))
     assert result.returncode == 0, result.stderr
@@ -109,6 +109,15 @@ def test_predictor_loads_and_predicts_with_the_runtime_only(light_python, packag
     assert [r["label"] for r in light] == [r["label"] for r in here]
     assert [r["score"] for r in light] == pytest.approx([r["score"] for r in here], abs=1e-5)
     assert lines[1] == "[]"
+
+
+def test_the_api_names_the_extra_it_needs(light_python, tmp_path):
+    code = ("import compress\ntry:\n    compress.run('recipe.yaml')\nexcept compress.errors.CompressError as e:\n"
+            "    print(type(e).__name__, e)")
+    result = _run(light_python, "-c", code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("MissingExtraError compress.run() needs the training stack")
+    assert result.stdout.strip().endswith("pip install 'compress[train]'")
 
 
 def test_cli_predict_works_and_training_commands_name_the_extra(light_python, package, tmp_path):
