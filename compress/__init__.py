@@ -4,7 +4,7 @@ The Python API (compress/api.py), imported on first use so `import compress` sta
 `compress.run(recipe, out=...) -> RunResult`, `compress.benchmark(spec, out=...) -> BenchResult`,
 `compress.load(package) -> Predictor`."""
 
-__version__ = "0.1.0"
+from compress.version import __version__
 
 _API = ("run", "benchmark", "load", "RunResult", "StageResult", "BenchResult")
 __all__ = ["__version__", *_API]

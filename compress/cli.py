@@ -23,7 +23,7 @@ err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 120, s
 
 def _version(value: bool) -> None:
     if value:
-        from compress import __version__
+        from compress.version import __version__
 
         sys.stdout.write(f"compress {__version__}\n")
         raise typer.Exit()
