@@ -86,9 +86,9 @@ def _need_training(command: str) -> None:
 
 
 def _load(recipe: Path):
-    from compress.recipe import load_recipe
+    try:  # importing the recipe module loads the installed stage plugins: a broken one is one line too
+        from compress.recipe import load_recipe
 
-    try:
         return load_recipe(recipe)
     except CompressError as e:
         raise _fail(str(e), e.exit_code) from None
@@ -217,18 +217,25 @@ def validate(
     summary = _data_summary(spec, recipe)
     console.print(f"{recipe}: ok ({len(spec.stages)} stages: {' -> '.join(s.kind for s in spec.stages)})")
     console.print(summary, highlight=False)
+    from compress.plugins import listing
+
+    for line in listing():  # installed plugins, validated with the recipe
+        console.print(f"plugin: {line}", highlight=False)
 
 
 @app.command()
 def schema(bench: bool = typer.Option(False, "--bench", help="The bench spec's schema instead.")) -> None:
     """Print the recipe (or bench spec) JSON schema, for editor completion and validation."""
     _need_training("schema")
-    if bench:
-        from compress.bench.spec import bench_spec_json_schema as json_schema
-    else:
-        from compress.recipe import recipe_json_schema as json_schema
-
-    sys.stdout.write(json.dumps(json_schema(), indent=2) + "\n")
+    try:
+        if bench:
+            from compress.bench.spec import bench_spec_json_schema as json_schema
+        else:
+            from compress.recipe import recipe_json_schema as json_schema
+        schema = json_schema()
+    except CompressError as e:  # a broken plugin
+        raise _fail(str(e), e.exit_code) from None
+    sys.stdout.write(json.dumps(schema, indent=2) + "\n")
 
 
 # ---------------------------------------------------------------------------- benchmarks
