@@ -1,6 +1,8 @@
 # Two commands do all the set-up on a fresh machine:
 #   make run    create .venv, install the pinned stack, run recipes/quickstart.yaml
 #   make test   create .venv, install the pinned stack, run the test suite (offline)
+# The pinned stack: the training extra and dev tools at the exact versions of constraints.txt
+# (pyproject.toml itself states ranges; the base install is the light runtime).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -13,10 +15,10 @@ STAMP  := $(VENV)/.installed
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml requirements-data.txt Makefile
+$(STAMP): pyproject.toml constraints.txt requirements-data.txt Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q $(FIND_LINKS) -e '.[dev]'
+	$(PIP) install -q $(FIND_LINKS) -c constraints.txt -e '.[train,dev]'
 	$(PIP) install -q --no-deps -r requirements-data.txt
 	touch $(STAMP)
 

@@ -23,7 +23,7 @@ err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 120, s
 
 def _version(value: bool) -> None:
     if value:
-        from compress import __version__
+        from compress.version import __version__
 
         sys.stdout.write(f"compress {__version__}\n")
         raise typer.Exit()
@@ -75,10 +75,20 @@ def _fail(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _load(recipe: Path):
-    from compress.recipe import load_recipe
+def _need_training(command: str) -> None:
+    """A runtime-only install (no `train` extra) stops here with one line saying what to install."""
+    from compress.extras import require_training_stack
 
     try:
+        require_training_stack(f"compress {command}")
+    except CompressError as e:
+        raise _fail(str(e), e.exit_code) from None
+
+
+def _load(recipe: Path):
+    try:  # importing the recipe module loads the installed stage plugins: a broken one is one line too
+        from compress.recipe import load_recipe
+
         return load_recipe(recipe)
     except CompressError as e:
         raise _fail(str(e), e.exit_code) from None
@@ -100,6 +110,7 @@ def run(
 ) -> None:
     """Run a recipe: every stage in order, each measured on the same eval split."""
     _setup(verbose, offline, quiet)
+    _need_training("run")
     spec = _load(recipe)
     if spec.trust_remote_code:
         err_console.print(f"[bold yellow]warning:[/] {recipe}: trust_remote_code is on: the model directory's "
@@ -201,21 +212,30 @@ def validate(
     """Check a recipe (fields, stage order, model, and the data exactly as a run loads it) without running it."""
     if offline:
         os.environ["HF_HUB_OFFLINE"] = "1"
+    _need_training("validate")
     spec = _load(recipe)
     summary = _data_summary(spec, recipe)
     console.print(f"{recipe}: ok ({len(spec.stages)} stages: {' -> '.join(s.kind for s in spec.stages)})")
     console.print(summary, highlight=False)
+    from compress.plugins import listing
+
+    for line in listing():  # installed plugins, validated with the recipe
+        console.print(f"plugin: {line}", highlight=False)
 
 
 @app.command()
 def schema(bench: bool = typer.Option(False, "--bench", help="The bench spec's schema instead.")) -> None:
     """Print the recipe (or bench spec) JSON schema, for editor completion and validation."""
-    if bench:
-        from compress.bench.spec import bench_spec_json_schema as json_schema
-    else:
-        from compress.recipe import recipe_json_schema as json_schema
-
-    sys.stdout.write(json.dumps(json_schema(), indent=2) + "\n")
+    _need_training("schema")
+    try:
+        if bench:
+            from compress.bench.spec import bench_spec_json_schema as json_schema
+        else:
+            from compress.recipe import recipe_json_schema as json_schema
+        schema = json_schema()
+    except CompressError as e:  # a broken plugin
+        raise _fail(str(e), e.exit_code) from None
+    sys.stdout.write(json.dumps(schema, indent=2) + "\n")
 
 
 # ---------------------------------------------------------------------------- benchmarks
@@ -230,6 +250,7 @@ def bench(
 ) -> None:
     """Measure artifacts side by side: results.jsonl, results.csv, results.md, pareto.png."""
     _setup(verbose, quiet=quiet)
+    _need_training("bench")
     from compress.bench.plan import build_plan, resolve_models
     from compress.bench.spec import BenchSpecError, load_bench_spec
 
@@ -280,6 +301,7 @@ def table(
     as_json: bool = typer.Option(False, "--json", help="Print the rows (with their speedups) as a JSON array instead of the Markdown table."),
 ) -> None:
     """Re-render the CSV, Markdown table and plot from a results.jsonl."""
+    _need_training("table")
     from compress.bench.report import read_rows, with_speedups, write_reports
 
     if not results.is_file():

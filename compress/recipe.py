@@ -20,6 +20,7 @@ from compress.data import DataSpec, check_data_spec
 from compress.errors import CompressError, RecipeError
 from compress.evaluate import MeasureSpec
 from compress.locations import check_location, resolve_location, resolve_model_location
+from compress.plugins import metric_plugin_names
 from compress.stages import STAGE_CLASSES, STAGE_KINDS, Stage
 from compress.tasks import get_task, task_names
 from compress.yaml_input import describe_validation_error, read_yaml_file
@@ -40,7 +41,9 @@ class Recipe(BaseModel):
                                   f"({', '.join(task_names())}).", json_schema_extra={"enum": task_names()})
     metric: str | None = Field(
         None, description="The metric the ledger, keep_best, the budgets and the benchmark compare (higher is "
-        "better); default: the task's (accuracy, entity_f1, f1). One of the task's metric names.")
+        "better); default: the task's (accuracy, entity_f1, f1). One of the task's metric names"
+        + (f", or an installed metric plugin's ({', '.join(metric_plugin_names())})" if metric_plugin_names() else "")
+        + ".")
     trust_remote_code: bool = False
     data: DataSpec
     stages: list[Stage] = Field(min_length=1)

@@ -12,9 +12,9 @@ import socket
 from datetime import datetime, timezone
 from pathlib import Path
 
-from compress import __version__
 from compress.errors import CompressError
 from compress.files import hash_file
+from compress.version import __version__
 
 log = logging.getLogger(__name__)
 RECORD_FILE = "stage.json"

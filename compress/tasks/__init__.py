@@ -147,8 +147,11 @@ def task_names() -> list[str]:
 
 
 def get_task(name: str) -> Task:
-    """The task a recipe names; ValueError (one line, with the known names) otherwise."""
+    """The task a recipe names, with the installed metric plugins that apply to it
+    (compress.plugins); ValueError (one line, with the known names) otherwise."""
+    from compress.plugins import with_plugin_metrics
+
     module = name.replace("-", "_")
     if module not in task_modules():
         raise ValueError(f"task '{name}' is not supported yet (supported: {', '.join(task_names())})")
-    return importlib.import_module(f"{__name__}.{module}").TASK
+    return with_plugin_metrics(importlib.import_module(f"{__name__}.{module}").TASK)

@@ -82,11 +82,16 @@ def fit_accuracy_budget(
     if reference - first <= max_drop + EPSILON:
         return BudgetResult(list(pinned), first, attempts)
 
+    from rich.progress import Progress
+
     free = [c for c in candidates if c not in pinned]
     sensitivity = {}
-    for name in free:  # one quantization per layer, the rest float
-        diff = mean_abs_difference(logits_with(list(pinned), [name]), reference_logits)
-        sensitivity[name] = float(diff)
+    with Progress(transient=True) as progress:  # one quantization and evaluation per layer: minutes on a big model
+        bar = progress.add_task("budget: sensitivity per layer", total=len(free))
+        for name in free:  # one quantization per layer, the rest float
+            diff = mean_abs_difference(logits_with(list(pinned), [name]), reference_logits)
+            sensitivity[name] = float(diff)
+            progress.advance(bar)
     order = sorted(free, key=lambda n: -sensitivity[n])
     log.info("budget: most sensitive layers: %s", ", ".join(order[:5]))
 
