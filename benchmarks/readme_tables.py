@@ -48,7 +48,12 @@ def tasks(*runs: str) -> str:
 def bench(results: str, throughput_batch: str = "32") -> str:
     """Per model (in the file's order): its target, p50 at batch 1 with both speedups (against
     the references each row names), throughput at batch 32, the eval metric and size."""
-    from compress.bench.report import accuracy_by_cell, metric_of, read_rows, with_speedups
+    from compress.bench.report import (
+        accuracy_by_cell,
+        metric_of,
+        read_rows,
+        with_speedups,
+    )
     from compress.report import md_table
 
     rows = with_speedups(read_rows(ROOT / results))

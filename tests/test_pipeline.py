@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 from compress.manifest import Manifest
 from compress.pipeline import run_recipe
 from compress.recipe import load_recipe

@@ -80,7 +80,12 @@ def run_qat(stage: QATStage, model: TorchModel, ctx) -> ONNXModel:
     from compress.distillation import DistillationModule, make_loss_fn, model_inputs
     from compress.evaluate import predict_outputs
     from compress.onnx_graph import count_int8_coverage
-    from compress.parity import compare_outputs, describe_agreement, judge, quantized_criterion
+    from compress.parity import (
+        compare_outputs,
+        describe_agreement,
+        judge,
+        quantized_criterion,
+    )
     from compress.sessions import ORTSession
     from compress.stages.qat.qdq_export import (
         activations_to_uint8,
