@@ -14,6 +14,7 @@ Kinds (paths relative to the repository root):
   bench RESULTS [B] per model: batch 1 at real lengths with both speedups, throughput at batch B (32) real lengths
   speedups RESULTS MODEL   one model's p50 and speedups at every shape of a results.jsonl
   repeats DIR...    the same cell measured twice per run (a quickstart-repeat.yaml results.jsonl per DIR)
+  repeats-of RESULTS   each cell's p50 in every repeat of one results.jsonl (repeats: N), and their spread
 tests/test_readme_tables.py runs --check on every README the repository ships."""
 
 from __future__ import annotations
@@ -104,7 +105,19 @@ def repeats(*dirs: str) -> str:
     return md_table(["run", *(f"repeat {i + 1} p50" for i in range(n)), "spread", "CV per call"], body) + "\n"
 
 
-KINDS = {"ledger": ledger, "tasks": tasks, "bench": bench, "speedups": speedups, "repeats": repeats}
+def repeats_of(results: str) -> str:
+    from compress.bench.report import read_rows
+    from compress.report import md_table
+
+    ok = [r for r in read_rows(ROOT / results) if r.get("status") == "ok" and r.get("repeats")]
+    n = max(r["repeats"]["n"] for r in ok)
+    body = [[r["model"], r["target"], *(f"{p:.2f} ms" for p in r["repeats"]["p50_ms"]), f"{r['p50_ms']:.2f} ms",
+             f"{r['repeats']['spread']:.0%}"] for r in ok]
+    return md_table(["model", "target", *(f"repeat {i + 1}" for i in range(n)), "median", "spread"], body) + "\n"
+
+
+KINDS = {"ledger": ledger, "tasks": tasks, "bench": bench, "speedups": speedups, "repeats": repeats,
+         "repeats-of": repeats_of}
 
 
 def render(command: str) -> str:
