@@ -62,18 +62,28 @@ def test_run_writes_summary(recipe_dir, tmp_path):
     assert "| 01-finetune | torch |" in summary and "| 02-export_onnx | onnx |" in summary
 
 
-def test_failing_stage_exits_1_with_one_line(recipe_dir, tmp_path):
-    stages = "\n  - kind: finetune\n    max_steps: 1\n  - kind: export_onnx\n    atol: 1.0e-15\n    parity_samples: 4\n"
+def test_failing_stage_exits_1_with_one_line(recipe_dir, tmp_path, monkeypatch):
+    """A candidate whose logits are off by 0.5 fails export_onnx's parity check: exit 1,
+    one error line, the completed stage kept, the run marked failed."""
+    import compress.parity
+
+    real = compress.parity.predict_outputs
+
+    def shifted(session, encoded, batch_size, desc=None):
+        outputs = real(session, encoded, batch_size, desc)
+        return [o + 0.5 for o in outputs] if desc == "parity (candidate)" else outputs
+
+    monkeypatch.setattr(compress.parity, "predict_outputs", shifted)
+    stages = "\n  - kind: finetune\n    max_steps: 1\n  - kind: export_onnx\n    parity_samples: 4\n"
     out = tmp_path / "out"
     result = runner.invoke(app, ["run", str(write(recipe_dir, tiny_recipe_text(stages=stages))), "--out", str(out)])
     manifest = json.loads((out / "tiny" / "manifest.json").read_text())
-    if manifest["status"] == "completed":  # torch and ONNX agreed bit for bit: nothing to fail on
-        return
     assert result.exit_code == 1
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "parity check failed" in errors[0] and "completed stages kept" in errors[0]
+    assert len(errors) == 1 and "parity check failed: max |logit difference| 0.5 > atol 0.0001" in errors[0]
+    assert "completed stages kept" in errors[0]
     assert (out / "tiny" / "01-finetune" / "model.safetensors").is_file()
-    assert manifest["status"] == "failed"
+    assert manifest["status"] == "failed" and not (out / "tiny" / "02-export_onnx").exists()
 
 
 def test_missing_data_exits_2(recipe_dir):

@@ -83,13 +83,13 @@ def measure_cell(job: dict) -> dict:
         batches = fixed_batches(session, load_tokenizer(artifact.path), batch_size, seq_len)
         examples_per_batch = [len(b["input_ids"]) for b in batches]
 
-    sync, gpu = None, {}
+    sync, on_start, gpu = None, None, {}
     if target.device == "cuda":  # gated: only on a GPU target, where torch sees CUDA
         import torch
 
         sync = torch.cuda.synchronize
         start_evt, end_evt = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start_evt.record()
+        on_start = start_evt.record  # after the warm-up: the event total covers the timed calls only
 
     def call(i: int) -> int:  # returns the examples done: throughput counts texts, pairs, questions
         session.run(batches[i % len(batches)])
@@ -98,7 +98,7 @@ def measure_cell(job: dict) -> dict:
     # warm-up calls take the first batches: the timed loop starts at batch `warmup`, so a pass
     # of len(batches) calls from there still times every batch exactly once
     samples, items = time_calls(call, job["warmup"], job["min_iterations"], job["min_seconds"], job["max_seconds"],
-                                sync=sync, cycle=len(batches))
+                                sync=sync, cycle=len(batches), on_start=on_start)
     if target.device == "cuda":
         end_evt.record()
         torch.cuda.synchronize()

@@ -64,6 +64,10 @@ class BenchModel:
     targets: tuple[str, ...] | None = None  # explicit per-model targets
     task: str = "text-classification"  # the task whose metrics the accuracy cell measures
     metric: str | None = None  # the metric the tables compare (None: the task's default)
+    artifact_sha256: str | None = None  # the artifact's files (a run's stage: as its manifest records)
+    input_sha256: str | None = None  # an export_onnx stage's input artifact: what it is the export of
+    baseline_ref: str | None = None  # the name of the model this row's torch speedup is against
+    ort_ref: str | None = None  # the name of the ONNX Runtime fp32 model its ORT speedup is against
 
     @property
     def kind(self) -> str:
@@ -101,6 +105,24 @@ def artifact_kind_of(artifact: Artifact) -> str:
     return artifact_kind(artifact)
 
 
+def artifact_sha256(artifact: Artifact) -> str:
+    """The sha256 a row records for its artifact: the directory's files (stage.json excluded,
+    as a run's manifest records it), or only the named .onnx / .engine file and its external data."""
+    from compress.files import hash_file
+    from compress.resume import tree_sha256
+
+    file = getattr(artifact, "file", None)
+    if file is None:
+        return tree_sha256(artifact.path)
+    import hashlib
+
+    digest = hashlib.sha256()
+    for f in sorted(p for p in artifact.path.glob(f"{file}*") if p.is_file()):
+        digest.update(f.name.encode() + b"\0")
+        hash_file(f, digest)
+    return digest.hexdigest()
+
+
 def reopen_artifact(job: dict) -> Artifact:
     path = Path(job["path"])
     if job["kind"] == "onnx" and job.get("file"):
@@ -125,18 +147,20 @@ def _run_models(run_dir: Path, data: dict | None) -> list[BenchModel]:
             from None
     if data is None and (run_dir / "recipe.resolved.yaml").is_file():
         data = yaml.safe_load((run_dir / "recipe.resolved.yaml").read_text(encoding="utf-8")).get("data")
-    models, seen_torch, seen_onnx = [], False, False
+    models, seen_torch = [], False
+    input_sha = manifest.model_sha256  # what the next stage takes: the run's model, then each artifact
     for entry in manifest.done_stages():
+        takes, input_sha = input_sha, entry.artifact_sha256 or input_sha
         if entry.kind == "package":  # holds the previous stage's model: measured once, there
             continue
         artifact = ARTIFACT_KINDS[entry.artifact](run_dir / entry.path)
         role = None
         if entry.artifact == "torch" and not seen_torch:
             role, seen_torch = BASELINE, True  # the fine-tuned, uncompressed model
-        elif entry.kind == "export_onnx" and not seen_onnx:
-            role, seen_onnx = ORT_FP32, True
         models.append(BenchModel(f"{run_dir.name}/{entry.path}", artifact, run_dir.name, role, data,
-                                 task=manifest.task, metric=manifest.metric))
+                                 task=manifest.task, metric=manifest.metric,
+                                 artifact_sha256=entry.artifact_sha256 or artifact_sha256(artifact),
+                                 input_sha256=takes if entry.kind == "export_onnx" else None))
     if not models:
         raise CompressError(f"run directory {run_dir} has no completed stages in manifest.json")
     return models
@@ -162,7 +186,8 @@ def _single_model(path: Path, data: dict | None) -> BenchModel:
         raise CompressError(f"{path} is not a run directory, a checkpoint directory, an .onnx or an .engine file")
     if not isinstance(artifact, TorchModel) and not any((artifact.path / f).is_file() for f in ("tokenizer.json", "vocab.txt")):
         raise CompressError(f"{path}: no tokenizer files (tokenizer.json or vocab.txt) beside it")
-    return BenchModel(path.name if path.is_dir() else f"{path.parent.name}/{path.name}", artifact, data=data)
+    return BenchModel(path.name if path.is_dir() else f"{path.parent.name}/{path.name}", artifact, data=data,
+                      artifact_sha256=artifact_sha256(artifact))
 
 
 def resolve_models(spec: BenchSpec, where: str = "spec") -> list[BenchModel]:
@@ -175,14 +200,51 @@ def resolve_models(spec: BenchSpec, where: str = "spec") -> list[BenchModel]:
             raise BenchSpecError(f"{where}: baseline: {e}") from None
         if not isinstance(base.artifact, TorchModel):
             raise BenchSpecError(f"{where}: baseline: {spec.baseline} must be a torch checkpoint directory (measured on torch-cpu)")
-        models.append(BenchModel(base.name, base.artifact, None, BASELINE, data, task=spec.task))
+        models.append(replace(base, group=None, role=BASELINE, task=spec.task))
     for i, ref in enumerate(spec.models):
         try:
             models.extend(replace(m, task=spec.task) if m.group is None else m
                           for m in _expand(ref, data, demote_baseline=bool(spec.baseline)))
         except CompressError as e:
             raise BenchSpecError(f"{where}: models[{i}]: {e}") from None
-    return models
+    ort_name = None
+    if spec.ort_baseline:
+        try:
+            ort = _single_model(Path(spec.ort_baseline), data)
+        except CompressError as e:
+            raise BenchSpecError(f"{where}: ort_baseline: {e}") from None
+        if not isinstance(ort.artifact, ONNXModel):
+            raise BenchSpecError(f"{where}: ort_baseline: {spec.ort_baseline} must be an ONNX model (measured on ort-cpu)")
+        same = next((m for m in models if m.kind == "onnx" and m.artifact_sha256 == ort.artifact_sha256), None)
+        if same is None:
+            models.append(replace(ort, task=spec.task))
+        ort_name = (same or ort).name
+    return assign_references(models, ort_name)
+
+
+def assign_references(models: list[BenchModel], ort_name: str | None) -> list[BenchModel]:
+    """Name each model's two references. The torch one: its run's fine-tuned model, or the
+    spec's baseline (or the only baseline there is). The ONNX Runtime fp32 one: the spec's
+    ort_baseline, else the export of that baseline model itself (an export_onnx stage whose
+    input is the baseline's artifact, in any run of the spec), else none: a row is never
+    compared against another model's export (a pruned student's, say)."""
+    baselines = [m for m in models if m.role == BASELINE]
+    exports = [m for m in models if m.input_sha256]
+    out, ort_roles = [], set()
+    for m in models:
+        base = next((b for b in baselines if m.group is not None and b.group == m.group), None)
+        if base is None:
+            spec_level = [b for b in baselines if b.group is None]
+            base = (spec_level or (baselines if len(baselines) == 1 else [None]))[0]
+        ort = ort_name
+        if ort is None and base is not None and base.artifact_sha256:
+            found = sorted((e for e in exports if e.input_sha256 == base.artifact_sha256),
+                           key=lambda e: e.group != base.group)
+            ort = found[0].name if found else None
+        if ort:
+            ort_roles.add(ort)
+        out.append(replace(m, baseline_ref=base.name if base else None, ort_ref=ort))
+    return [replace(m, role=ORT_FP32) if m.name in ort_roles and m.role is None else m for m in out]
 
 
 def _expand(ref: ModelRef, data: dict | None, demote_baseline: bool) -> list[BenchModel]:

@@ -14,8 +14,11 @@ from compress.report import md_table
 CSV_COLUMNS = [
     "model", "group", "role", "kind", "target", "shape", "batch_size", "seq_len", "threads", "status", "reason",
     "p50_ms", "p90_ms", "p99_ms", "mean_ms", "cv", "throughput", "iterations", "metric", "metric_value", "examples",
-    "size_bytes", "peak_rss_mb", "speedup_vs_baseline", "speedup_vs_ort_fp32", "cpu", "git_commit", "run_id",
+    "size_bytes", "peak_rss_mb", "speedup_vs_baseline", "baseline_reference", "speedup_vs_ort_fp32",
+    "ort_fp32_reference", "artifact_sha256", "cpu", "instruction_sets", "git_commit", "git_dirty", "command", "run_id",
 ]
+REFERENCES = ((BASELINE, "torch-cpu", "speedup_vs_baseline", "baseline_reference"),
+              (ORT_FP32, "ort-cpu", "speedup_vs_ort_fp32", "ort_fp32_reference"))
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -41,14 +44,25 @@ def _reference(rows: list[dict], row: dict, role: str, target: str) -> dict | No
     return (same or [r for r in cands if r.get("group") is None] or cands or [None])[0]
 
 
+def _named(rows: list[dict], row: dict, name: str | None, target: str) -> dict | None:
+    """The same-shape, same-threads measurement of the reference a row names."""
+    return next((r for r in _ok(rows) if r["model"] == name and r["target"] == target
+                 and r["shape"] == row["shape"] and r["threads"] == row["threads"]), None)
+
+
 def with_speedups(rows: list[dict]) -> list[dict]:
+    """Each ok row's p50 speedups against the references it names (baseline_reference,
+    ort_fp32_reference: None means it has none); rows written before references were named
+    fall back to the reference role of their run group."""
     out = []
     for r in rows:
         r = dict(r)
         if r.get("status") == "ok":
-            for role, target, key in ((BASELINE, "torch-cpu", "speedup_vs_baseline"), (ORT_FP32, "ort-cpu", "speedup_vs_ort_fp32")):
-                ref = _reference(rows, r, role, target)
+            for role, target, key, named in REFERENCES:
+                ref = _named(rows, r, r[named], target) if named in r else _reference(rows, r, role, target)
                 r[key] = round(ref["p50_ms"] / r["p50_ms"], 3) if ref and r.get("p50_ms") else None
+                if named not in r and ref is not None:
+                    r[named] = ref["model"]
         out.append(r)
     return out
 
@@ -79,7 +93,9 @@ def write_csv(rows: list[dict], path: Path) -> None:
             name, value = metric_of(acc) if acc and r.get("status") == "ok" else (None, None)
             w.writerow({**r, "metric": name, "metric_value": value,
                         "examples": acc.get("examples") if r.get("status") == "ok" else None,
-                        "cpu": env.get("processor"), "git_commit": env.get("git_commit")})
+                        "cpu": env.get("cpu") or env.get("processor"),
+                        "instruction_sets": " ".join(env.get("instruction_sets") or []),
+                        "git_commit": env.get("git_commit"), "git_dirty": is_dirty(env), "command": env.get("command")})
 
 
 def _unique(values) -> list:
@@ -115,7 +131,12 @@ def markdown_table(rows: list[dict]) -> str:
     measured = [t for t in targets if any(r["target"] == t and r["status"] != "skipped" for r in rows)]
     metric = next((metric_of(r)[0] for r in accuracy.values()), "accuracy")
     lines = [f"Each cell: latency p50 / p99 per call · throughput (items/s) · eval {metric} · size on disk · "
-             "speedup of p50 vs the torch-cpu fp32 baseline and vs ORT fp32 (export_onnx) at the same shape and threads."]
+             f"speedup of p50 vs the torch-cpu fp32 baseline ({_names(rows, 'baseline_reference')}) and vs ONNX "
+             f"Runtime fp32 ({_names(rows, 'ort_fp32_reference')}) at the same shape and threads."]
+    env = next((r.get("env") for r in rows if r.get("env")), None) or {}
+    if is_dirty(env):
+        lines.insert(0, f"**dirty**: measured from a working tree with uncommitted changes to tracked files "
+                        f"(git {env.get('git_commit')}); no commit holds the code that made these numbers.\n")
     for threads, shape in _sections(rows):
         body = []
         for m in models:
@@ -138,6 +159,15 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _names(rows: list[dict], key: str) -> str:
+    names = _unique(r.get(key) for r in _ok(rows) if r.get(key))
+    return ", ".join(f"`{n}`" for n in names) if names else "none in this run"
+
+
+def is_dirty(env: dict) -> bool:
+    return bool(env.get("git_dirty")) or str(env.get("git_commit") or "").endswith("-dirty")
+
+
 def environment_line(rows: list[dict]) -> str:
     env = next((r.get("env") for r in rows if r.get("env")), None) or {}
     pkgs = env.get("packages", {})
@@ -145,9 +175,11 @@ def environment_line(rows: list[dict]) -> str:
     cvs = [r["cv"] for r in _ok(rows) if r.get("cv") is not None]
     cv = f"; CV of per-call latency: median {sorted(cvs)[len(cvs) // 2]:.3f}, max {max(cvs):.3f}" if cvs else ""
     isa = f" ({', '.join(env['instruction_sets']) or 'no AVX2'})" if env.get("instruction_sets") is not None else ""
-    return (f"Environment: {env.get('processor', '?')}{isa}, {env.get('cores_usable', '?')} usable cores, {libs}; "
-            f"git {env.get('git_commit', '?')}; load average at start {env.get('load_avg_at_start', '?')}{cv}."
-            + repeats_line(rows))
+    dirty = " (**dirty**)" if is_dirty(env) else ""
+    command = f" Command: `{env['command']}`." if env.get("command") else ""
+    return (f"Environment: {env.get('cpu') or env.get('processor', '?')}{isa}, {env.get('cores_usable', '?')} usable "
+            f"cores, {libs}; git {env.get('git_commit', '?')}{dirty}; load average at start "
+            f"{env.get('load_avg_at_start', '?')}{cv}.{command}" + repeats_line(rows))
 
 
 def repeats_line(rows: list[dict]) -> str:

@@ -38,23 +38,9 @@ def fingerprint() -> dict:
     except ImportError:
         pass
     env["cores_usable"] = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    env["git_commit"] = _git_commit()
     env["load_avg_at_start"] = [round(x, 2) for x in os.getloadavg()]
     env["nice"] = os.nice(0)
     return env
-
-
-def _git_commit() -> str | None:
-    here = Path(__file__).resolve().parent
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if sha.returncode != 0:
-        return None
-    return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
 def shape_label(batch_size: int | None, seq_len: int | None) -> str:
@@ -70,6 +56,7 @@ def base_row(cell: Cell, run_id: str, env: dict, paths_from: Path) -> dict:
     path = os.path.relpath(m.artifact.path, paths_from)
     return {
         "run_id": run_id, "model": m.name, "group": m.group, "role": m.role, "kind": m.kind, "path": path,
+        "artifact_sha256": m.artifact_sha256, "baseline_reference": m.baseline_ref, "ort_fp32_reference": m.ort_ref,
         "target": cell.target, "shape": shape_label(cell.batch_size, cell.seq_len), "batch_size": cell.batch_size,
         "seq_len": "real" if cell.seq_len is None and cell.batch_size else cell.seq_len, "threads": cell.threads,
     } | {"env": env}

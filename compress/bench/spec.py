@@ -35,6 +35,9 @@ class BenchSpec(BenchSettings):
     name: str = Field("bench", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
     models: list[ModelRef] = Field(min_length=1)
     baseline: str | None = Field(None, description="The uncompressed torch model (default: a run's first stage).")
+    ort_baseline: str | None = Field(
+        None, description="The ONNX Runtime fp32 model the 'vs ORT fp32' speedups are against (an .onnx file or "
+        "ONNX directory; default: the export_onnx of the baseline model itself, where the spec has one).")
     data: DataSpec | None = Field(None, description="Eval data (default for run directories: the run's eval split).")
     task: str = Field("text-classification", description="The task of models given as files or checkpoints "
                                                          "(a run directory's manifest names its own).")
@@ -87,4 +90,5 @@ def load_bench_spec(path: str | Path) -> BenchSpec:
     models = [m.model_copy(update={"path": resolve(m.path, f"models[{i}].path")}) for i, m in enumerate(spec.models)]
     data = spec.data and spec.data.model_copy(
         update={"train": resolve(spec.data.train, "data.train"), "eval": resolve(spec.data.eval, "data.eval")})
-    return spec.model_copy(update={"models": models, "baseline": resolve(spec.baseline, "baseline"), "data": data})
+    return spec.model_copy(update={"models": models, "baseline": resolve(spec.baseline, "baseline"),
+                                   "ort_baseline": resolve(spec.ort_baseline, "ort_baseline"), "data": data})

@@ -54,6 +54,7 @@ def summarize(samples_ms: Sequence[float], items_per_call: Sequence[int]) -> dic
 def time_calls(
     call: Callable[[int], int], warmup: int, min_iterations: int, min_seconds: float, max_seconds: float,
     clock: Callable[[], float] = time.perf_counter, sync: Callable[[], None] | None = None, cycle: int = 1,
+    on_start: Callable[[], None] | None = None,
 ) -> tuple[list[float], list[int]]:
     """Run call(i) (which returns the number of items it processed) warmup times untimed,
     then time it until both min_iterations and min_seconds are reached, and then on to the
@@ -61,11 +62,15 @@ def time_calls(
     call(i) cycles through `cycle` distinct inputs (real eval lengths): timing whole passes
     makes a faster model time the same inputs as a slower one, not more of the longer or
     shorter ones. sync() waits for queued GPU work before each clock read, so an
-    asynchronous launch is not mistaken for the work."""
+    asynchronous launch is not mistaken for the work. on_start() runs once, after the
+    warm-up has finished and before the first timed call (a CUDA start event is recorded
+    there, so the warm-up is not in the GPU total)."""
     sync = sync or (lambda: None)
     for i in range(warmup):
         call(i)
     sync()
+    if on_start is not None:
+        on_start()
     samples, items = [], []
     started = clock()
     i = 0

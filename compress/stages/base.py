@@ -128,6 +128,22 @@ class TrainingSchedule(BaseModel):
         return self
 
 
+class QuantizedParity(BaseModel):
+    """The parity criterion of a quantized (Q/DQ) graph, shared by qat and optimize_onnx
+    (compress/parity.py): task outputs agree on at least min_agreement of the parity samples,
+    and no logit moves by more than parity_steps quantization steps of the last quantized
+    MatMul's input (its activation scale times its weight's largest column L1 norm)."""
+
+    parity_steps: float = Field(
+        2.0, gt=0, le=100, description="Logit tolerance in quantization steps: every input of the last quantized "
+        "MatMul moved by this many levels in the worst direction (read from the graph's scales and weights). "
+        "A short QAT of MiniLM moved its logits by 0.71 steps (export) and 0.55 (fusion): "
+        "benchmarks/results/quantization/parity-probe.json.")
+    min_agreement: float = Field(
+        0.99, ge=0, le=1, description="Least share of parity samples whose task output (label, tags, span) "
+        "must agree.")
+
+
 # ---------------------------------------------------------------------------- distillation objective
 
 Temperature = Annotated[float, Field(gt=0, le=100, description="Softens the teacher's and the student's "

@@ -43,14 +43,21 @@ class BuildEngineStage(StageConfig):
     timing_cache: str | None = Field(None, description="Timing cache file reused across builds.")
     atol: float = Field(0.05, gt=0, description="Max |logit difference| against the ONNX model.")
     parity_samples: int = Field(128, ge=1)
+    required: bool = Field(
+        False, description="Fail the run where TensorRT or a GPU is missing, instead of skipping the stage "
+        "(for pipelines whose product is the engine).")
 
     accepts = (ONNXModel,)
     produces = TRTEngine
 
     def unavailable_reason(self) -> str | None:
+        from compress.errors import StageError
         from compress.trt_engine import trt_unavailable_reason
 
-        return trt_unavailable_reason()
+        reason = trt_unavailable_reason()
+        if reason and self.required:
+            raise StageError(f"build_engine has required: true but cannot run here: {reason}")
+        return reason
 
     def run(self, model: Artifact, ctx) -> TRTEngine:
         from compress.artifacts import copy_sidecar_files

@@ -12,18 +12,15 @@ from pydantic import Field
 
 from compress.artifacts import Artifact, ONNXModel, copy_sidecar_files
 from compress.errors import StageError
-from compress.stages.base import StageConfig
+from compress.stages.base import QuantizedParity, StageConfig
 
 log = logging.getLogger(__name__)
 
 
 FLOAT_ATOL = 1e-3
-# Fusing a quantized graph reorders float work between its rounding points: on the
-# headline's QAT MPNet the logits moved by up to 0.04 with every label unchanged.
-QUANTIZED_ATOL = 0.1
 
 
-class OptimizeONNXStage(StageConfig):
+class OptimizeONNXStage(StageConfig, QuantizedParity):
     kind: Literal["optimize_onnx"]
     opt_level: Literal[0, 1, 2, 99] = Field(
         0,
@@ -31,8 +28,9 @@ class OptimizeONNXStage(StageConfig):
         "into the file (tied to the ORT version and CPU).",
     )
     atol: float | None = Field(None, gt=0, description=(
-        "Max |logit difference| allowed against the incoming graph (default: 1e-3 for a float graph, "
-        "0.1 for a quantized one, where fusion moves rounding points)."))
+        "Max |logit difference| allowed against the incoming graph (default: 1e-3 for a float graph; for a "
+        "quantized one, where fusion moves float work between rounding points, parity_steps quantization steps "
+        "read from the graph, with min_agreement)."))
     parity_samples: int = Field(128, ge=1)
 
     accepts = (ONNXModel,)
@@ -40,12 +38,18 @@ class OptimizeONNXStage(StageConfig):
 
     def run(self, model: Artifact, ctx) -> ONNXModel:
         from compress.onnx_graph import onnx_precision
-        from compress.parity import check_parity
+        from compress.parity import check_parity, quantized_criterion
 
-        atol = self.atol or (QUANTIZED_ATOL if onnx_precision(model.onnx_path).startswith("int8") else FLOAT_ATOL)
+        if self.atol is not None:
+            criterion = {"atol": self.atol}
+        elif onnx_precision(model.onnx_path).startswith("int8"):
+            criterion = quantized_criterion(model.onnx_path, self.parity_steps, self.min_agreement,
+                                            "optimize_onnx atol")
+        else:
+            criterion = {"atol": FLOAT_ATOL}
         optimized, fusions, rules = optimize_onnx(model, ctx.artifact_dir, opt_level=self.opt_level)
         ctx.record(fused_ops=fusions, fusion_rules=rules)
-        ctx.record(parity=check_parity(model, optimized, ctx, atol=atol, samples=self.parity_samples))
+        ctx.record(parity=check_parity(model, optimized, ctx, samples=self.parity_samples, **criterion))
         return optimized
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 
@@ -110,3 +111,41 @@ def test_environment_names_the_vector_instruction_sets():
     row = {"status": "ok", "env": {"processor": "CPU X", "instruction_sets": ["avx2", "avx512_vnni"]}}
     assert environment_line([row]).startswith("Environment: CPU X (avx2, avx512_vnni), ")
     assert environment_line([{"status": "ok", "env": {"processor": "CPU X"}}]).startswith("Environment: CPU X, ")
+
+
+def _model(name, group, role=None, sha=None, takes=None):
+    from compress.artifacts import ONNXModel, TorchModel
+    from compress.bench.plan import BenchModel
+
+    cls = ONNXModel if takes or name.endswith("onnx") else TorchModel
+    return BenchModel(name, cls(Path("/nonexistent") / name), group, role, artifact_sha256=sha, input_sha256=takes)
+
+
+def test_the_ort_reference_is_the_baseline_models_own_export():
+    """distill-prune: the run's only export is the pruned student's, so the teacher's speedup
+    'vs ORT fp32' is against the teacher's export from another run, found by the sha256 of
+    what it exported; never against the student's export (0.17x ort, before)."""
+    from compress.bench.plan import ORT_FP32, assign_references
+
+    models = [_model("dp/01-finetune", "dp", "baseline", sha="teacher"), _model("dp/03-prune", "dp", sha="pruned"),
+              _model("dp/04-export_onnx", "dp", sha="student-onnx", takes="pruned"),
+              _model("t/01-export_onnx", "t", sha="teacher-onnx", takes="teacher")]
+    named = {m.name: m for m in assign_references(models, None)}
+    assert {m.ort_ref for m in named.values() if m.group == "dp"} == {"t/01-export_onnx"}
+    assert named["t/01-export_onnx"].role == ORT_FP32 and named["dp/04-export_onnx"].role is None
+    assert named["dp/03-prune"].baseline_ref == "dp/01-finetune"
+    without = {m.name: m for m in assign_references(models[:3], None)}
+    assert without["dp/01-finetune"].ort_ref is None  # no export of the teacher: no ORT column, not a wrong one
+    chosen = {m.name: m for m in assign_references(models, "dp/04-export_onnx")}  # the spec's ort_baseline
+    assert {m.ort_ref for m in chosen.values()} == {"dp/04-export_onnx"}
+
+
+def test_rows_name_their_references_and_a_dirty_tree_is_marked(rows):
+    from compress.bench.report import markdown_table, with_speedups
+
+    named = [dict(r, baseline_reference=None, ort_fp32_reference=None) for r in rows]
+    assert all(r.get("speedup_vs_ort_fp32") is None for r in with_speedups(named))
+    dirty = [dict(r, env={**(r.get("env") or {}), "git_commit": "abc-dirty", "git_dirty": True}) for r in rows]
+    table = markdown_table(dirty)
+    assert table.startswith("**dirty**: measured from a working tree with uncommitted changes")
+    assert "git abc-dirty (**dirty**)" in table

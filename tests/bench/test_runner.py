@@ -86,6 +86,14 @@ def test_cells_measured_in_subprocesses_with_numbers_and_fingerprint(bench_run):
     roles = {r["model"].split("/")[-1]: r["role"] for r in ok}
     assert roles == {"01-finetune": "baseline", "02-export_onnx": "ort_fp32", "03-ptq": None}
     assert sorted(r["path"] for r in ok) == ["01-finetune", "02-export_onnx", "03-ptq"]  # relative to the run
+    manifest = json.loads((bench_run / "manifest.json").read_text())
+    recorded = {s["path"]: s["artifact_sha256"] for s in manifest["stages"] if s.get("path")}
+    for r in ok:  # the artifact measured is the one the run recorded, by content
+        assert r["artifact_sha256"] == recorded[r["path"]]
+        assert r["baseline_reference"].endswith("01-finetune") and r["ort_fp32_reference"].endswith("02-export_onnx")
+        env = r["env"]
+        assert env["command"] and "family" in env["cpu"] and isinstance(env["instruction_sets"], list)
+        assert env["git_dirty"] in (True, False, None) and manifest["environment"]["git_commit"] == env["git_commit"]
 
 
 def test_unavailable_target_is_a_skipped_row_with_reason(bench_run):
@@ -165,6 +173,8 @@ def test_run_from_a_fine_tuned_model_benchmarks_that_model_as_baseline(tmp_path,
     rows = [r for r in rows_of(ctx.run_dir / "bench" / "results.jsonl") if r["status"] == "ok"]
     assert [(r["model"].split("/")[-1], r["target"], r["role"]) for r in rows] == [
         ("model", "torch-cpu", "baseline"), ("01-export_onnx", "ort-cpu", "ort_fp32"), ("02-ptq", "ort-cpu", None)]
+    # the run's export is the input model's own export: found by the input's sha256
+    assert {r["ort_fp32_reference"] for r in rows} == {rows[1]["model"]}
     assert rows[0]["examples"] == 10 and 0 <= rows[0]["accuracy"] <= 1
     md = (ctx.run_dir / "bench" / "results.md").read_text()
     baseline_row = [ln for ln in md.splitlines() if ln.startswith("| model |")][1]  # [0] is the header

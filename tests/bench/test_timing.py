@@ -130,3 +130,29 @@ def test_real_batches_keep_a_questions_windows_in_one_call():
     assert [b["input_ids"].shape[0] for b in batches] == [3] and examples == [2]  # the third question is left over
     plain = [{"input_ids": [1] * 3, "attention_mask": [1] * 3} for _ in range(4)]  # one feature per example
     assert real_batches(session, plain, 2)[1] == [2, 2]
+
+
+def test_the_timing_start_hook_runs_after_the_warm_up():
+    """A CUDA cell records its start event in on_start: after every warm-up call and the sync
+    that drains them, before the first timed call (it was recorded before the warm-up)."""
+    events = []
+
+    def call(i):
+        events.append(("call", i))
+        return 1
+
+    samples, _ = time_calls(call, warmup=3, min_iterations=2, min_seconds=0, max_seconds=10,
+                            sync=lambda: events.append(("sync",)), on_start=lambda: events.append(("start",)))
+    start = events.index(("start",))
+    assert events[:start] == [("call", 0), ("call", 1), ("call", 2), ("sync",)]
+    assert events[start + 1] == ("call", 3) and len(samples) == 2
+
+
+def test_the_cuda_cell_passes_its_start_event_as_the_hook():
+    import inspect
+
+    from compress.bench import cell
+
+    source = inspect.getsource(cell.measure_cell)
+    assert "on_start = start_evt.record" in source and "on_start=on_start" in source
+    assert "start_evt.record()" not in source  # never recorded before the warm-up again

@@ -9,7 +9,7 @@ import pytest
 from compress.errors import RecipeError, StageError
 from compress.recipe import load_recipe
 from tests.conftest import tiny_recipe_text
-from tests.helpers import recipe_error, run_tiny, stage_json
+from tests.helpers import manifest, recipe_error, run_tiny, stage_json
 
 QAT = "\n  - kind: qat\n    max_steps: 3\n    batch_size: 8\n    calibration_samples: 8\n"
 
@@ -25,7 +25,13 @@ def test_qat_exports_qdq_pairs_that_onnx_runtime_runs(tmp_path, tiny_classifier_
     assert record["artifact"] == "onnx" and record["training"]["steps"] == 3
     assert record["qat"]["distillation"] == {"temperature": 2.0, "soft_target_weight": 0.5, "label_weight": 0.5,
                                              "hidden_weight": 0.0, "attention_weight": 0.0}
-    assert record["parity"]["max_abs_diff"] < 1e-3 and record["parity"]["label_agreement"] == 1.0
+    parity = record["parity"]
+    assert parity["passed"] and parity["label_agreement"] == 1.0 and parity["max_abs_diff"] < 1e-3
+    from compress.onnx_graph import output_step
+
+    step = output_step(run_dir / "01-qat" / "model.onnx")  # the classifier: Gemm on the pooled output
+    assert step["logit_step"] > 0 and parity["atol"] == pytest.approx(2 * step["logit_step"])  # parity_steps 2
+    assert parity["max_abs_diff_steps"] == pytest.approx(parity["max_abs_diff"] / step["logit_step"], abs=1e-4)
     assert record["tensorrt_qdq"]["ok"]  # performance preset: symmetric int8, zero points 0
     model = onnx.load(str(run_dir / "01-qat" / "model.onnx"))
     assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 13
@@ -152,17 +158,31 @@ def test_bad_qat_configs_name_the_field(recipe_dir, fields, message):
 
 
 def test_onnx_stages_follow_qat(tmp_path, tiny_classifier_dir):
-    """optimize_onnx keeps the Q/DQ model's outputs (its own parity check) and its INT8 work;
-    build_engine validates after qat (and is skipped here without a GPU)."""
+    """optimize_onnx keeps the Q/DQ model's outputs within the quantized criterion (read from
+    the QAT graph's scales) and its INT8 work; build_engine takes the QAT graph: TensorRT-ready
+    Q/DQ, and without a GPU the stage is skipped with the reason, never faked."""
     run_dir = run_tiny(tmp_path, tiny_classifier_dir, QAT + "  - kind: optimize_onnx\n  - kind: build_engine\n"
                        "    precision: int8\n")
-    from compress.onnx_graph import count_int8_coverage
+    from compress.onnx_graph import count_int8_coverage, output_step
+    from compress.trt_engine import check_qdq_for_tensorrt, trt_unavailable_reason
 
     qat, optimized = stage_json(run_dir, "01-qat"), stage_json(run_dir, "02-optimize_onnx")
     assert optimized["accuracy"] == qat["accuracy"]
-    assert optimized["parity"]["atol"] == 0.1  # the quantized graph's default tolerance
+    step = output_step(run_dir / "01-qat" / "model.onnx")
+    parity = optimized["parity"]
+    assert parity["atol"] == pytest.approx(2 * step["logit_step"]) and parity["atol_from"]["node"] == step["node"]
+    assert parity["passed"] and parity["max_abs_diff"] <= parity["atol"] and parity["label_agreement"] >= 0.99
+    assert parity["p99_abs_diff"] <= parity["max_abs_diff"] and parity["min_agreement"] == 0.99
     coverage = count_int8_coverage(run_dir / "02-optimize_onnx" / "model.onnx")
     assert coverage["int8_matmul_nodes"] == qat["int8_coverage"]["int8_matmul_nodes"]
+    assert check_qdq_for_tensorrt(run_dir / "02-optimize_onnx" / "model.onnx") == []
+    engine_stage = manifest(run_dir)["stages"][2]
+    reason = trt_unavailable_reason()
+    if reason is None:  # a GPU with TensorRT: the engine is built from the fused Q/DQ graph and checked
+        assert engine_stage["status"] == "completed" and stage_json(run_dir, "03-build_engine")["parity"]["passed"]
+    else:
+        assert engine_stage["status"] == "skipped" and engine_stage["reason"] == reason
+        assert manifest(run_dir)["final_artifact"] == {"kind": "onnx", "path": "02-optimize_onnx"}
 
 
 def test_qat_needs_a_torch_model(recipe_dir):

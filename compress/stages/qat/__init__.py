@@ -16,12 +16,13 @@ from pydantic import AliasChoices, Field, model_validator
 from compress.artifacts import Artifact, ONNXModel, TorchModel
 from compress.stages.base import (
     QATObjective,
+    QuantizedParity,
     StageConfig,
     TrainingSchedule,
 )
 
 
-class QATStage(StageConfig, TrainingSchedule):
+class QATStage(StageConfig, TrainingSchedule, QuantizedParity):
     kind: Literal["qat"]
     learning_rate: float = Field(2e-5, gt=0, lt=1, description="Lower than fine-tuning: the model is trained.")
     preset: Literal["performance", "mixed"] = Field(
@@ -39,9 +40,9 @@ class QATStage(StageConfig, TrainingSchedule):
         True, description="Store weights as their INT8 values feeding DequantizeLinear (a quarter of the file; "
         "the same outputs); false keeps float weights → QuantizeLinear → DequantizeLinear.")
     opset: int = Field(17, ge=13, le=21, description="ONNX opset (13+: per-channel Q/DQ).")
-    atol: float = Field(
-        0.1, gt=0, description="Max |logit difference| between the torch QAT model and ONNX (INT8 kernels round "
-        "differently from torch's fake quantization: MiniLM showed 0.04 with all labels agreeing).")
+    atol: float | None = Field(
+        None, gt=0, description="A fixed max |logit difference| between the torch QAT model and ONNX, instead of "
+        "the one derived from the exported graph's quantization steps (parity_steps).")
     parity_samples: int = Field(128, ge=1)
     max_metric_drop: float | None = Field(
         None, ge=0, le=1, validation_alias=AliasChoices("max_metric_drop", "max_accuracy_drop"),

@@ -80,7 +80,12 @@ def run_qat(stage: QATStage, model: TorchModel, ctx) -> ONNXModel:
     from compress.distillation import DistillationModule, make_loss_fn, model_inputs
     from compress.evaluate import predict_outputs
     from compress.onnx_graph import count_int8_coverage
-    from compress.parity import compare_outputs
+    from compress.parity import (
+        compare_outputs,
+        describe_agreement,
+        judge,
+        quantized_criterion,
+    )
     from compress.sessions import ORTSession
     from compress.stages.qat.qdq_export import (
         activations_to_uint8,
@@ -139,7 +144,11 @@ def run_qat(stage: QATStage, model: TorchModel, ctx) -> ONNXModel:
     torch_logits = predict_outputs(_TorchOutputs(stripped, ctx.task, input_names, pad_id), encoded, 16,
                                    "parity (torch qat)")
     onnx_logits = predict_outputs(ORTSession(out, ctx.measure.threads), encoded, 16, "parity (onnx qat)")
-    parity = {**compare_outputs(torch_logits, onnx_logits, ctx.task, encoded), "atol": stage.atol,
+    if stage.atol is not None:
+        criterion = {"atol": stage.atol, "min_agreement": stage.min_agreement}
+    else:
+        criterion = quantized_criterion(out.onnx_path, stage.parity_steps, stage.min_agreement, "qat atol")
+    parity = {**judge(compare_outputs(torch_logits, onnx_logits, ctx.task, encoded), **criterion),
               "examples": len(encoded)}
     problems = check_qdq_for_tensorrt(out.onnx_path)
     ctx.record(
@@ -152,9 +161,9 @@ def run_qat(stage: QATStage, model: TorchModel, ctx) -> ONNXModel:
         parity=parity, int8_coverage=count_int8_coverage(out.onnx_path),
         tensorrt_qdq={"ok": not problems, "problems": problems[:5], "problem_count": len(problems)},
     )
-    if parity["max_abs_diff"] > stage.atol:
-        raise StageError(f"qat export parity failed: max |logit difference| {parity['max_abs_diff']:.3g} > atol "
-                         f"{stage.atol:g} between the torch QAT model and ONNX on {len(encoded)} eval examples")
+    if not parity["passed"]:
+        raise StageError(f"qat export parity failed: {parity['failure']} between the torch QAT model and ONNX "
+                         f"on {len(encoded)} eval examples ({describe_agreement(parity)})")
     if stage.max_metric_drop is not None:
         _check_budget(stage, model, out, ctx)
     return out

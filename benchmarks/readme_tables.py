@@ -1,0 +1,167 @@
+"""Every table in a README is generated from committed raw files. A generated table sits
+between two markers that name the command that makes it:
+
+    <!-- generated: ledger benchmarks/results/quickstart/run -->
+    | stage | ... |
+    <!-- end generated -->
+
+    python benchmarks/readme_tables.py --write [README.md ...]   # regenerate the tables in place
+    python benchmarks/readme_tables.py --check [README.md ...]   # exit 1 naming each table that differs
+
+Kinds (paths relative to the repository root):
+  ledger RUN        the accuracy ledger of a committed run record (compress.report.markdown_summary)
+  tasks RUN...      one row per task run: fp32 vs INT8 metric and ORT batch-1 latency (benchmarks/tasks/collect.py)
+  bench RESULTS [B] per model: batch 1 at real lengths with both speedups, throughput at batch B (32) real lengths
+  speedups RESULTS MODEL   one model's p50 and speedups at every shape of a results.jsonl
+  repeats DIR...    the same cell measured twice per run (a quickstart-repeat.yaml results.jsonl per DIR)
+  repeats-of RESULTS   each cell's p50 in every repeat of one results.jsonl (repeats: N), and their spread
+tests/test_readme_tables.py runs --check on every README the repository ships."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shlex
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks" / "tasks"))
+
+BLOCK = re.compile(r"(<!-- generated: (?P<command>[^\n]*?) -->\n)(?P<body>.*?)(<!-- end generated -->)", re.S)
+
+
+def ledger(run: str) -> str:
+    from compress.report import markdown_summary
+
+    return "\n".join(ln for ln in markdown_summary(ROOT / run).splitlines() if ln.startswith("|")) + "\n"
+
+
+def tasks(*runs: str) -> str:
+    from collect import readme_row
+
+    head = ("| run | task | metric | fp32 | INT8 | Δ (pts) | fp32 p50 ms | INT8 p50 ms | speedup | size |\n"
+            "|---|---|---|---|---|---|---|---|---|---|\n")
+    return head + "".join(readme_row(ROOT / r) + "\n" for r in runs)
+
+
+def bench(results: str, throughput_batch: str = "32") -> str:
+    """Per model (in the file's order): its target, p50 at batch 1 with both speedups (against
+    the references each row names), throughput at batch 32, the eval metric and size."""
+    from compress.bench.report import (
+        accuracy_by_cell,
+        metric_of,
+        read_rows,
+        with_speedups,
+    )
+    from compress.report import md_table
+
+    rows = with_speedups(read_rows(ROOT / results))
+    ok = [r for r in rows if r.get("status") == "ok" and r.get("seq_len") == "real"]
+    accuracy = accuracy_by_cell(rows)
+    metric = next((metric_of(r)[0] for r in accuracy.values()), "accuracy")
+    body = []
+    for model, target in dict.fromkeys((r["model"], r["target"]) for r in ok):
+        b1 = next((r for r in ok if (r["model"], r["target"]) == (model, target) and r["batch_size"] == 1), None)
+        b32 = next((r for r in ok if (r["model"], r["target"]) == (model, target)
+                    and r["batch_size"] == int(throughput_batch)), None)
+        if b1 is None:
+            continue
+        acc = accuracy.get((model, target))
+        speed = [f"{b1[k]:.2f}x" if b1.get(k) is not None else "-" for k in ("speedup_vs_baseline", "speedup_vs_ort_fp32")]
+        body.append([model, target, f"{b1['p50_ms']:.2f} ms", *speed,
+                     f"{b32['throughput']:.1f}/s" if b32 else "-",
+                     f"{metric_of(acc)[1]:.4f}" if acc else "-", f"{b1['size_bytes'] / 1e6:.1f} MB"])
+    refs = [next((r.get(k) for r in ok if r.get(k)), None) for k in ("baseline_reference", "ort_fp32_reference")]
+    head = ["model", "target", "p50 batch 1", f"vs {refs[0] or 'torch fp32'}", f"vs {refs[1] or 'ORT fp32'}",
+            f"throughput batch {throughput_batch}", metric, "size"]
+    return md_table(head, body) + "\n"
+
+
+def speedups(results: str, model: str) -> str:
+    from compress.bench.report import read_rows, with_speedups
+    from compress.report import md_table
+
+    rows = [r for r in with_speedups(read_rows(ROOT / results)) if r.get("status") == "ok" and r["model"] == model]
+    body = [[r["shape"].replace("x", " × ", 1), r["target"], f"{r['p50_ms']:.2f} ms",
+             *(f"{r[k]:.2f}x" if r.get(k) is not None else "-" for k in ("speedup_vs_baseline", "speedup_vs_ort_fp32"))]
+            for r in rows]
+    return md_table(["shape", "target", "p50", "vs torch fp32", "vs ORT fp32"], body) + "\n"
+
+
+def repeats(*dirs: str) -> str:
+    """p50 of each repeat, their spread ((max - min) / min) and each repeat's per-call CV."""
+    from compress.bench.report import read_rows
+    from compress.report import md_table
+
+    body = []
+    for d in dirs:
+        ok = [r for r in read_rows(ROOT / d / "results.jsonl") if r.get("status") == "ok"]
+        p50s = [r["p50_ms"] for r in ok]
+        body.append([f"`{Path(d).name}/`", *(f"{p:.2f} ms" for p in p50s),
+                     f"{(max(p50s) - min(p50s)) / min(p50s):.1%}", " / ".join(f"{r['cv']:.2f}" for r in ok)])
+    n = max(len(row) - 3 for row in body)
+    return md_table(["run", *(f"repeat {i + 1} p50" for i in range(n)), "spread", "CV per call"], body) + "\n"
+
+
+def repeats_of(results: str) -> str:
+    from compress.bench.report import read_rows
+    from compress.report import md_table
+
+    ok = [r for r in read_rows(ROOT / results) if r.get("status") == "ok" and r.get("repeats")]
+    n = max(r["repeats"]["n"] for r in ok)
+    body = [[r["model"], r["target"], *(f"{p:.2f} ms" for p in r["repeats"]["p50_ms"]), f"{r['p50_ms']:.2f} ms",
+             f"{r['repeats']['spread']:.0%}"] for r in ok]
+    return md_table(["model", "target", *(f"repeat {i + 1}" for i in range(n)), "median", "spread"], body) + "\n"
+
+
+KINDS = {"ledger": ledger, "tasks": tasks, "bench": bench, "speedups": speedups, "repeats": repeats,
+         "repeats-of": repeats_of}
+
+
+def render(command: str) -> str:
+    kind, *args = shlex.split(command)
+    if kind not in KINDS:
+        raise SystemExit(f"unknown table kind {kind!r} (known: {', '.join(KINDS)})")
+    return KINDS[kind](*args)
+
+
+def regenerate(text: str) -> tuple[str, list[str]]:
+    """The text with every generated block re-rendered, and the commands whose block differed."""
+    differs = []
+
+    def one(m: re.Match) -> str:
+        fresh = render(m.group("command"))
+        if fresh != m.group("body"):
+            differs.append(m.group("command"))
+        return m.group(1) + fresh + m.group(4)
+
+    return BLOCK.sub(one, text), differs
+
+
+def readmes() -> list[Path]:
+    return [ROOT / "README.md", *sorted((ROOT / "benchmarks" / "results").rglob("README.md"))]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--write", action="store_true")
+    mode.add_argument("--check", action="store_true")
+    parser.add_argument("files", nargs="*", type=Path)
+    args = parser.parse_args()
+    failed = False
+    for path in args.files or readmes():
+        text = path.read_text(encoding="utf-8")
+        new, differs = regenerate(text)
+        for command in differs:
+            print(f"{path}: table '{command}' differs from what its raw file renders")
+        if args.write and new != text:
+            path.write_text(new, encoding="utf-8")
+        failed |= bool(differs) and args.check
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
