@@ -76,3 +76,21 @@ def test_judge_fails_on_the_tolerance_or_on_agreement():
     assert judge(compared, 0.06, 0.99)["failure"] == "agreement 98.00% < min_agreement 99.00%"
     both = judge(compared, 0.04, 0.99)
     assert not both["passed"] and both["failure"].count(";") == 1
+
+
+@pytest.mark.parametrize("precision, atol, expected", [
+    ("int8", None, 2 * 0.12),  # the quantized criterion: parity_steps (2) x the head's logit step
+    ("best", None, 2 * 0.12),
+    ("fp16", None, 0.05),  # a float build of the same graph keeps the float tolerance
+    ("int8", 0.3, 0.3),  # an atol given wins
+])
+def test_build_engine_takes_the_quantized_criterion_for_an_int8_build(tmp_path, precision, atol, expected):
+    from compress.artifacts import ONNXModel
+    from compress.stages.build_engine import BuildEngineStage
+
+    (tmp_path / "m").mkdir()
+    _head(tmp_path / "m" / "model.onnx")
+    stage = BuildEngineStage(kind="build_engine", precision=precision, atol=atol)
+    criterion = stage.parity_criterion(ONNXModel(tmp_path / "m"))
+    assert criterion["atol"] == pytest.approx(expected)
+    assert ("min_agreement" in criterion) == (atol is None and precision != "fp16")

@@ -9,7 +9,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from compress.artifacts import Artifact, ONNXModel, TRTEngine
-from compress.stages.base import StageConfig
+from compress.stages.base import QuantizedParity, StageConfig
+
+FLOAT_ATOL = 0.05
 
 
 class ProfileSpec(BaseModel):
@@ -33,7 +35,7 @@ class ProfileSpec(BaseModel):
         return self
 
 
-class BuildEngineStage(StageConfig):
+class BuildEngineStage(StageConfig, QuantizedParity):
     kind: Literal["build_engine"]
     precision: Literal["fp32", "fp16", "int8", "best"] = Field(
         "fp16", description="int8 takes its scales from the graph's Q/DQ nodes (qat / static ptq)."
@@ -41,7 +43,10 @@ class BuildEngineStage(StageConfig):
     profiles: list[ProfileSpec] = Field(default_factory=lambda: [ProfileSpec()], min_length=1)
     workspace_mb: int = Field(4096, ge=64)
     timing_cache: str | None = Field(None, description="Timing cache file reused across builds.")
-    atol: float = Field(0.05, gt=0, description="Max |logit difference| against the ONNX model.")
+    atol: float | None = Field(None, gt=0, description=(
+        "Max |logit difference| against the ONNX model. Default: 0.05 for a float graph; for a Q/DQ graph built "
+        "as int8/best, parity_steps quantization steps read from the graph, with min_agreement (TensorRT fuses "
+        "and reorders float work between the rounding points, as ORT's fusion does)."))
     parity_samples: int = Field(128, ge=1)
     required: bool = Field(
         False, description="Fail the run where TensorRT or a GPU is missing, instead of skipping the stage "
@@ -74,5 +79,17 @@ class BuildEngineStage(StageConfig):
         metadata = build_engine(model.onnx_path, ctx.artifact_dir, self, {"onnx_sha256": tree_sha256(model.path)})
         copy_sidecar_files(model.path, ctx.artifact_dir)
         engine = TRTEngine(ctx.artifact_dir)
-        ctx.record(engine=metadata, parity=check_parity(model, engine, ctx, atol=self.atol, samples=self.parity_samples))
+        ctx.record(engine=metadata)
+        ctx.record(parity=check_parity(model, engine, ctx, samples=self.parity_samples, **self.parity_criterion(model)))
         return engine
+
+    def parity_criterion(self, model: ONNXModel) -> dict:
+        """The atol given, else the quantized criterion for an int8 build of a Q/DQ graph, else 0.05."""
+        from compress.onnx_graph import onnx_precision
+        from compress.parity import quantized_criterion
+
+        if self.atol is not None:
+            return {"atol": self.atol}
+        if self.precision in ("int8", "best") and onnx_precision(model.onnx_path).startswith("int8"):
+            return quantized_criterion(model.onnx_path, self.parity_steps, self.min_agreement, "build_engine atol")
+        return {"atol": FLOAT_ATOL}

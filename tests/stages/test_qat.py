@@ -214,7 +214,6 @@ def test_a_stale_extension_build_lock_is_cleared(tmp_path, monkeypatch):
     assert not lock.exists()
 
 
-@pytest.mark.slow
 def test_first_nncf_use_on_a_fresh_machine_builds_the_extension(tmp_path):
     """An empty extension cache: the C++ build takes 1-2 minutes on 2 busy cores, past
     NNCF's own 60 s load time-out; the stage's settings must let it finish."""
