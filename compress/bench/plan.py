@@ -190,16 +190,23 @@ def _single_model(path: Path, data: dict | None) -> BenchModel:
                       artifact_sha256=artifact_sha256(artifact))
 
 
+def _reference_model(path: str, data: dict | None, field: str, kind: type, what: str) -> BenchModel:
+    """A spec's baseline or ort_baseline: one model of the given artifact kind, or a one-line error."""
+    try:
+        model = _single_model(Path(path), data)
+    except CompressError as e:
+        raise BenchSpecError(f"{field}: {e}") from None
+    if not isinstance(model.artifact, kind):
+        raise BenchSpecError(f"{field}: {path} must be {what}")
+    return model
+
+
 def resolve_models(spec: BenchSpec, where: str = "spec") -> list[BenchModel]:
     data = spec.data.model_dump(mode="json") if spec.data else None
     models: list[BenchModel] = []
     if spec.baseline:
-        try:
-            base = _single_model(Path(spec.baseline), data)
-        except CompressError as e:
-            raise BenchSpecError(f"{where}: baseline: {e}") from None
-        if not isinstance(base.artifact, TorchModel):
-            raise BenchSpecError(f"{where}: baseline: {spec.baseline} must be a torch checkpoint directory (measured on torch-cpu)")
+        base = _reference_model(spec.baseline, data, f"{where}: baseline", TorchModel,
+                                "a torch checkpoint directory (measured on torch-cpu)")
         models.append(replace(base, group=None, role=BASELINE, task=spec.task))
     for i, ref in enumerate(spec.models):
         try:
@@ -209,12 +216,8 @@ def resolve_models(spec: BenchSpec, where: str = "spec") -> list[BenchModel]:
             raise BenchSpecError(f"{where}: models[{i}]: {e}") from None
     ort_name = None
     if spec.ort_baseline:
-        try:
-            ort = _single_model(Path(spec.ort_baseline), data)
-        except CompressError as e:
-            raise BenchSpecError(f"{where}: ort_baseline: {e}") from None
-        if not isinstance(ort.artifact, ONNXModel):
-            raise BenchSpecError(f"{where}: ort_baseline: {spec.ort_baseline} must be an ONNX model (measured on ort-cpu)")
+        ort = _reference_model(spec.ort_baseline, data, f"{where}: ort_baseline", ONNXModel,
+                               "an ONNX model (measured on ort-cpu)")
         same = next((m for m in models if m.kind == "onnx" and m.artifact_sha256 == ort.artifact_sha256), None)
         if same is None:
             models.append(replace(ort, task=spec.task))
