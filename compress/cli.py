@@ -109,7 +109,10 @@ def run(
     offline: bool = typer.Option(False, "--offline", help=OFFLINE_HELP),
 ) -> None:
     """Run a recipe: every stage in order, each measured on the same eval split."""
-    _setup(verbose, offline, quiet)
+    from compress.distributed import launch
+
+    job = launch()
+    _setup(verbose, offline, quiet or not (job.main or verbose))  # ranks other than 0: warnings and errors only
     _need_training("run")
     spec = _load(recipe)
     if spec.trust_remote_code:
@@ -118,16 +121,12 @@ def run(
     if dry_run:
         _print_plan(spec, out, recipe)
         return
-    from compress.distributed import launch
     from compress.pipeline import run_recipe
     from compress.report import markdown_summary, print_summary
     from compress.resume import resolve_from_stage
 
     run_dir = out / spec.name
-    job = launch()
     who = f"{job.describe()}: " if job.multi else ""  # which process failed, when several run
-    if not job.main:
-        logging.getLogger("compress").setLevel(logging.DEBUG if verbose else logging.WARNING)
     _stop_on_sigterm()
     try:
         from_index = resolve_from_stage(spec.stages, from_stage) if from_stage else None

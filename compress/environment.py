@@ -13,6 +13,11 @@ import sys
 from pathlib import Path
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, where the OS tells it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def environment() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 

@@ -21,6 +21,7 @@ from compress.hub import snapshot_of
 from compress.models import resolve_model_dir
 from compress.recipe import Recipe
 from compress.resume import (
+    SPLIT_IDENTITY,
     RunLock,
     input_key,
     reusable_record,
@@ -96,7 +97,6 @@ def _run_stages(recipe: Recipe, ctx: RunContext, redo_from: int, job: Launch = L
     already ran (it runs before a final stage such as package, so the model card can hold it).
     With several processes, every training stage tells the other ranks what to train (or that
     it is reused or skipped) once its directory is ready."""
-    tell = _tell_followers if job.multi else (lambda stage, order: None)
     benchmark: str | None = None
     model: Artifact = TorchModel(resolve_model_dir(recipe.model, recipe.model_revision))
     ctx.manifest.model_sha256 = tree_sha256(model.path)
@@ -116,7 +116,7 @@ def _run_stages(recipe: Recipe, ctx: RunContext, redo_from: int, job: Launch = L
         if reason:  # e.g. build_engine without a GPU: never faked, the input passes through
             log.warning("stage %d/%d: %s skipped: %s", i + 1, len(recipe.stages), stage.kind, reason)
             ctx.skip_stage(i, stage.kind, reason)
-            tell(stage, None)
+            _tell_followers(job, stage, None)
             continue
         extra = [input_key(p) for p in stage.extra_inputs(ctx.recipe_path) if p.is_dir()]
         fingerprint = stage_fingerprint(recipe, i, ":".join([input_sha, *extra]), ctx.splits.record)
@@ -124,13 +124,13 @@ def _run_stages(recipe: Recipe, ctx: RunContext, redo_from: int, job: Launch = L
         if record is not None:
             log.info("stage %d/%d: %s unchanged, reusing %s", i + 1, len(recipe.stages), stage.kind, name)
             ctx.reuse_stage(i, stage.kind, record)
-            tell(stage, None)
+            _tell_followers(job, stage, None)
         else:
             log.info("stage %d/%d: %s", i + 1, len(recipe.stages), stage.kind)
             with ctx.stage(i, stage.kind, stage.model_dump(mode="json", exclude={"kind"}), fingerprint,
                            read_input_record=_input_record_reader(model, model_record, ctx),
                            benchmark_markdown=benchmark) as sctx:
-                tell(stage, TrainingOrder(model, sctx.artifact_dir, fingerprint, sctx.earlier))
+                _tell_followers(job, stage, TrainingOrder(model, sctx.artifact_dir, fingerprint, sctx.earlier))
                 produced = stage.run(model, sctx)
                 sctx.record(**measure_artifact(produced, ctx.eval_set, recipe.measure))
             record = sctx.info
@@ -165,15 +165,17 @@ class TrainingOrder:
     earlier: tuple
 
 
-def _tell_followers(stage, order: TrainingOrder | None) -> None:
-    if stage.trains:
+def _tell_followers(job: Launch, stage, order: TrainingOrder | None) -> None:
+    """Rank 0, at a training stage of a multi-process run: what the other ranks train (None:
+    reused or skipped)."""
+    if job.multi and stage.trains:
         share(order)
 
 
 def _same_data_on_every_rank(splits, job: Launch) -> None:
     """Every rank must train on the same split: on several machines a data path can name
     different files. Compared by content hash and counts, not by path."""
-    keys = ("seed", "label_names", "train", "eval", "source_sha256")
+    keys = SPLIT_IDENTITY
     mine = {k: splits.record.get(k) for k in keys}
     theirs = share(mine if job.main else None)
     if mine != theirs:

@@ -18,7 +18,9 @@ from compress.version import __version__
 
 log = logging.getLogger(__name__)
 RECORD_FILE = "stage.json"
-STATE_FILE = "state.json"  # training counters, beside accelerate's files in a checkpoint directory
+STATE_FILE = "state.json"
+# what identifies a data split (its record's keys): the fingerprint's and every rank's
+SPLIT_IDENTITY = ("seed", "label_names", "train", "eval", "source_sha256")  # training counters, beside accelerate's files in a checkpoint directory
 
 
 class ArtifactIntegrityError(CompressError):
@@ -57,7 +59,7 @@ def stage_fingerprint(recipe, index: int, input_sha256: str, split_record: dict)
         "data": recipe.data.model_dump(mode="json"),
         "stages": [s.model_dump(mode="json") for s in recipe.stages[: index + 1]],
         "input_sha256": input_sha256,
-        "split": {k: split_record[k] for k in ("seed", "label_names", "train", "eval", "source_sha256")},
+        "split": {k: split_record[k] for k in SPLIT_IDENTITY},
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 

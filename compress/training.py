@@ -100,7 +100,7 @@ def make_optimizer(model, lr: float, weight_decay: float):
     )
 
 
-def make_accelerator(schedule=None):
+def make_accelerator(schedule):
     """The Accelerator for a TrainingSchedule (gradient accumulation, mixed precision); CPU-only
     when there is no GPU, so gloo runs several CPU processes."""
     import torch
@@ -108,17 +108,16 @@ def make_accelerator(schedule=None):
 
     from compress.errors import StageError
 
-    accum = schedule.gradient_accumulation_steps if schedule is not None else 1
-    precision = schedule.mixed_precision if schedule is not None else "no"
     gpu = torch.cuda.is_available()
-    if precision == "fp16" and not gpu:
+    if schedule.mixed_precision == "fp16" and not gpu:
         raise StageError("mixed_precision: fp16 needs a GPU and this machine has none; use bf16 (CPUs run it) or no")
     # Accelerate keeps one process-wide state and refuses a second mixed_precision: each stage is
     # its own training job, so its settings replace the last stage's (the process group stays).
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(reset_partial_state=False)
-    return Accelerator(gradient_accumulation_steps=accum, cpu=not gpu, mixed_precision=precision)
+    return Accelerator(gradient_accumulation_steps=schedule.gradient_accumulation_steps, cpu=not gpu,
+                       mixed_precision=schedule.mixed_precision)
 
 
 def train_loop(
@@ -206,8 +205,7 @@ def train_loop(
                         lr_schedule.step()
                     optimizer.zero_grad()
                 # the loss of the whole job's micro-batch (every rank records the same numbers)
-                losses.append(float(accelerator.reduce(loss.detach(), "mean")) if accelerator.num_processes > 1
-                              else float(loss.detach()))
+                losses.append(float(accelerator.reduce(loss.detach(), "mean")))  # a copy on one process
                 batch_in_epoch += 1
                 if not accelerator.sync_gradients:
                     continue

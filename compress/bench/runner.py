@@ -28,7 +28,7 @@ REPEATED_STATS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "cv", "throughput")
 
 def fingerprint() -> dict:
     """Where the numbers came from: CPU, cores, libraries, git commit, machine load."""
-    from compress.environment import environment
+    from compress.environment import environment, usable_cores
 
     env = environment()
     try:
@@ -37,7 +37,7 @@ def fingerprint() -> dict:
         env["ort_providers"] = onnxruntime.get_available_providers()
     except ImportError:
         pass
-    env["cores_usable"] = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    env["cores_usable"] = usable_cores()
     env["load_avg_at_start"] = [round(x, 2) for x in os.getloadavg()]
     env["nice"] = os.nice(0)
     return env

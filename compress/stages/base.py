@@ -112,14 +112,12 @@ class TrainingSchedule(BaseModel):
         return seed
 
     def training_threads(self) -> int:
-        import os
-
         from compress.distributed import launch
+        from compress.environment import usable_cores
 
         if self.threads is not None:
             return self.threads
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        return max(1, cores // launch().local_world_size)
+        return max(1, usable_cores() // launch().local_world_size)
 
     @model_validator(mode="after")
     def _keep_best_needs_eval(self):
@@ -142,6 +140,19 @@ class QuantizedParity(BaseModel):
     min_agreement: float = Field(
         0.99, ge=0, le=1, description="Least share of parity samples whose task output (label, tags, span) "
         "must agree.")
+
+    def criterion_for(self, onnx_path: Path, atol: float | None, float_atol: float, what: str,
+                         keeps_quantization: bool = True) -> dict:
+        """check_parity's criterion: the atol given; else, for a Q/DQ graph whose quantization the
+        candidate keeps, parity_steps of its logit step with min_agreement; else float_atol."""
+        from compress.onnx_graph import onnx_precision
+        from compress.parity import quantized_criterion
+
+        if atol is not None:
+            return {"atol": atol}
+        if keeps_quantization and onnx_precision(onnx_path).startswith("int8"):
+            return quantized_criterion(onnx_path, self.parity_steps, self.min_agreement, what)
+        return {"atol": float_atol}
 
 
 # ---------------------------------------------------------------------------- distillation objective

@@ -85,11 +85,5 @@ class BuildEngineStage(StageConfig, QuantizedParity):
 
     def parity_criterion(self, model: ONNXModel) -> dict:
         """The atol given, else the quantized criterion for an int8 build of a Q/DQ graph, else 0.05."""
-        from compress.onnx_graph import onnx_precision
-        from compress.parity import quantized_criterion
-
-        if self.atol is not None:
-            return {"atol": self.atol}
-        if self.precision in ("int8", "best") and onnx_precision(model.onnx_path).startswith("int8"):
-            return quantized_criterion(model.onnx_path, self.parity_steps, self.min_agreement, "build_engine atol")
-        return {"atol": FLOAT_ATOL}
+        return self.criterion_for(model.onnx_path, self.atol, FLOAT_ATOL, "build_engine atol",
+                                        keeps_quantization=self.precision in ("int8", "best"))

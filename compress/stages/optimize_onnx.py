@@ -37,16 +37,9 @@ class OptimizeONNXStage(StageConfig, QuantizedParity):
     produces = ONNXModel
 
     def run(self, model: Artifact, ctx) -> ONNXModel:
-        from compress.onnx_graph import onnx_precision
-        from compress.parity import check_parity, quantized_criterion
+        from compress.parity import check_parity
 
-        if self.atol is not None:
-            criterion = {"atol": self.atol}
-        elif onnx_precision(model.onnx_path).startswith("int8"):
-            criterion = quantized_criterion(model.onnx_path, self.parity_steps, self.min_agreement,
-                                            "optimize_onnx atol")
-        else:
-            criterion = {"atol": FLOAT_ATOL}
+        criterion = self.criterion_for(model.onnx_path, self.atol, FLOAT_ATOL, "optimize_onnx atol")
         optimized, fusions, rules = optimize_onnx(model, ctx.artifact_dir, opt_level=self.opt_level)
         ctx.record(fused_ops=fusions, fusion_rules=rules)
         ctx.record(parity=check_parity(model, optimized, ctx, samples=self.parity_samples, **criterion))
