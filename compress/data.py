@@ -1,6 +1,7 @@
-"""Labelled text data: DataSpec (a recipe's `data:` block), built-in packaged sets and
-local CSV/TSV/JSONL files, a seeded train/eval split that is recorded in the run,
-tokenization and padded batches."""
+"""Labelled text data: DataSpec (a recipe's `data:` block), built-in packaged sets, local
+CSV/TSV/JSONL/CoNLL/SQuAD files, and through `datasets` (compress.data_sources) parquet and
+arrow files, save_to_disk directories and Hub datasets; a seeded train/eval split (stratified
+by label for classification) that is recorded in the run, tokenization and padded batches."""
 
 from __future__ import annotations
 
@@ -21,9 +22,10 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from compress.data_formats import conll_rows, squad_rows
-from compress.errors import DataError
+from compress.data_sources import TABLE_FORMATS, Table, is_saved_dataset, read_table
+from compress.errors import CompressError, DataError
 from compress.files import file_sha256
-from compress.locations import builtin_name, check_location
+from compress.locations import DATA_FILE_SUFFIXES, builtin_name, check_location
 
 if TYPE_CHECKING:
     import numpy as np
@@ -32,10 +34,22 @@ if TYPE_CHECKING:
 class DataSpec(BaseModel):  # a recipe's (or a bench spec's) `data:` block
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    train: str = Field(description="'builtin:<name>' or a CSV/TSV/JSONL file (relative to the recipe file).")
-    eval: str | None = Field(None, description="Separate eval file; if absent, eval is split off train.")
-    format: Literal["csv", "tsv", "jsonl", "conll", "squad"] | None = Field(
+    train: str = Field(description="'builtin:<name>'; a CSV/TSV/JSONL/CoNLL/SQuAD, parquet or arrow file or a "
+                       "save_to_disk directory (relative to the recipe file); or a Hub dataset id ('owner/name').")
+    eval: str | None = Field(None, description="Separate eval source; if absent, eval is eval_split of train's "
+                             "source, or split off train.")
+    format: Literal["csv", "tsv", "jsonl", "conll", "squad", "parquet", "arrow"] | None = Field(
         None, description="Default: from the file suffix (.conll: token<TAB>tag lines; squad: SQuAD v1.1 JSON).")
+    config: str | None = Field(None, description="Hub dataset: its configuration (subset), e.g. 'sst2' of 'glue'.")
+    revision: str | None = Field(None, description="Hub dataset: a branch, tag or commit (default main); the run "
+                                 "records the commit it resolved to.")
+    train_split: str = Field("train", description="The split to train on, where the source holds several (a Hub "
+                             "dataset, a saved DatasetDict).")
+    eval_split: str | None = Field(None, description="The split to evaluate on (e.g. 'validation') of the eval "
+                                   "source, or of train's when there is none; if absent, eval is held out of train.")
+    holdout: Literal["stratified", "shuffled"] = Field(
+        "stratified", description="How eval is held out of train: 'stratified' keeps each label's share "
+        "(single-label classification; other tasks shuffle), 'shuffled' is a plain seeded shuffle.")
     text_column: str = "text"
     text_pair_column: str | None = None
     label_column: str = "label"
@@ -47,7 +61,7 @@ class DataSpec(BaseModel):  # a recipe's (or a bench spec's) `data:` block
     labels: list[str] | None = Field(
         None, min_length=2, description="Label names in id order; default: sorted labels found in train."
     )
-    eval_fraction: float = Field(0.1, gt=0, lt=1, description="Share of train held out for eval (no eval file).")
+    eval_fraction: float = Field(0.1, gt=0, lt=1, description="Share of train held out for eval (no eval source).")
     seed: int = Field(42, description="Seeds the split, subsampling and training.")
     max_train_samples: int | None = Field(None, ge=1)
     max_eval_samples: int | None = Field(None, ge=1)
@@ -152,12 +166,49 @@ def _file_format(path: str, fmt: str | None) -> str:
     if fmt:
         return fmt
     suffix = Path(path).suffix.lower().lstrip(".")
-    if suffix in ("csv", "tsv", "jsonl", "conll"):
+    if suffix in ("csv", "tsv", "jsonl", "conll", "parquet", "arrow"):
         return suffix
     if suffix == "json":
         return "jsonl"
-    raise DataError(f"cannot tell the format of {path} from its suffix: set data.format to csv, tsv, jsonl, conll "
-                    "or squad")
+    raise DataError(f"cannot tell the format of {path} from its suffix: set data.format to csv, tsv, jsonl, conll, "
+                    "squad, parquet or arrow")
+
+
+def is_hub_dataset(source: str) -> bool:
+    """A source a recipe kept as written (compress.locations.resolve_data_location): not a
+    built-in name, no file or directory of that name, shaped like a Hub id."""
+    from compress.hub import looks_like_hub_id
+
+    return (builtin_name(source) is None and looks_like_hub_id(source) and not Path(source).exists()
+            and not source.lower().endswith(DATA_FILE_SUFFIXES))
+
+
+def _source_kind(source: str, fmt: str | None) -> str:
+    """builtin, hub, saved (a save_to_disk directory), table (parquet/arrow) or text."""
+    if builtin_name(source) is not None:
+        return "builtin"
+    if is_hub_dataset(source):
+        return "hub"
+    path = Path(source)
+    if path.is_dir():
+        if not is_saved_dataset(path):
+            raise DataError(f"{path} is a directory but not a saved data set (no dataset_info.json or "
+                            "dataset_dict.json: write it with Dataset.save_to_disk)")
+        return "saved"
+    if not path.is_file():
+        raise DataError(f"data file not found: {path}")
+    return "table" if _file_format(source, fmt) in TABLE_FORMATS else "text"
+
+
+def _read_source_table(source: str, spec: DataSpec, fld: str) -> Table:
+    """A parquet/arrow file, a saved directory or a Hub dataset, at the split `fld` names."""
+    kind = _source_kind(source, spec.format)
+    split = spec.train_split if fld == "train" else (spec.eval_split or spec.train_split)
+    split_field = "train_split" if fld == "train" else "eval_split"
+    if kind == "table" and split_field in spec.model_fields_set and getattr(spec, split_field) is not None:
+        raise DataError(f"{split_field}: {source} is one file: it has no splits to choose from")
+    return read_table(source, split, _file_format(source, spec.format) if kind == "table" else None,
+                      spec.config, spec.revision, is_hub=kind == "hub")
 
 
 # Formats whose rows have fixed column names: the spec's column fields do not apply to them.
@@ -253,24 +304,28 @@ def check_data_spec(spec: DataSpec, task_name: str = "text-classification") -> N
                 raise DataError(f"{fld}: built-in dataset {name!r} is {BUILTIN_DATASETS[name].task} data, not "
                                 f"{task.name} data")
             continue
-        path = Path(source)
-        if not path.is_file():
-            raise DataError(f"{fld}: data file not found: {path}")
         try:
-            fmt = _file_format(source, spec.format)
-            columns = read_columns(path, fmt)
-        except DataError as e:
+            if _source_kind(source, spec.format) == "text":
+                fmt = _file_format(source, spec.format)
+                columns, where = read_columns(Path(source), fmt), source
+            else:  # read once here; `datasets` keeps what it prepared in its cache for the run
+                table = _read_source_table(source, spec, fld)
+                fmt, where = None, table.origin
+                columns = sorted({k for _, row in table.rows[:100] for k in row})
+        except CompressError as e:  # a DataError, or a Hub dataset that cannot be had
             raise DataError(f"{fld}: {e}") from None
         if fmt in FIXED_COLUMNS:
             continue
         for key, col in _wanted_columns(spec, task).items():
             if col not in columns:
-                raise DataError(f"{key}: column {col!r} not in {path} (columns: {', '.join(columns)})")
+                raise DataError(f"{key}: column {col!r} not in {where} (columns: {', '.join(columns)})")
 
 
-def _load_source(source: str, spec: DataSpec, task) -> tuple[object, list[str] | None, str]:
-    """The task's dataset with its labels still strings, the built-in set's label names (if
-    any) and where it came from."""
+def _load_source(source: str, spec: DataSpec, task, fld: str = "train") -> tuple[object, list[str] | None, str, dict]:
+    """The task's dataset with its labels still strings, the source's own label names (a
+    built-in set's, a ClassLabel column's; None: found in the data), where it came from, and
+    what pins its content beyond its name (a Hub commit, a datasets fingerprint)."""
+    pin: dict = {}
     if (name := builtin_name(source)) is not None:
         builtin = BUILTIN_DATASETS[name]
         rows, origin = builtin.load()
@@ -278,6 +333,11 @@ def _load_source(source: str, spec: DataSpec, task) -> tuple[object, list[str] |
         names = builtin.labels
         spec = spec.model_copy(update={"text_column": "text", "label_column": "label", "text_pair_column": None,
                                        **FIXED_COLUMNS["conll"]})
+    elif _source_kind(source, spec.format) != "text":
+        table = _read_source_table(source, spec, fld)
+        numbered, origin, pin = table.rows, table.origin, table.pin
+        names = next((table.label_names[col] for col in _wanted_columns(spec, task).values()
+                      if col in table.label_names), None)
     else:
         path = Path(source)
         fmt = _file_format(source, spec.format)
@@ -286,7 +346,34 @@ def _load_source(source: str, spec: DataSpec, task) -> tuple[object, list[str] |
         spec = spec.model_copy(update=FIXED_COLUMNS.get(fmt, {}))
     if not numbered:
         raise DataError(f"{origin}: no data rows")
-    return task.dataset_from_rows(numbered, spec, origin), names, origin
+    return task.dataset_from_rows(numbered, spec, origin), names, origin, pin
+
+
+def _held_out(dataset, fraction: float, rng: random.Random, stratified: bool) -> tuple[list[int], list[int], str]:
+    """(eval, train) indices of a seeded hold-out, and how it was made. Stratified where each
+    row has one label id: each label keeps its share in both parts, its eval count by largest
+    remainder so the total is the plain split's; otherwise a plain shuffle."""
+    n_eval = max(1, round(len(dataset) * fraction))
+    labels = getattr(dataset, "labels", None)
+    if not stratified or not labels or not all(isinstance(y, int) for y in labels):
+        order = list(range(len(dataset)))
+        rng.shuffle(order)
+        return order[:n_eval], order[n_eval:], "shuffled"
+    by_label: dict[int, list[int]] = {}
+    for i, y in enumerate(labels):
+        by_label.setdefault(y, []).append(i)
+    quotas = {y: len(idx) * n_eval / len(dataset) for y, idx in sorted(by_label.items())}
+    counts = {y: int(q) for y, q in quotas.items()}
+    for y in sorted(quotas, key=lambda y: (counts[y] - quotas[y], y))[: n_eval - sum(counts.values())]:
+        counts[y] += 1
+    eval_idx, train_idx = [], []
+    for y, idx in sorted(by_label.items()):
+        rng.shuffle(idx)
+        eval_idx += idx[: counts[y]]
+        train_idx += idx[counts[y] :]
+    rng.shuffle(eval_idx)
+    rng.shuffle(train_idx)
+    return eval_idx, train_idx, "stratified"
 
 
 def load_splits(spec: DataSpec, task_name: str = "text-classification") -> DataSplits:
@@ -294,27 +381,29 @@ def load_splits(spec: DataSpec, task_name: str = "text-classification") -> DataS
     from compress.tasks import get_task
 
     task = get_task(task_name)
-    train_raw, builtin_names, train_origin = _load_source(spec.train, spec, task)
-    names = spec.labels or builtin_names or task.label_set(train_raw)
+    train_raw, source_names, train_origin, train_pin = _load_source(spec.train, spec, task)
+    names = spec.labels or source_names or task.label_set(train_raw)
     if names is not None and len(names) < 2:
         raise DataError(f"{train_origin}: need at least 2 distinct labels, found {names}")
     train_all = task.with_label_ids(train_raw, names, train_origin)
 
     rng = random.Random(spec.seed)
-    if spec.eval is None:
-        order = list(range(len(train_all)))
-        rng.shuffle(order)
-        n_eval = max(1, round(len(order) * spec.eval_fraction))
-        if n_eval >= len(order):
-            raise DataError(f"{train_origin}: too few rows ({len(order)}) to split off an eval set")
-        eval_ds, train_ds = train_all.subset(order[:n_eval]), train_all.subset(order[n_eval:])
-        eval_origin = f"{train_origin} (held out, eval_fraction={spec.eval_fraction})"
+    eval_source = spec.eval or (spec.train if spec.eval_split else None)
+    if eval_source is None:
+        eval_idx, train_idx, how = _held_out(train_all, spec.eval_fraction, rng, spec.holdout == "stratified")
+        if not train_idx:
+            raise DataError(f"{train_origin}: too few rows ({len(train_all)}) to split off an eval set")
+        eval_ds, train_ds = train_all.subset(eval_idx), train_all.subset(train_idx)
+        held_out = f" (held out, eval_fraction={spec.eval_fraction}, {how})"
+        eval_origin = type(train_origin)(f"{train_origin}{held_out}")  # a RowOrigin stays one
+        eval_pin = train_pin
     else:
-        eval_raw, _, eval_origin = _load_source(spec.eval, spec, task)
+        eval_raw, _, eval_origin, eval_pin = _load_source(eval_source, spec, task, "eval")
         eval_ds = task.with_label_ids(eval_raw, names, eval_origin)
         order = list(range(len(train_all)))
         rng.shuffle(order)
         train_ds = train_all.subset(order)
+        held_out = f"[{spec.eval_split}]" if spec.eval_split else ""
     if spec.max_train_samples:
         train_ds = train_ds.subset(list(range(min(spec.max_train_samples, len(train_ds)))))
     if spec.max_eval_samples:
@@ -322,14 +411,17 @@ def load_splits(spec: DataSpec, task_name: str = "text-classification") -> DataS
     task.check_splits(train_ds, eval_ds, names, train_origin, eval_origin, spec)
 
     # The record names a source as the recipe does ('builtin:wnut16', not the installed
-    # package's path on this machine); its content is pinned by the file's sha256.
+    # package's path on this machine); its content is pinned by the file's sha256, or by the
+    # Hub commit / datasets fingerprint it resolved to.
     files = {spec.train: train_origin, **({spec.eval: eval_origin} if spec.eval else {})}
-    held_out = "" if spec.eval else f" (held out, eval_fraction={spec.eval_fraction})"
+    train_split = f"[{spec.train_split}]" if "train_split" in spec.model_fields_set or train_pin else ""
     record = {
         "seed": spec.seed,
         "label_names": names,
-        "train": {"source": spec.train, "size": len(train_ds), "rows_sha256": _rows_hash(train_ds)},
-        "eval": {"source": (spec.eval or spec.train) + held_out, "size": len(eval_ds), "rows_sha256": _rows_hash(eval_ds)},
+        "train": {"source": spec.train + train_split, "size": len(train_ds), "rows_sha256": _rows_hash(train_ds),
+                  **train_pin},
+        "eval": {"source": (spec.eval or spec.train) + held_out, "size": len(eval_ds),
+                 "rows_sha256": _rows_hash(eval_ds), **eval_pin},
         "source_sha256": {name: file_sha256(f) for name, f in files.items() if Path(f).is_file()},
     }
     return DataSplits(train=train_ds, eval=eval_ds, label_names=names, record=record)

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+from compress.data_formats import at
 from compress.errors import DataError
 
 MIN_EVAL_EXAMPLES = 10
@@ -42,11 +43,11 @@ def check_label_splits(train_labels: list[int], train_rows: list[int], eval_labe
     for label_id, count in sorted(counts.items()):
         if count < MIN_TRAIN_PER_LABEL:
             row = train_rows[train_labels.index(label_id)]
-            raise DataError(f"{train_origin}: line {row}: label {names[label_id]!r} occurs {count} time in the train "
+            raise DataError(f"{at(train_origin, row)}: label {names[label_id]!r} occurs {count} time in the train "
                             f"split; every label needs at least {MIN_TRAIN_PER_LABEL} train examples")
     for label_id, row in zip(eval_labels, eval_rows):
         if label_id not in counts:
-            raise DataError(f"{eval_origin}: line {row}: label {names[label_id]!r} never occurs in the train split")
+            raise DataError(f"{at(eval_origin, row)}: label {names[label_id]!r} never occurs in the train split")
 
 
 def count_truncated(model_dir: Path, dataset, max_length: int) -> int | None:

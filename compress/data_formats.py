@@ -10,6 +10,16 @@ from pathlib import Path
 from compress.errors import DataError
 
 
+class RowOrigin(str):
+    """Where rows came from when they are records, not text lines (a parquet or arrow file, a
+    saved or Hub `datasets` split): messages number them as rows from 1."""
+
+
+def at(origin: str, n: int) -> str:
+    """'<origin>: line <n>' for a text file, '<origin>: row <n>' for a RowOrigin."""
+    return f"{origin}: {'row' if isinstance(origin, RowOrigin) else 'line'} {n}"
+
+
 def conll_rows(path: Path, text: str) -> list[tuple[int, dict]]:
     """CoNLL-style tagging: one `token<TAB>tag` (or `token tag`) line per word, a blank line
     between sentences, `-DOCSTART-` lines skipped; each row is numbered by its first line."""

@@ -30,6 +30,8 @@ _HUB_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
 # what a checkpoint needs: config, weights, tokenizer files (not TF / Flax / ONNX copies)
 _CHECKPOINT_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken"]
 _TORCH_BIN = ["pytorch_model*.bin"]
+# what a dataset repository's splits are read from by `datasets` (not its scripts or media)
+_DATASET_FILES = ["README.md", "*.parquet", "*.arrow", "*.csv", "*.tsv", "*.json", "*.jsonl", "*.txt"]
 
 
 def looks_like_hub_id(value: str) -> bool:
@@ -61,11 +63,19 @@ def resolve_hub_model(repo_id: str, revision: str | None = None) -> HubSnapshot:
     """The snapshot directory of a Hub model at `revision`: from the Hugging Face cache,
     downloading it first unless offline. CompressError (one line, naming the id) when it
     cannot be had."""
-    return _resolve(repo_id, revision, offline())
+    return _resolve(repo_id, revision, offline(), "model", None)
+
+
+def resolve_hub_dataset(repo_id: str, revision: str | None = None,
+                        files: tuple[str, ...] | None = None) -> HubSnapshot:
+    """The snapshot directory of a Hub dataset repository at `revision`, as resolve_hub_model
+    does it; `files` (glob patterns) narrows what is downloaded (None: every data file)."""
+    return _resolve(repo_id, revision, offline(), "dataset", files)
 
 
 @lru_cache(maxsize=None)
-def _resolve(repo_id: str, revision: str | None, local_only: bool) -> HubSnapshot:
+def _resolve(repo_id: str, revision: str | None, local_only: bool, repo_type: str,
+             files: tuple[str, ...] | None) -> HubSnapshot:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
         GatedRepoError,
@@ -77,29 +87,31 @@ def _resolve(repo_id: str, revision: str | None, local_only: bool) -> HubSnapsho
     )
 
     at = f"{repo_id}@{revision}" if revision else repo_id
+    what = f"Hugging Face {repo_type}"
+    patterns = list(files) if files else (_CHECKPOINT_FILES if repo_type == "model" else _DATASET_FILES)
     try:
         if not local_only:
-            log.info("Hugging Face Hub: fetching %s (or using the cache)", at)
-        path = Path(snapshot_download(repo_id, revision=revision, local_files_only=local_only,
-                                      allow_patterns=_CHECKPOINT_FILES))
-        if not local_only and not any(path.glob("*.safetensors")):  # an older checkpoint: torch .bin weights
-            path = Path(snapshot_download(repo_id, revision=revision, allow_patterns=_TORCH_BIN))
+            log.info("Hugging Face Hub: fetching %s %s (or using the cache)", repo_type, at)
+        path = Path(snapshot_download(repo_id, repo_type=repo_type, revision=revision, local_files_only=local_only,
+                                      allow_patterns=patterns))
+        if repo_type == "model" and not local_only and not any(path.glob("*.safetensors")):
+            path = Path(snapshot_download(repo_id, revision=revision, allow_patterns=_TORCH_BIN))  # older weights
     except LocalEntryNotFoundError:
         where = "offline (HF_HUB_OFFLINE or --offline)" if local_only else "and the Hub cannot be reached"
-        raise CompressError(f"Hugging Face model {at!r} is not in the local cache ({_cache_dir()}) {where}: "
-                            "download it where the network allows (or give a local directory)") from None
+        raise CompressError(f"{what} {at!r} is not in the local cache ({_cache_dir()}) {where}: "
+                            "download it where the network allows (or give a local path)") from None
     except RevisionNotFoundError:
-        raise CompressError(f"Hugging Face model {repo_id!r} has no revision {revision!r}") from None
+        raise CompressError(f"{what} {repo_id!r} has no revision {revision!r}") from None
     except GatedRepoError:
-        raise CompressError(f"Hugging Face model {at!r} is gated: accept its terms and log in "
+        raise CompressError(f"{what} {at!r} is gated: accept its terms and log in "
                             "(hf auth login or HF_TOKEN)") from None
     except RepositoryNotFoundError:
-        raise CompressError(f"Hugging Face model {at!r} not found on the Hub (or private: log in with "
+        raise CompressError(f"{what} {at!r} not found on the Hub (or private: log in with "
                             "hf auth login or HF_TOKEN)") from None
     except HFValidationError as e:
-        raise CompressError(f"{at!r} is not a valid Hugging Face model id: {str(e).splitlines()[0]}") from None
+        raise CompressError(f"{at!r} is not a valid {what} id: {str(e).splitlines()[0]}") from None
     except (HfHubHTTPError, OSError) as e:
-        raise CompressError(f"Hugging Face model {at!r}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+        raise CompressError(f"{what} {at!r}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
     snapshot = HubSnapshot(repo_id, revision, path.name, path)  # the cache names a snapshot by its commit
     _RESOLVED[path] = snapshot
     return snapshot

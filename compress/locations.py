@@ -1,6 +1,6 @@
 """Where a model or a data set comes from, as a recipe or a bench spec writes it: a
-built-in packaged one ('builtin:<name>'), a path relative to the file naming it, or (models
-only) a Hugging Face Hub id (compress.hub)."""
+built-in packaged one ('builtin:<name>'), a path relative to the file naming it, or a Hugging
+Face Hub model or dataset id (compress.hub)."""
 
 from __future__ import annotations
 
@@ -37,13 +37,27 @@ def resolve_location(value: str | None, base: Path, where: str, error: type[Comp
 def resolve_model_location(value: str, base: Path, where: str, error: type[CompressError]) -> str:
     """A model: a 'builtin:' name or a Hub id ('owner/name' with nothing of that name under
     `base`) as it is; otherwise a path made absolute against `base`."""
+    return value if _is_hub_id_here(value, base) else resolve_location(value, base, where, error)
+
+
+# a file suffix that makes a data source a file, never a Hub dataset id ('train.csv')
+DATA_FILE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".conll", ".parquet", ".arrow")
+
+
+def resolve_data_location(value: str | None, base: Path, where: str, error: type[CompressError]) -> str | None:
+    """A data source: a 'builtin:' name or a Hub dataset id ('owner/name', no data-file suffix,
+    nothing of that name under `base`) as it is; otherwise a path made absolute against `base`."""
+    if value is not None and not value.lower().endswith(DATA_FILE_SUFFIXES) and _is_hub_id_here(value, base):
+        return value
+    return resolve_location(value, base, where, error)
+
+
+def _is_hub_id_here(value: str, base: Path) -> bool:
     from compress.hub import looks_like_hub_id
 
-    if builtin_name(value) is None and looks_like_hub_id(value):
-        try:
-            exists = (base / value).exists()
-        except OSError:
-            exists = False
-        if not exists:
-            return value
-    return resolve_location(value, base, where, error)
+    if builtin_name(value) is not None or not looks_like_hub_id(value):
+        return False
+    try:
+        return not (base / value).exists()
+    except OSError:
+        return True

@@ -19,7 +19,11 @@ from compress.bench.settings import BenchSettings, ShapeSpec
 from compress.data import DataSpec, check_data_spec
 from compress.errors import CompressError, RecipeError
 from compress.evaluate import MeasureSpec
-from compress.locations import check_location, resolve_location, resolve_model_location
+from compress.locations import (
+    check_location,
+    resolve_data_location,
+    resolve_model_location,
+)
 from compress.plugins import metric_plugin_names
 from compress.stages import STAGE_CLASSES, STAGE_KINDS, Stage
 from compress.tasks import get_task, task_names
@@ -131,7 +135,7 @@ def load_recipe(path: str | Path, check_files: bool = True) -> Recipe:
 
 def resolve_paths(recipe: Recipe, base: Path, recipe_path: Path | None = None) -> Recipe:
     def resolve(p: str | None, field: str) -> str | None:
-        return resolve_location(p, base, f"{recipe_path or base}: {field}", RecipeError)
+        return resolve_data_location(p, base, f"{recipe_path or base}: {field}", RecipeError)
 
     data = recipe.data.model_copy(
         update={"train": resolve(recipe.data.train, "data.train"), "eval": resolve(recipe.data.eval, "data.eval")}

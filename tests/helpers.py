@@ -79,14 +79,15 @@ def run_shipped_recipe(name: str, tmp: Path, model_dir: Path, data: dict | None 
 
 
 def add_to_hub_cache(cache: Path, repo_id: str, model_dir: Path, commit: str | None = None,
-                     ref: str = "main") -> str:
-    """Put a saved checkpoint into a Hugging Face Hub cache as huggingface_hub lays it out
-    (models--owner--name/{blobs, refs/<ref>, snapshots/<commit>/<file> -> ../../blobs/<hash>}),
-    so a Hub id resolves offline; returns the commit hash."""
+                     ref: str = "main", repo_type: str = "model") -> str:
+    """Put a saved checkpoint (or a dataset repository's files) into a Hugging Face Hub cache
+    as huggingface_hub lays it out ({models,datasets}--owner--name/{blobs, refs/<ref>,
+    snapshots/<commit>/<file> -> ../../blobs/<hash>}), so a Hub id resolves offline; returns
+    the commit hash."""
     import hashlib
     import os
 
-    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    repo = cache / (f"{repo_type}s--" + repo_id.replace("/", "--"))
     files = sorted(p for p in Path(model_dir).rglob("*") if p.is_file())
     commit = commit or hashlib.sha1(b"".join(p.read_bytes() for p in files)).hexdigest()
     (repo / "blobs").mkdir(parents=True, exist_ok=True)

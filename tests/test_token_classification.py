@@ -82,7 +82,7 @@ def test_bad_conll_rows_are_refused_with_their_line(tmp_path, bad, message):
 
 
 def test_a_tag_outside_the_given_tag_set_is_refused(ner_conll):
-    with pytest.raises(DataError, match=r"sentence at line \d+: token 1 \('\w+'\): tag 'B-person' is not in the tag set"):
+    with pytest.raises(DataError, match=r"line \d+: sentence: token 1 \('\w+'\): tag 'B-person' is not in the tag set"):
         load_splits(DataSpec(train=ner_conll, labels=["O", "B-place", "I-place"]), "token-classification")
 
 

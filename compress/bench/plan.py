@@ -147,6 +147,8 @@ def _run_models(run_dir: Path, data: dict | None) -> list[BenchModel]:
             from None
     if data is None and (run_dir / "recipe.resolved.yaml").is_file():
         data = yaml.safe_load((run_dir / "recipe.resolved.yaml").read_text(encoding="utf-8")).get("data")
+        if data is not None:  # a run recorded before data.holdout existed held eval out by a plain shuffle
+            data.setdefault("holdout", "shuffled")
     models, seen_torch = [], False
     input_sha = manifest.model_sha256  # what the next stage takes: the run's model, then each artifact
     for entry in manifest.done_stages():

@@ -10,7 +10,7 @@ from pydantic import Field, ValidationError, field_validator
 from compress.bench.settings import BenchSettings, ShapeSpec, TargetName, _Spec
 from compress.data import DataSpec
 from compress.errors import CompressError
-from compress.locations import resolve_location
+from compress.locations import resolve_data_location, resolve_location
 from compress.yaml_input import describe_validation_error, read_yaml_file
 
 
@@ -88,7 +88,10 @@ def load_bench_spec(path: str | Path) -> BenchSpec:
         return resolve_location(p, path.parent, f"{path}: {field}", BenchSpecError)
 
     models = [m.model_copy(update={"path": resolve(m.path, f"models[{i}].path")}) for i, m in enumerate(spec.models)]
+    def resolve_data(p: str | None, field: str) -> str | None:
+        return resolve_data_location(p, path.parent, f"{path}: {field}", BenchSpecError)
+
     data = spec.data and spec.data.model_copy(
-        update={"train": resolve(spec.data.train, "data.train"), "eval": resolve(spec.data.eval, "data.eval")})
+        update={"train": resolve_data(spec.data.train, "data.train"), "eval": resolve_data(spec.data.eval, "data.eval")})
     return spec.model_copy(update={"models": models, "baseline": resolve(spec.baseline, "baseline"),
                                    "ort_baseline": resolve(spec.ort_baseline, "ort_baseline"), "data": data})

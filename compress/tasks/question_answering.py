@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from compress.data_formats import at
 from compress.errors import DataError
 
 # model input -> the tokenizers.Encoding attribute that fills it (as in compress.runtime)
@@ -294,7 +295,7 @@ class QuestionAnswering:
         a_col = getattr(spec, "answers_column", "answers")
         ds = QADataset([], [], [], [], [])
         for n, row in numbered:
-            where = f"{origin}: line {n}"
+            where = at(origin, n)
             question, context = _text_field(row, q_col, where), _text_field(row, c_col, where)
             if a_col not in row:
                 raise DataError(f"{where}: no column {a_col!r}")
@@ -322,7 +323,7 @@ class QuestionAnswering:
         check_eval_size(len(eval_), eval_origin)
         for answers, row in zip(eval_.answers, eval_.rows):
             if not answers:  # it would score 0 whatever the model says
-                raise DataError(f"{eval_origin}: line {row}: no answer: every eval question needs a gold answer")
+                raise DataError(f"{at(eval_origin, row)}: no answer: every eval question needs a gold answer")
 
     # -------------------------------------------------------------- model
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from compress.data_formats import at
+
 
 def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
@@ -39,16 +41,16 @@ class TextClassification:
         for line, row in numbered:
             for col in filter(None, (text_col, label_col, pair_col)):
                 if col not in row:
-                    raise DataError(f"{origin}: line {line}: no column {col!r}")
+                    raise DataError(f"{at(origin, line)}: no column {col!r}")
                 value = row[col]
                 if value is None or (isinstance(value, str) and not value.strip()):
-                    raise DataError(f"{origin}: line {line}: empty value in column {col!r}")
+                    raise DataError(f"{at(origin, line)}: empty value in column {col!r}")
             for col in filter(None, (text_col, pair_col)):
                 if not isinstance(row[col], str):
-                    raise DataError(f"{origin}: line {line}: column {col!r} is not text: {row[col]!r}")
+                    raise DataError(f"{at(origin, line)}: column {col!r} is not text: {row[col]!r}")
             label = row[label_col]
             if isinstance(label, (list, dict)):
-                raise DataError(f"{origin}: line {line}: the label in column {label_col!r} is a "
+                raise DataError(f"{at(origin, line)}: the label in column {label_col!r} is a "
                                 f"{'list' if isinstance(label, list) else 'JSON object'}, not a single value: "
                                 f"{label!r}")
             texts.append(row[text_col])
@@ -69,7 +71,7 @@ class TextClassification:
         ids = []
         for raw, line in zip(dataset.labels, dataset.rows):
             if raw not in index:
-                raise DataError(f"{origin}: line {line}: label {raw!r} is not one of the labels {names}")
+                raise DataError(f"{at(origin, line)}: label {raw!r} is not one of the labels {names}")
             ids.append(index[raw])
         return TextDataset(dataset.texts, ids, dataset.pairs, dataset.rows)
 

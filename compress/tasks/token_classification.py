@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from compress.data_formats import at
 from compress.tasks.text_classification import softmax
 
 IGNORED = -100  # the label of sub-tokens and special tokens: torch's cross_entropy skips it
@@ -95,19 +96,19 @@ class TokenClassification:
         for line, row in numbered:
             for col in (tokens_col, tags_col):
                 if col not in row:
-                    raise DataError(f"{origin}: line {line}: no column {col!r}")
+                    raise DataError(f"{at(origin, line)}: no column {col!r}")
                 if not isinstance(row[col], list) or not row[col]:
-                    raise DataError(f"{origin}: line {line}: column {col!r} must be a non-empty list of strings, "
+                    raise DataError(f"{at(origin, line)}: column {col!r} must be a non-empty list of strings, "
                                     f"got {str(row[col])[:60]!r}")
             words, word_tags = row[tokens_col], row[tags_col]
             if len(words) != len(word_tags):
-                raise DataError(f"{origin}: line {line}: {len(words)} tokens but {len(word_tags)} tags")
+                raise DataError(f"{at(origin, line)}: {len(words)} tokens but {len(word_tags)} tags")
             word_lines = row.get("word_lines") or [line] * len(words)  # a CoNLL file has a line per word
             for k, (word, tag) in enumerate(zip(words, word_tags)):
                 if not isinstance(word, str) or not word.strip():
-                    raise DataError(f"{origin}: line {word_lines[k]}: token {k + 1} is empty or not text: {word!r}")
+                    raise DataError(f"{at(origin, word_lines[k])}: token {k + 1} is empty or not text: {word!r}")
                 if not isinstance(tag, str) or not _TAG.match(tag):
-                    raise DataError(f"{origin}: line {word_lines[k]}: token {k + 1} ({word!r}): tag {tag!r} is not "
+                    raise DataError(f"{at(origin, word_lines[k])}: token {k + 1} ({word!r}): tag {tag!r} is not "
                                     "BIO (O, B-<type> or I-<type>)")
                 previous = word_tags[k - 1] if k else "O"
                 orphans += tag.startswith("I-") and previous[2:] != tag[2:]
@@ -132,7 +133,7 @@ class TokenClassification:
         for words, tags, line in zip(dataset.tokens, dataset.tags, dataset.rows):
             for k, tag in enumerate(tags):
                 if tag not in index:
-                    raise DataError(f"{origin}: sentence at line {line}: token {k + 1} ({words[k]!r}): tag {tag!r} "
+                    raise DataError(f"{at(origin, line)}: sentence: token {k + 1} ({words[k]!r}): tag {tag!r} "
                                     f"is not in the tag set {names}")
             ids.append([index[t] for t in tags])
         return TokenDataset(dataset.tokens, ids, dataset.rows, names, dataset.notes)
