@@ -6,7 +6,8 @@ Every bar is drawn on one console (stderr unless the CLI hands over its own), so
 opened inside another one's step nests into the same live display (rich >= 14.1) instead
 of two displays fighting over the terminal; tables and JSON on stdout stay clean. Bars
 are off under --quiet, on every process but the first of each machine (torchrun), and
-in the benchmark's cell subprocesses. Off a terminal rich draws nothing for them.
+in the benchmark's cell subprocesses. Off a terminal (a CI log, a pipe) only training's
+finished bar is written.
 
 rich is imported inside the functions: modules that `compress validate` loads import this one."""
 
@@ -70,8 +71,11 @@ def make_progress(*columns: ProgressColumn, transient: bool = True, disable: boo
     the step ends and its result is logged; training keeps its bar (transient=False)."""
     from rich.progress import Progress
 
-    return Progress(*(columns or counted_columns()), console=bars_console(), transient=transient,
-                    disable=disable or not bars_shown())
+    console = bars_console()
+    # Off a terminal a transient bar draws nothing, yet rich ends every bar there with a blank line.
+    pointless = transient and not (console.is_interactive or console.is_jupyter)
+    return Progress(*(columns or counted_columns()), console=console, transient=transient,
+                    disable=disable or pointless or not bars_shown())
 
 
 class Bar:

@@ -79,6 +79,14 @@ def test_quiet_and_other_local_ranks_draw_nothing(bars, monkeypatch, quiet, loca
     assert bars.export_text() == ""
 
 
+def test_off_a_terminal_a_step_bar_writes_nothing_not_even_a_blank_line(bars, monkeypatch):
+    log_file = Console(file=io.StringIO(), force_terminal=False)
+    progress.configure(log_file)
+    with progress.progress_bar("evaluating", total=2) as bar:
+        bar.advance(2)
+    assert log_file.file.getvalue() == ""
+
+
 def test_the_cli_quiet_flag_turns_bars_off(bars, recipe_dir):
     path = recipe_dir / "recipe.yaml"
     path.write_text(tiny_recipe_text())
