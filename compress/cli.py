@@ -46,6 +46,10 @@ def _setup(verbose: bool, offline: bool = False, quiet: bool = False) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from rich.logging import RichHandler
 
+    from compress import progress
+
+    # bars on the log's console: a log line printed during a step lands above its bar
+    progress.configure(console=err_console, enabled=not quiet)
     # Libraries log chatty INFO lines through the root logger (ORT's quantizer and
     # fusion passes): keep the root at WARNING and let compress itself speak at INFO.
     logging.basicConfig(

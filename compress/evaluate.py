@@ -35,18 +35,16 @@ class MeasureSpec(BaseModel):
 def predict_outputs(session: Session, encoded: list[dict], batch_size: int, desc: str = "evaluating") -> list[np.ndarray]:
     """The model's outputs for every feature, in the original order (batches are
     length-sorted); per-token outputs are trimmed to each feature's own tokens."""
-    from rich.progress import Progress
-
+    from compress.progress import progress_bar
     from compress.tasks import split_rows
 
     out: list[np.ndarray | None] = [None] * len(encoded)
-    with Progress(transient=True) as progress:
-        task = progress.add_task(desc, total=len(encoded))
+    with progress_bar(desc, total=len(encoded)) as bar:
         for idx, batch in iter_batches(encoded, session.input_names, batch_size, session.pad_id):
             rows = split_rows(session.run(batch), [len(encoded[i]["input_ids"]) for i in idx])
             for i, row in zip(idx, rows):
                 out[i] = row
-            progress.advance(task, len(idx))
+            bar.advance(len(idx))
     return out
 
 

@@ -144,15 +144,11 @@ def train_loop(
     import torch
     from accelerate import skip_first_batches
     from accelerate.utils import set_seed
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
+    from rich.progress import TextColumn
     from torch.utils.data import DataLoader
     from transformers import get_scheduler
+
+    from compress.progress import counted_columns, make_progress
 
     set_seed(seed)
     accum = schedule.gradient_accumulation_steps
@@ -184,9 +180,9 @@ def train_loop(
             best["state"] = torch.load(checkpoint_dir / "best.pt", weights_only=True)
     started = time.perf_counter()
     model.train()
-    columns = (TextColumn(desc), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
-               TimeRemainingColumn())
-    with Progress(*columns, disable=not accelerator.is_local_main_process) as progress:
+    columns = counted_columns(TextColumn("loss {task.fields[loss]}"))
+    # the finished training bar stays on screen (transient=False), unlike the steps' bars
+    with make_progress(*columns, transient=False, disable=not accelerator.is_local_main_process) as progress:
         task = progress.add_task(desc, total=total, completed=step, loss="-")
         while step < total:
             batches = skip_first_batches(loader, batch_in_epoch) if batch_in_epoch else loader

@@ -190,6 +190,8 @@ def build_engine(onnx_path: Path, out_dir: Path, stage: BuildEngineStage, metada
     """Build and serialize an engine; returns the metadata written beside it."""
     import tensorrt as trt
 
+    from compress.progress import spinner
+
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     flags = 0
@@ -221,7 +223,9 @@ def build_engine(onnx_path: Path, out_dir: Path, stage: BuildEngineStage, metada
     cache = config.create_timing_cache(cache_bytes)
     config.set_timing_cache(cache, ignore_mismatch=False)
 
-    serialized = builder.build_serialized_network(network, config)
+    # minutes of kernel timing on a big model, and the builder says nothing at WARNING level
+    with spinner(f"build_engine: building the TensorRT engine ({stage.precision})"):
+        serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise StageError(f"TensorRT failed to build an engine from {onnx_path} (see the TensorRT log above)")
     engine_path = out_dir / "model.engine"

@@ -151,6 +151,9 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    from compress import progress
+
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    progress.configure(enabled=False)  # the parent reads this process's stderr for a failure's reason
     sys.exit(main(sys.argv[1:]))

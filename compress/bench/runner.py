@@ -18,6 +18,7 @@ from pathlib import Path
 
 from compress.bench.plan import Cell, Plan
 from compress.bench.settings import BenchSettings
+from compress.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,11 @@ def base_row(cell: Cell, run_id: str, env: dict, paths_from: Path) -> dict:
         "target": cell.target, "shape": shape_label(cell.batch_size, cell.seq_len), "batch_size": cell.batch_size,
         "seq_len": "real" if cell.seq_len is None and cell.batch_size else cell.seq_len, "threads": cell.threads,
     } | {"env": env}
+
+
+def cell_label(cell: Cell, shape: str) -> str:
+    """A cell as the log and the progress bar name it, e.g. 'int8 on ort-cpu, b1xreal, 1 threads'."""
+    return f"{cell.model.name} on {cell.target}, {shape}, {cell.threads} threads"
 
 
 def cell_job(cell: Cell, settings: BenchSettings) -> dict:
@@ -115,7 +121,8 @@ def run_plan(plan: Plan, settings: BenchSettings, out_dir: Path,
     env = fingerprint()
     measured: list[list[dict]] = [[] for _ in plan.cells]
     rows = []
-    with tempfile.TemporaryDirectory(prefix="compress-bench-") as tmp:
+    runs = sum(not cell.skipped for cell in plan.cells) * settings.repeats  # skipped cells take no time
+    with tempfile.TemporaryDirectory(prefix="compress-bench-") as tmp, progress_bar("bench", total=runs) as bar:
         for repeat in range(1, settings.repeats + 1):
             last_round = repeat == settings.repeats
             for i, cell in enumerate(plan.cells):
@@ -125,10 +132,12 @@ def run_plan(plan: Plan, settings: BenchSettings, out_dir: Path,
                         rows.append(_finish(row | {"status": "skipped", "reason": cell.skipped}, jsonl, on_row))
                     continue
                 round_note = f" (repeat {repeat}/{settings.repeats})" if settings.repeats > 1 else ""
-                log.info("cell %d/%d: %s on %s, %s, %d threads%s", i + 1, len(plan.cells), cell.model.name,
-                         cell.target, row["shape"], cell.threads, round_note)
+                label = cell_label(cell, row["shape"]) + round_note
+                log.info("cell %d/%d: %s", i + 1, len(plan.cells), label)
+                bar.describe(f"bench: {label}")
                 # Accuracy does not change between repeats: measured in the first only.
                 result = run_cell(cell if repeat == 1 else replace(cell, accuracy=False), settings, Path(tmp))
+                bar.advance()
                 measured[i].append(result)
                 if settings.repeats > 1:
                     append_row(repeats_jsonl, row | result | {"repeat": repeat})

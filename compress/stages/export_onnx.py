@@ -38,11 +38,14 @@ class ExportONNXStage(StageConfig):
 def export_to_onnx(model: TorchModel, out_dir: Path, opset: int | None, task: str = "text-classification") -> ONNXModel:
     """task: optimum's exporter task name (the Task's optimum_task)."""
     from compress.models import ffn_widths_of
+    from compress.progress import spinner
 
     # per-layer FFN widths (structured pruning): from_pretrained cannot build it, compress.models can
     export = _export_loaded if ffn_widths_of(model.path) else _export_from_directory
     try:
-        export(model, out_dir, opset, task)
+        # optimum reports no progress while it traces and writes: a spinner says the step is alive
+        with spinner(f"export_onnx: exporting {model.path.name} (opset {opset})"):
+            export(model, out_dir, opset, task)
     except Exception as e:  # noqa: BLE001 - surface the exporter's reason in one line
         raise StageError(f"ONNX export of {model.path} failed: {type(e).__name__}: {e}") from e
     exported = ONNXModel(out_dir)

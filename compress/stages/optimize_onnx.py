@@ -70,6 +70,8 @@ def optimize_onnx(model: ONNXModel, out_dir: Path, opt_level: int) -> tuple[ONNX
     """The fused model, the fused operator counts, and which rules were used."""
     from onnxruntime.transformers.optimizer import optimize_model
 
+    from compress.progress import spinner
+
     cfg = json.loads((model.path / "config.json").read_text())
     family, source = fusion_family(cfg.get("model_type"), model.path / "config.json")
     from onnxruntime.transformers.fusion_options import FusionOptions
@@ -77,18 +79,21 @@ def optimize_onnx(model: ONNXModel, out_dir: Path, opt_level: int) -> tuple[ONNX
     options = FusionOptions(family)
     # DQ(int8 weight) → MatMul would become QOrderedMatMul, a CUDA-only op that CPU sessions reject.
     options.enable_qordered_matmul = False
-    optimized = optimize_model(
-        str(model.onnx_path),
-        model_type=family,
-        num_heads=cfg.get("num_attention_heads", 0),
-        hidden_size=cfg.get("hidden_size", 0),
-        opt_level=opt_level,
-        use_gpu=False,
-        optimization_options=options,
-    )
     out_dir.mkdir(parents=True, exist_ok=True)
     result = ONNXModel(out_dir)
-    optimized.save_model_to_file(str(result.onnx_path))
+    # ORT's optimizer reports no progress through its passes: a spinner says the step is alive
+    with spinner(f"optimize_onnx: fusing ({family} rules)") as bar:
+        optimized = optimize_model(
+            str(model.onnx_path),
+            model_type=family,
+            num_heads=cfg.get("num_attention_heads", 0),
+            hidden_size=cfg.get("hidden_size", 0),
+            opt_level=opt_level,
+            use_gpu=False,
+            optimization_options=options,
+        )
+        bar.describe("optimize_onnx: saving the fused graph")
+        optimized.save_model_to_file(str(result.onnx_path))
     copy_sidecar_files(model.path, out_dir)
     fusions = {k: int(v) for k, v in optimized.get_fused_operator_statistics().items() if v}
     return result, fusions, {"model_type": cfg.get("model_type"), "rules": family, "from": source}

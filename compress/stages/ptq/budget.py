@@ -82,28 +82,32 @@ def fit_accuracy_budget(
     if reference - first <= max_drop + EPSILON:
         return BudgetResult(list(pinned), first, attempts)
 
-    from rich.progress import Progress
+    from compress.progress import progress_bar
 
     free = [c for c in candidates if c not in pinned]
     sensitivity = {}
-    with Progress(transient=True) as progress:  # one quantization and evaluation per layer: minutes on a big model
-        bar = progress.add_task("budget: sensitivity per layer", total=len(free))
+    # one quantization and evaluation per layer: minutes on a big model
+    with progress_bar("ptq budget: sensitivity per layer", total=len(free)) as bar:
         for name in free:  # one quantization per layer, the rest float
+            bar.describe(f"ptq budget: sensitivity of {name}")
             diff = mean_abs_difference(logits_with(list(pinned), [name]), reference_logits)
             sensitivity[name] = float(diff)
-            progress.advance(bar)
+            bar.advance()
     order = sorted(free, key=lambda n: -sensitivity[n])
     log.info("budget: most sensitive layers: %s", ", ".join(order[:5]))
 
     best = BudgetResult(list(pinned), first, attempts, sensitivity)
     excluded = list(pinned)
-    for name in order:
-        excluded.append(name)
-        acc = attempt(excluded)
-        if acc > best.accuracy:
-            best = BudgetResult(list(excluded), acc, attempts, sensitivity)
-        if reference - acc <= max_drop + EPSILON:
-            return BudgetResult(list(excluded), acc, attempts, sensitivity)
+    # at most one attempt per layer; the bar vanishes early when the budget holds
+    with progress_bar("ptq budget: layers kept in float", total=len(order)) as bar:
+        for name in order:
+            excluded.append(name)
+            acc = attempt(excluded)
+            bar.advance()
+            if acc > best.accuracy:
+                best = BudgetResult(list(excluded), acc, attempts, sensitivity)
+            if reference - acc <= max_drop + EPSILON:
+                return BudgetResult(list(excluded), acc, attempts, sensitivity)
     raise StageError(
         f"max_metric_drop {max_drop:g} not reached: the float model scores {reference:.4f} on the "
         f"budget slice ({len(reference_logits)} features) and the best INT8 model {best.accuracy:.4f} "

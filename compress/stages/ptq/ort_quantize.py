@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -61,12 +63,19 @@ def quantize_dynamic_int8(model: ONNXModel, out_dir: Path, stage: PTQStage, node
 
 
 class FeedReader:
-    """onnxruntime.quantization CalibrationDataReader over prepared input feeds."""
+    """onnxruntime.quantization CalibrationDataReader over prepared input feeds. on_batch_done()
+    is called once per feed the calibrator has run (a progress bar's advance)."""
 
-    def __init__(self, feeds: list[dict[str, np.ndarray]]):
-        self.feeds, self.position = feeds, 0
+    def __init__(self, feeds: list[dict[str, np.ndarray]], on_batch_done: Callable[[], None] | None = None):
+        self.feeds, self.position, self.on_batch_done = feeds, 0, on_batch_done
+        self.reported = 0  # feeds counted as done
 
     def get_next(self) -> dict | None:
+        # The calibrator asks for the next feed once it has run the one before: count that one
+        # here, so the last is counted by the request that finds the feeds exhausted.
+        if self.on_batch_done and self.reported < self.position:
+            self.reported = self.position
+            self.on_batch_done()
         if self.position >= len(self.feeds):
             return None
         self.position += 1
@@ -76,7 +85,7 @@ class FeedReader:
         return len(self.feeds)
 
     def rewind(self) -> None:
-        self.position = 0
+        self.position = self.reported = 0
 
 
 def calibration_feeds(encoded: list[dict], input_names: list[str], pad_id: int) -> list[dict[str, np.ndarray]]:
@@ -110,16 +119,19 @@ class StaticQuantizer:
     def __post_init__(self):
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
+        from compress.progress import spinner
+
         self.prepared = self.workdir / "prepared.onnx"
         self.cache = self.workdir / "calibration.json"
         # The calibrator only sees tensors with a known float type: fused contrib ops (Attention,
         # SkipLayerNorm) need ORT's symbolic shape inference; graphs it cannot handle fall back
         # to plain ONNX shape inference.
-        try:
-            quant_pre_process(str(self.model.onnx_path), str(self.prepared), auto_merge=True)
-        except Exception as e:  # noqa: BLE001 - any failure here has a working fallback
-            log.info("symbolic shape inference failed (%s); using ONNX shape inference", e)
-            quant_pre_process(str(self.model.onnx_path), str(self.prepared), skip_symbolic_shape=True)
+        with spinner("ptq: shape inference before calibration"):
+            try:
+                quant_pre_process(str(self.model.onnx_path), str(self.prepared), auto_merge=True)
+            except Exception as e:  # noqa: BLE001 - any failure here has a working fallback
+                log.info("symbolic shape inference failed (%s); using ONNX shape inference", e)
+                quant_pre_process(str(self.model.onnx_path), str(self.prepared), skip_symbolic_shape=True)
 
     def quantize(self, out_dir: Path, nodes_to_exclude: list[str],
                  nodes_to_quantize: list[str] | None = None) -> ONNXModel:
@@ -130,35 +142,40 @@ class StaticQuantizer:
             quantize_static,
         )
 
+        from compress.progress import progress_bar
+
         stage = self.stage
         out_dir.mkdir(parents=True, exist_ok=True)
         result = ONNXModel(out_dir)
-        reader = FeedReader(self.feeds)
-        quantize_static(
-            str(self.prepared),
-            str(result.onnx_path),
-            calibration_data_reader=reader,
-            quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=stage.op_types or STATIC_DEFAULT_OP_TYPES,
-            per_channel=stage.per_channel,
-            reduce_range=stage.reduce_range,
-            activation_type=QuantType.QUInt8 if stage.activation_type == "uint8" else QuantType.QInt8,
-            weight_type=QuantType.QInt8,
-            nodes_to_quantize=nodes_to_quantize,
-            nodes_to_exclude=nodes_to_exclude or None,
-            calibrate_method=getattr(CalibrationMethod, stage.calibration_method),
-            calibration_cache_path=str(self.cache),
-            extra_options={
-                # int8: zero points 0, what TensorRT's explicit quantization takes
-                "ActivationSymmetric": stage.activation_type == "int8",
-                "WeightSymmetric": True,
-                # int32 bias quantization breaks on initializers shared between nodes (the exporter
-                # dedupes equal tensors); TensorRT and ORT's Q/DQ fusions take float biases.
-                "QuantizeBias": False,
-                "CalibPercentile": stage.percentile or 99.999,
-                "DefaultTensorType": 1,  # onnx.TensorProto.FLOAT, for contrib ops without type info
-            },
-        )
+        # Only the first call calibrates (later ones, the budget search's, read the cached
+        # ranges and never ask the reader): a bar there would stand still at 0.
+        calibrating = not self.cache.is_file()
+        with progress_bar("ptq: calibration", total=len(self.feeds)) if calibrating else nullcontext() as bar:
+            quantize_static(
+                str(self.prepared),
+                str(result.onnx_path),
+                calibration_data_reader=FeedReader(self.feeds, bar.advance if bar else None),
+                quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=stage.op_types or STATIC_DEFAULT_OP_TYPES,
+                per_channel=stage.per_channel,
+                reduce_range=stage.reduce_range,
+                activation_type=QuantType.QUInt8 if stage.activation_type == "uint8" else QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                nodes_to_quantize=nodes_to_quantize,
+                nodes_to_exclude=nodes_to_exclude or None,
+                calibrate_method=getattr(CalibrationMethod, stage.calibration_method),
+                calibration_cache_path=str(self.cache),
+                extra_options={
+                    # int8: zero points 0, what TensorRT's explicit quantization takes
+                    "ActivationSymmetric": stage.activation_type == "int8",
+                    "WeightSymmetric": True,
+                    # int32 bias quantization breaks on initializers shared between nodes (the exporter
+                    # dedupes equal tensors); TensorRT and ORT's Q/DQ fusions take float biases.
+                    "QuantizeBias": False,
+                    "CalibPercentile": stage.percentile or 99.999,
+                    "DefaultTensorType": 1,  # onnx.TensorProto.FLOAT, for contrib ops without type info
+                },
+            )
         copy_sidecar_files(self.model.path, out_dir)
         return result
 
