@@ -18,6 +18,7 @@ from compress.distributed import Launch, share
 from compress.errors import CompressError
 from compress.evaluate import measure_artifact
 from compress.hub import snapshot_of
+from compress.latency_vs_input import compare_latency, describe_slower
 from compress.models import resolve_model_dir
 from compress.recipe import Recipe
 from compress.resume import (
@@ -104,6 +105,7 @@ def _run_stages(recipe: Recipe, ctx: RunContext, redo_from: int, job: Launch = L
     hub = snapshot_of(model.path)
     ctx.manifest.model_commit = hub.commit if hub is not None else None
     model_record: dict | None = None  # what was measured of `model` (None: a base model, not measured)
+    model_name = "input"  # the ledger row of `model`
     if starts_fine_tuned(model.path, ctx):
         log.info("measuring the input model")
         model_record = measure_artifact(model, ctx.eval_set, recipe.measure)
@@ -133,8 +135,15 @@ def _run_stages(recipe: Recipe, ctx: RunContext, redo_from: int, job: Launch = L
                 _tell_followers(job, stage, TrainingOrder(model, sctx.artifact_dir, fingerprint, sctx.earlier))
                 produced = stage.run(model, sctx)
                 sctx.record(**measure_artifact(produced, ctx.eval_set, recipe.measure))
+                comparison = compare_latency(sctx.info.get("latency"), (model_record or {}).get("latency"),
+                                             model_name, same_model=stage.keeps_model)
+                if comparison:
+                    sctx.record(latency_vs_input=comparison)
             record = sctx.info
+            if comparison and comparison["slower"]:  # never ship a slower artifact silently
+                log.warning(describe_slower(name, record["artifact"], comparison))
         model, model_record = ARTIFACT_KINDS[record["artifact"]](ctx.run_dir / name), record
+        model_name = name
         input_sha = record["artifact_sha256"]
     return model, benchmark
 

@@ -26,6 +26,7 @@ class PackageStage(StageConfig):
     accepts = (ONNXModel, TRTEngine)
     produces = ONNXModel  # a TensorRT engine input gives a TRTEngine package (engine + its ONNX)
     final: ClassVar[bool] = True
+    keeps_model: ClassVar[bool] = True  # the same graph (or engine) as its input, copied
 
     def run(self, model: Artifact, ctx) -> Artifact:
         import json
