@@ -12,6 +12,7 @@ from compress.latency_vs_input import (
     vs_input_cell,
 )
 from compress.manifest import Manifest
+from compress.markdown import md_table
 
 
 def ledger_rows(manifest: Manifest, run_dir: Path) -> list[dict]:
@@ -73,12 +74,6 @@ def ledger_warnings(rows: list[dict]) -> list[str]:
     """One line per skipped stage and per stage slower than its input."""
     return ([f"{r['stage']} skipped: {r['error']}" for r in rows if r.get("status") == "skipped"]
             + [describe_slower(r["stage"], r["artifact"], r["latency_vs_input"]) for r in slower_rows(rows)])
-
-
-def md_table(header: list[str], rows: list[list[str]]) -> str:
-    """A Markdown table: header, separator, one line per row (no trailing newline)."""
-    return "\n".join([f"| {' | '.join(header)} |", f"|{'|'.join('---' for _ in header)}|",
-                      *(f"| {' | '.join(row)} |" for row in rows)])
 
 
 def markdown_summary(run_dir: Path) -> str:
