@@ -24,8 +24,7 @@ def runs_on_cpu(recipe: Recipe, index: int) -> bool:
     TensorRT engine from it, and a select block, if any, picks for a CPU target."""
     if any(s.kind == "build_engine" for s in recipe.stages[index + 1:]):
         return False
-    select = getattr(recipe, "select", None)
-    return select is None or TARGETS[select.target].device == "cpu"
+    return recipe.select is None or TARGETS[recipe.select.target].device == "cpu"
 
 
 def recipe_warnings(recipe: Recipe) -> list[str]:

@@ -13,6 +13,7 @@ from compress.latency_vs_input import (
 )
 from compress.manifest import Manifest
 from compress.markdown import md_table
+from compress.select.pareto import selection_markdown
 
 
 def ledger_rows(manifest: Manifest, run_dir: Path) -> list[dict]:
@@ -85,7 +86,8 @@ def markdown_summary(run_dir: Path) -> str:
     if "p50 vs input" in header:
         note += f" p50 vs input: against the artifact the stage was built from; SLOWER: by more than {SLOWER_MARGIN:.0%}."
     warnings = "".join(f"\n- {line}" for line in ledger_warnings(rows))
-    return md_table(header, body) + (note if threads else "") + ("\n" + warnings if warnings else "") + "\n"
+    selection = f"\n\n## Selection\n\n{selection_markdown(manifest.selection)}" if manifest.selection else ""
+    return md_table(header, body) + (note if threads else "") + ("\n" + warnings if warnings else "") + selection + "\n"
 
 
 def print_summary(run_dir: Path, console) -> None:
@@ -102,3 +104,5 @@ def print_summary(run_dir: Path, console) -> None:
     console.print(table)
     for line in ledger_warnings(rows):
         console.print(line, style="yellow", highlight=False)
+    if manifest.selection:
+        console.print(selection_markdown(manifest.selection), highlight=False, markup=False)

@@ -87,6 +87,8 @@ class PackageStage(StageConfig):
         write_deploy_spec(out, spec)
         ctx.record(package={"name": name, "precision": precision, "files": len(spec["files"]),
                             "validated": spec["validated"]})
+        if ctx.selection:  # the select block chose what this package ships
+            ctx.record(selection=ctx.selection)
         return TRTEngine(out) if engine else ONNXModel(out)
 
 
