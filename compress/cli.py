@@ -98,6 +98,16 @@ def _load(recipe: Path):
         raise _fail(str(e), e.exit_code) from None
 
 
+def _warn_slow_settings(spec, recipe: Path) -> None:
+    """Settings known to make a slow artifact on the recipe's target: one warning line each."""
+    from rich.markup import escape
+
+    from compress.recipe_warnings import recipe_warnings
+
+    for line in recipe_warnings(spec):
+        err_console.print(f"[bold yellow]warning:[/] {escape(f'{recipe}: {line}')}", highlight=False)
+
+
 OFFLINE_HELP = "Resolve Hugging Face Hub ids from the local cache only (as HF_HUB_OFFLINE=1)."
 
 
@@ -122,6 +132,7 @@ def run(
     if spec.trust_remote_code:
         err_console.print(f"[bold yellow]warning:[/] {recipe}: trust_remote_code is on: the model directory's "
                           "own Python code will be executed", highlight=False)
+    _warn_slow_settings(spec, recipe)
     if dry_run:
         _print_plan(spec, out, recipe)
         return
@@ -218,6 +229,7 @@ def validate(
     _need_training("validate")
     spec = _load(recipe)
     summary = _data_summary(spec, recipe)
+    _warn_slow_settings(spec, recipe)
     console.print(f"{recipe}: ok ({len(spec.stages)} stages: {' -> '.join(s.kind for s in spec.stages)})")
     console.print(summary, highlight=False)
     from compress.plugins import listing

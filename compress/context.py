@@ -82,6 +82,7 @@ class StageContext:
     earlier: tuple[tuple[StageEntry, Artifact | None], ...] = ()  # earlier stages of this run, in order
     ledger: tuple[dict, ...] = ()  # the input's and earlier stages' records (compress.report.ledger_rows)
     benchmark_markdown: str | None = None  # the run's benchmark table, when it ran before this stage
+    selection: dict | None = None  # the select block's record, when it chose this stage's input
     read_input_record: Callable[[], dict] = dict  # the pipeline's: the input's record, measured if it has none
     info: dict = field(default_factory=dict)  # this stage's own record (stage.json), filled by record()
     # False on the other ranks of a multi-process run: they train with rank 0 and write nothing
@@ -206,15 +207,16 @@ class RunContext:
                      for e in self.manifest.stages)
 
     def stage_context(self, index: int, kind: str, artifact_dir: Path, fingerprint: str | None = None,
-                      read_input_record: Callable[[], dict] = dict, benchmark_markdown: str | None = None
-                      ) -> StageContext:
+                      read_input_record: Callable[[], dict] = dict, benchmark_markdown: str | None = None,
+                      selection: dict | None = None) -> StageContext:
         from compress.report import ledger_rows
 
         return StageContext(index=index, kind=kind, artifact_dir=artifact_dir, recipe=self.recipe, task=self.task,
                             splits=self.splits, eval_set=self.eval_set, recipe_path=self.recipe_path,
                             fingerprint=fingerprint, earlier=self.earlier_artifacts(),
                             ledger=tuple(ledger_rows(self.manifest, self.run_dir)),
-                            benchmark_markdown=benchmark_markdown, read_input_record=read_input_record)
+                            benchmark_markdown=benchmark_markdown, read_input_record=read_input_record,
+                            selection=selection)
 
     @contextmanager
     def stage(self, index: int, kind: str, config: dict, fingerprint: str, **context: Any):
@@ -263,6 +265,10 @@ class RunContext:
     def skip_stage(self, index: int, kind: str, reason: str) -> None:
         self.manifest.stages.append(StageEntry(name=stage_dir_name(index, kind), kind=kind, status="skipped",
                                                reason=reason))
+        self.write_manifest()
+
+    def record_selection(self, selection: dict) -> None:
+        self.manifest.selection = selection
         self.write_manifest()
 
     def record_input(self, record: dict) -> None:

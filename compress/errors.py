@@ -23,3 +23,9 @@ class StageError(CompressError):
     """A stage ran and failed (e.g. an export parity check)."""
 
     exit_code = 1
+
+
+class SelectionError(CompressError):
+    """No artifact of a run meets its select block (budget, reference, target)."""
+
+    exit_code = 1

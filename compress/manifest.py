@@ -53,6 +53,7 @@ class Manifest(BaseModel):
     input: dict | None = None  # the input model's measurement, when it already does the task
     stages: list[StageEntry] = []
     final_artifact: dict | None = None
+    selection: dict | None = None  # the select block's record: candidates, Pareto front, the chosen stage
     error: str | None = None
 
     def done_stages(self) -> list[StageEntry]:

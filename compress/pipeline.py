@@ -8,6 +8,7 @@ intact, and runs from the first stage that changed or did not finish."""
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,9 +16,10 @@ from pathlib import Path
 from compress.artifacts import ARTIFACT_KINDS, Artifact, TorchModel
 from compress.context import RunContext, stage_dir_name
 from compress.distributed import Launch, share
-from compress.errors import CompressError
+from compress.errors import CompressError, SelectionError
 from compress.evaluate import measure_artifact
 from compress.hub import snapshot_of
+from compress.latency_vs_input import compare_latency, describe_slower
 from compress.models import resolve_model_dir
 from compress.recipe import Recipe
 from compress.resume import (
@@ -98,12 +100,16 @@ def _run_stages(recipe: Recipe, ctx: RunContext, redo_from: int, job: Launch = L
     With several processes, every training stage tells the other ranks what to train (or that
     it is reused or skipped) once its directory is ready."""
     benchmark: str | None = None
+    selection: dict | None = None  # the select block's record, once it chose
+    if recipe.select is not None:
+        _check_select_target(recipe, ctx)  # before hours of training, not after
     model: Artifact = TorchModel(resolve_model_dir(recipe.model, recipe.model_revision))
     ctx.manifest.model_sha256 = tree_sha256(model.path)
     input_sha = input_key(model.path)  # + the Hub commit of a Hub id model
     hub = snapshot_of(model.path)
     ctx.manifest.model_commit = hub.commit if hub is not None else None
     model_record: dict | None = None  # what was measured of `model` (None: a base model, not measured)
+    model_name = "input"  # the ledger row of `model`
     if starts_fine_tuned(model.path, ctx):
         log.info("measuring the input model")
         model_record = measure_artifact(model, ctx.eval_set, recipe.measure)
@@ -112,6 +118,10 @@ def _run_stages(recipe: Recipe, ctx: RunContext, redo_from: int, job: Launch = L
         name = stage_dir_name(i, stage.kind)
         if stage.final and recipe.benchmark is not None and benchmark is None:
             benchmark = _run_benchmark(recipe, ctx)
+        if stage.final and recipe.select is not None and selection is None:  # the final stage takes the choice
+            selection = _select(recipe, ctx)
+            model, model_record, model_name = _chosen_artifact(selection, ctx)
+            input_sha = model_record["artifact_sha256"]
         reason = stage.unavailable_reason()
         if reason:  # e.g. build_engine without a GPU: never faked, the input passes through
             log.warning("stage %d/%d: %s skipped: %s", i + 1, len(recipe.stages), stage.kind, reason)
@@ -119,6 +129,8 @@ def _run_stages(recipe: Recipe, ctx: RunContext, redo_from: int, job: Launch = L
             _tell_followers(job, stage, None)
             continue
         extra = [input_key(p) for p in stage.extra_inputs(ctx.recipe_path) if p.is_dir()]
+        if stage.final and selection is not None:  # its card shows the select block's table
+            extra.append(recipe.select.model_dump_json())
         fingerprint = stage_fingerprint(recipe, i, ":".join([input_sha, *extra]), ctx.splits.record)
         record = reusable_record(ctx.run_dir / name, fingerprint) if i < redo_from else None
         if record is not None:
@@ -129,14 +141,56 @@ def _run_stages(recipe: Recipe, ctx: RunContext, redo_from: int, job: Launch = L
             log.info("stage %d/%d: %s", i + 1, len(recipe.stages), stage.kind)
             with ctx.stage(i, stage.kind, stage.model_dump(mode="json", exclude={"kind"}), fingerprint,
                            read_input_record=_input_record_reader(model, model_record, ctx),
-                           benchmark_markdown=benchmark) as sctx:
+                           benchmark_markdown=benchmark, selection=selection) as sctx:
                 _tell_followers(job, stage, TrainingOrder(model, sctx.artifact_dir, fingerprint, sctx.earlier))
                 produced = stage.run(model, sctx)
                 sctx.record(**measure_artifact(produced, ctx.eval_set, recipe.measure))
+                comparison = compare_latency(sctx.info.get("latency"), (model_record or {}).get("latency"),
+                                             model_name, same_model=stage.keeps_model)
+                if comparison:
+                    sctx.record(latency_vs_input=comparison)
             record = sctx.info
+            if comparison and comparison["slower"]:  # never ship a slower artifact silently
+                log.warning(describe_slower(name, record["artifact"], comparison))
         model, model_record = ARTIFACT_KINDS[record["artifact"]](ctx.run_dir / name), record
+        model_name = name
         input_sha = record["artifact_sha256"]
+    if recipe.select is not None and selection is None:  # no package stage: the choice is recorded only
+        _select(recipe, ctx)
     return model, benchmark
+
+
+def _check_select_target(recipe: Recipe, ctx: RunContext) -> None:
+    from compress.bench.targets import unavailable_reason
+    from compress.select.candidates import stage_records_fit
+
+    reason = None if stage_records_fit(recipe.select, recipe.measure) else unavailable_reason(recipe.select.target)
+    if reason:
+        raise SelectionError(f"{ctx.recipe_path or 'recipe'}: select.target: {recipe.select.target} cannot run "
+                             f"here: {reason}")
+
+
+def _select(recipe: Recipe, ctx: RunContext) -> dict:
+    """Choose among the stages so far (the select block); the record goes to manifest.json."""
+    from compress.report import ledger_rows
+    from compress.select.candidates import select_artifact
+
+    try:
+        selection = select_artifact(recipe, ledger_rows(ctx.manifest, ctx.run_dir), ctx.run_dir)
+    except SelectionError as e:
+        raise SelectionError(f"{ctx.recipe_path or 'recipe'}: {e}") from None
+    log.info("select: %s, the fastest on %s (%s) within %.2f points of %s", selection["chosen"],
+             selection["target"], selection["shape"], recipe.select.max_metric_drop * 100,
+             selection["reference"]["name"])
+    ctx.record_selection(selection)
+    return selection
+
+
+def _chosen_artifact(selection: dict, ctx: RunContext) -> tuple[Artifact, dict, str]:
+    """The chosen stage's artifact, its record (stage.json) and name."""
+    entry = next(e for e in ctx.manifest.stages if e.name == selection["chosen"])
+    record = json.loads((ctx.run_dir / entry.path / "stage.json").read_text(encoding="utf-8"))
+    return ARTIFACT_KINDS[entry.artifact](ctx.run_dir / entry.path), record, entry.name
 
 
 def _input_record_reader(model: Artifact, record: dict | None, ctx: RunContext):

@@ -25,6 +25,7 @@ from compress.locations import (
     resolve_model_location,
 )
 from compress.plugins import metric_plugin_names
+from compress.select.spec import SelectSpec
 from compress.stages import STAGE_CLASSES, STAGE_KINDS, Stage
 from compress.tasks import get_task, task_names
 from compress.yaml_input import describe_validation_error, read_yaml_file
@@ -53,6 +54,9 @@ class Recipe(BaseModel):
     stages: list[Stage] = Field(min_length=1)
     measure: MeasureSpec = MeasureSpec()
     benchmark: BenchSettings | None = Field(None, description="Benchmark the run's artifacts after the last stage.")
+    select: SelectSpec | None = Field(
+        None, description="Choose the fastest artifact of the run within a metric budget, on one target and shape; "
+                          "a package stage ships that one and shows the Pareto table in its model card.")
 
     _location = field_validator("model")(check_location)
 
@@ -81,6 +85,15 @@ class Recipe(BaseModel):
         wanted = FORMAT_TASKS.get(self.data.format or "")
         if wanted and wanted != self.task:
             raise ValueError(f"data.format: {self.data.format} files hold {wanted} data, not {self.task} data")
+        return self
+
+    @model_validator(mode="after")
+    def _select_fits_the_stages(self):
+        if self.select is not None:
+            try:
+                self.select.check_in_recipe(list(self.stages))
+            except ValueError as e:
+                raise ValueError(f"select.{e}") from None
         return self
 
     @property
@@ -185,6 +198,6 @@ def _nested_specs(cls: type[BaseModel]) -> list[type[BaseModel]]:
 
 # every field name a recipe can hold, for the 'did you mean' hint on an unknown one
 _ALL_FIELDS = sorted(
-    {name for cls in (Recipe, DataSpec, MeasureSpec, BenchSettings, ShapeSpec, *STAGE_CLASSES)
+    {name for cls in (Recipe, DataSpec, MeasureSpec, BenchSettings, ShapeSpec, SelectSpec, *STAGE_CLASSES)
      for spec in (cls, *_nested_specs(cls)) for name in spec.model_fields}
 )

@@ -5,7 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from compress.latency_vs_input import (
+    SLOWER_MARGIN,
+    describe_slower,
+    slower_rows,
+    vs_input_cell,
+)
 from compress.manifest import Manifest
+from compress.markdown import md_table
+from compress.select.pareto import selection_markdown
 
 
 def ledger_rows(manifest: Manifest, run_dir: Path) -> list[dict]:
@@ -35,15 +43,18 @@ def _fmt_size(n: int | None) -> str:
 
 def summary_table(rows: list[dict], metric: str = "accuracy") -> tuple[list[str], list[list[str]]]:
     """The ledger as a table of strings: the task's metric (and its change in points against
-    the first measured row), size, parameters and batch-1 latency with the speedup."""
+    the first measured row), size, parameters and batch-1 latency with the speedup; and, when
+    the stages recorded it (runs before it did not), the latency change against each stage's
+    own input, marked SLOWER beyond the margin (compress.latency_vs_input)."""
     short = "acc" if metric == "accuracy" else metric
     header = ["stage", "artifact", metric, f"Δ {short} (pts)", "size", "params", "p50 ms (b1)", "speedup"]
+    vs_input = any(r.get("latency_vs_input") for r in rows)
     base_acc = next((r[metric] for r in rows if metric in r), None)
     base_lat = next((r["latency"]["p50_ms"] for r in rows if r.get("latency")), None)
     body = []
     for r in rows:
         if metric not in r:
-            body.append([r["stage"], r.get("status", "-"), "-", "-", "-", "-", "-", "-"])
+            body.append([r["stage"], r.get("status", "-"), *["-"] * (len(header) - 2 + vs_input)])
             continue
         lat = r.get("latency", {}).get("p50_ms")
         body.append([
@@ -55,14 +66,15 @@ def summary_table(rows: list[dict], metric: str = "accuracy") -> tuple[list[str]
             f"{r['parameters'] / 1e6:.1f}M" if r.get("parameters") else "-",
             f"{lat:.2f}" if lat is not None else "-",
             f"{base_lat / lat:.2f}x" if lat and base_lat else "-",
+            *([vs_input_cell(r)] if vs_input else []),
         ])
-    return header, body
+    return (header + ["p50 vs input"] if vs_input else header), body
 
 
-def md_table(header: list[str], rows: list[list[str]]) -> str:
-    """A Markdown table: header, separator, one line per row (no trailing newline)."""
-    return "\n".join([f"| {' | '.join(header)} |", f"|{'|'.join('---' for _ in header)}|",
-                      *(f"| {' | '.join(row)} |" for row in rows)])
+def ledger_warnings(rows: list[dict]) -> list[str]:
+    """One line per skipped stage and per stage slower than its input."""
+    return ([f"{r['stage']} skipped: {r['error']}" for r in rows if r.get("status") == "skipped"]
+            + [describe_slower(r["stage"], r["artifact"], r["latency_vs_input"]) for r in slower_rows(rows)])
 
 
 def markdown_summary(run_dir: Path) -> str:
@@ -71,8 +83,11 @@ def markdown_summary(run_dir: Path) -> str:
     header, body = summary_table(rows, metric)
     threads = next((r["latency"]["threads"] for r in rows if r.get("latency")), None)
     note = f"\n\n{metric.capitalize()} on the eval split; latency: batch 1, real eval lengths, {threads} threads, speedup vs the first row."
-    skipped = "".join(f"\n- {r['stage']} skipped: {r['error']}" for r in rows if r.get("status") == "skipped")
-    return md_table(header, body) + (note if threads else "") + ("\n" + skipped if skipped else "") + "\n"
+    if "p50 vs input" in header:
+        note += f" p50 vs input: against the artifact the stage was built from; SLOWER: by more than {SLOWER_MARGIN:.0%}."
+    warnings = "".join(f"\n- {line}" for line in ledger_warnings(rows))
+    selection = f"\n\n## Selection\n\n{selection_markdown(manifest.selection)}" if manifest.selection else ""
+    return md_table(header, body) + (note if threads else "") + ("\n" + warnings if warnings else "") + selection + "\n"
 
 
 def print_summary(run_dir: Path, console) -> None:
@@ -87,6 +102,7 @@ def print_summary(run_dir: Path, console) -> None:
     for row in body:
         table.add_row(*row)
     console.print(table)
-    for r in rows:
-        if r.get("status") == "skipped":
-            console.print(f"{r['stage']} skipped: {r['error']}", style="yellow", highlight=False)
+    for line in ledger_warnings(rows):
+        console.print(line, style="yellow", highlight=False)
+    if manifest.selection:
+        console.print(selection_markdown(manifest.selection), highlight=False, markup=False)

@@ -36,7 +36,8 @@ def describe_validation_error(err: ValidationError, known_fields: Sequence[str],
     known_fields: names for the 'did you mean' hint; stage_kinds: the tags of a
     discriminated stage list (a recipe's), named when a stage's kind is wrong."""
     errors = err.errors(include_url=False)
-    first = errors[0]
+    # a misspelled field name explains the 'required field is missing' beside it: name it first
+    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     loc = _format_loc(first["loc"], stage_kinds)
     kind, msg, value = first["type"], first["msg"], first.get("input")
     if kind == "union_tag_invalid":

@@ -73,6 +73,18 @@ def test_package_directory_contents(run_dir, package):
     assert record["package"]["validated"][0]["label_agreement"] == 1.0
 
 
+def test_each_stage_records_its_latency_against_its_input(run_dir):
+    """stage.json says how each artifact's batch-1 p50 compares with the one it was built from."""
+    chain = [("01-export_onnx", "input"), ("02-ptq", "01-export_onnx"), ("03-package", "02-ptq")]
+    for name, built_from in chain:
+        record = stage_json(run_dir, name)
+        verdict = record["latency_vs_input"]
+        assert verdict["input"] == built_from and verdict["p50_ms"] == record["latency"]["p50_ms"]
+        assert verdict["slower"] == (not verdict["same_model"] and verdict["change"] > verdict["margin"])
+    assert stage_json(run_dir, "03-package")["latency_vs_input"]["same_model"]
+    assert "p50 vs input" in (run_dir / "03-package" / "README.md").read_text()
+
+
 def test_deploy_json_matches_the_onnx_graph(package):
     import onnxruntime as ort
 

@@ -35,6 +35,7 @@ class StageConfig(BaseModel):
     produces: ClassVar[type[Artifact]] = TorchModel
     trains: ClassVar[bool] = False  # needs the train split
     final: ClassVar[bool] = False  # must be the last stage of a recipe (e.g. package)
+    keeps_model: ClassVar[bool] = False  # ships its input's model unchanged (package): no latency verdict
     renamed: ClassVar[dict[str, str]] = {}  # old field name -> its new name, refused with one line
 
     @model_validator(mode="before")

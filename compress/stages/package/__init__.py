@@ -26,6 +26,7 @@ class PackageStage(StageConfig):
     accepts = (ONNXModel, TRTEngine)
     produces = ONNXModel  # a TensorRT engine input gives a TRTEngine package (engine + its ONNX)
     final: ClassVar[bool] = True
+    keeps_model: ClassVar[bool] = True  # the same graph (or engine) as its input, copied
 
     def run(self, model: Artifact, ctx) -> Artifact:
         import json
@@ -86,6 +87,8 @@ class PackageStage(StageConfig):
         write_deploy_spec(out, spec)
         ctx.record(package={"name": name, "precision": precision, "files": len(spec["files"]),
                             "validated": spec["validated"]})
+        if ctx.selection:  # the select block chose what this package ships
+            ctx.record(selection=ctx.selection)
         return TRTEngine(out) if engine else ONNXModel(out)
 
 

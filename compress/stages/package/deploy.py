@@ -197,7 +197,10 @@ def card_metadata(spec: dict, ctx) -> str:
     results = [EvalResult(task_type=spec["task"], dataset_type=datasets[0], dataset_name=datasets[0],
                           dataset_split="eval (held out)", metric_type=m, metric_name=m, metric_value=v)
                for m, v in values.items()]
-    kinds = [e.kind for e, _ in ctx.earlier if e.status != "skipped"]
+    earlier = [e for e, _ in ctx.earlier]
+    if ctx.selection:  # the packaged model went through the stages up to the chosen one only
+        earlier = earlier[: [e.name for e in earlier].index(ctx.selection["chosen"]) + 1]
+    kinds = [e.kind for e in earlier if e.status != "skipped"]
     tags = ["onnx", "onnxruntime", "compress", spec["precision"], *dict.fromkeys(
         STAGE_TAGS[k] for k in kinds if k in STAGE_TAGS)]
     meta = ModelCardData(model_name=spec["name"], base_model=hub_id_of(ctx.recipe.model), datasets=datasets,
@@ -231,6 +234,10 @@ def model_card(spec: dict, ctx, environment: dict) -> str:
         "## Stages applied\n", "\n".join(stages) + "\n",
         f"## {ctx.metric.capitalize()} ledger (eval split)\n", md_table(header, body) + "\n",
     ]
+    if ctx.selection:  # the select block chose the packaged model: the table that led to it
+        from compress.select.pareto import selection_markdown
+
+        parts += ["## Selection\n", selection_markdown(ctx.selection) + "\n"]
     if ctx.benchmark_markdown:  # the run's benchmark, when its recipe has a benchmark block
         parts += ["## Benchmark\n", ctx.benchmark_markdown.strip() + "\n"]
     ort_class = ort_class_name(ctx.task)

@@ -1,0 +1,39 @@
+"""Settings that validate but are known to make a slow artifact on the recipe's own target:
+one line each, naming the field, printed by `compress validate` and `compress run`.
+Light (no torch, no onnxruntime): validate imports it."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from compress.bench.targets import TARGETS
+
+if TYPE_CHECKING:
+    from compress.recipe import Recipe
+
+# Measured: an 8-class news set, 128-token texts, 2 threads on an AVX512-VNNI CPU; README
+# "Quantization" and benchmarks/results/quantization/s8s8_kernels.json give the kernel reason.
+S8S8_REASON = ("ONNX Runtime's x86 CPU kernels run U8S8 (uint8 activations, int8 weights) through VNNI, while "
+               "S8S8 Q/DQ falls back to slower paths: static INT8 with int8 activations ran slower than the fused "
+               "fp32 model it came from (23.3 vs 20.8 ms batch-1 p50, 8-class news, 128 tokens, 2 threads, "
+               "AVX512-VNNI)")
+
+
+def runs_on_cpu(recipe: Recipe, index: int) -> bool:
+    """Whether stage `index`'s ONNX model is meant for a CPU runtime: no later stage builds a
+    TensorRT engine from it, and a select block, if any, picks for a CPU target."""
+    if any(s.kind == "build_engine" for s in recipe.stages[index + 1:]):
+        return False
+    return recipe.select is None or TARGETS[recipe.select.target].device == "cpu"
+
+
+def recipe_warnings(recipe: Recipe) -> list[str]:
+    """The recipe's known-slow settings, one line each: 'FIELD: what and why'."""
+    lines = []
+    for i, stage in enumerate(recipe.stages):
+        if stage.kind == "ptq" and stage.mode == "static" and stage.activation_type == "int8" and runs_on_cpu(recipe, i):
+            default = "" if "activation_type" in stage.model_fields_set else " (the default)"
+            lines.append(f"stages[{i}].activation_type: int8{default} with mode: static makes S8S8 Q/DQ, slow on "
+                         f"this recipe's CPU target: {S8S8_REASON}; set activation_type: uint8 (int8 is for "
+                         "TensorRT)")
+    return lines
