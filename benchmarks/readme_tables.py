@@ -15,6 +15,8 @@ Kinds (paths relative to the repository root):
   speedups RESULTS MODEL   one model's p50 and speedups at every shape of a results.jsonl
   repeats DIR...    the same cell measured twice per run (a quickstart-repeat.yaml results.jsonl per DIR)
   repeats-of RESULTS   each cell's p50 in every repeat of one results.jsonl (repeats: N), and their spread
+  steadiness SUMMARY   benchmarks/steadiness/thread_modes.py's summary.json: p50 and spread per thread setting
+  cells RESULTS     every cell: threads, shape, median p50 with its repeats' range and spread, throughput, metric
 tests/test_readme_tables.py runs --check on every README the repository ships."""
 
 from __future__ import annotations
@@ -116,8 +118,41 @@ def repeats_of(results: str) -> str:
     return md_table(["model", "target", *(f"repeat {i + 1}" for i in range(n)), "median", "spread"], body) + "\n"
 
 
+def cells(results: str) -> str:
+    """Every measured cell of a results.jsonl: threads and batch, the median p50 of its
+    repeats with their range and spread, throughput, and the model's metric."""
+    from compress.bench.report import accuracy_by_cell, metric_of, read_rows
+    from compress.report import md_table
+
+    rows = read_rows(ROOT / results)
+    accuracy = accuracy_by_cell(rows)
+    body = []
+    for r in (r for r in rows if r.get("status") == "ok"):
+        p50s = (r.get("repeats") or {}).get("p50_ms") or [r["p50_ms"]]
+        acc = accuracy.get((r["model"], r["target"]))
+        body.append([r["model"], r["target"], str(r["threads"]), r["shape"], f"{r['p50_ms']:.2f} ms",
+                     f"{min(p50s):.2f}-{max(p50s):.2f}", f"{(max(p50s) - min(p50s)) / r['p50_ms']:.0%}",
+                     f"{r['throughput']:.1f}/s", f"{metric_of(acc)[1]:.4f}" if acc else "-"])
+    metric = next((metric_of(a)[0] for a in accuracy.values()), "accuracy")
+    return md_table(["model", "target", "threads", "shape", "p50 (median)", "repeats' p50 range", "spread",
+                     "throughput", metric], body) + "\n"
+
+
+def steadiness(summary: str) -> str:
+    """benchmarks/steadiness/thread_modes.py's summary.json: per thread setting, the median of
+    the processes' p50s and their spread, with the range of the processes."""
+    import json
+
+    from compress.report import md_table
+
+    settings = json.loads((ROOT / summary).read_text())["settings"]
+    body = [[name, f"{v['median_ms']:.2f} ms", f"{v['spread']:.1%}", f"{min(v['p50_ms']):.2f}-{max(v['p50_ms']):.2f} ms"]
+            for name, v in settings.items()]
+    return md_table(["setting", "median p50", "spread between processes", "processes' p50 range"], body) + "\n"
+
+
 KINDS = {"ledger": ledger, "tasks": tasks, "bench": bench, "speedups": speedups, "repeats": repeats,
-         "repeats-of": repeats_of}
+         "repeats-of": repeats_of, "cells": cells, "steadiness": steadiness}
 
 
 def render(command: str) -> str:
