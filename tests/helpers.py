@@ -101,3 +101,24 @@ def add_to_hub_cache(cache: Path, repo_id: str, model_dir: Path, commit: str | N
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(os.path.relpath(repo / "blobs" / blob, link.parent))
     return commit
+
+
+def toy_budget_problem():
+    """A sensitivity search in miniature: 4 labelled examples and three 'nodes' a, b, c whose
+    quantization flips 1, 3 and 0 predictions. Returns (logits_with, reference, score, harm: editable) for
+    compress.stages.ptq.budget.fit_accuracy_budget."""
+    import numpy as np
+
+    from compress.stages.ptq.budget import task_score
+    from compress.tasks import get_task
+
+    labels = np.array([0, 1, 0, 1])
+    score = task_score(get_task("text-classification"), [{}] * 4, list(labels))
+    reference = list(np.eye(2)[labels])
+    harm = {"a": 1, "b": 3, "c": 0}  # predictions each quantized node flips
+
+    def logits_with(exclude, only):
+        flips = sum(h for n, h in harm.items() if n not in exclude and (only is None or n in only))
+        return [row[::-1] if i < flips else row for i, row in enumerate(reference)]
+
+    return logits_with, reference, score, harm

@@ -170,17 +170,10 @@ def test_bench_bar_advances_per_cell_run_naming_the_cell(advances, tmp_path, mon
 
 
 def test_sensitivity_search_advances_per_layer_then_per_attempt(advances):
-    from compress.stages.ptq.budget import fit_accuracy_budget, task_score
-    from compress.tasks import get_task
+    from compress.stages.ptq.budget import fit_accuracy_budget
+    from tests.helpers import toy_budget_problem
 
-    labels = np.array([0, 1, 0, 1])
-    score = task_score(get_task("text-classification"), [{}] * 4, list(labels))
-    reference = list(np.eye(2)[labels])
-    harm = {"a": 1, "b": 3, "c": 0}  # predictions each quantized node flips
-
-    def logits_with(exclude, only):
-        flips = sum(h for n, h in harm.items() if n not in exclude and (only is None or n in only))
-        return [row[::-1] if i < flips else row for i, row in enumerate(reference)]
+    logits_with, reference, score, _ = toy_budget_problem()
 
     result = fit_accuracy_budget(logits_with, reference, score, ["a", "b", "c"], [], max_drop=0.25)
     assert result.excluded == ["b"]
