@@ -22,10 +22,16 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from compress.data_formats import conll_rows, squad_rows
-from compress.data_sources import TABLE_FORMATS, Table, is_saved_dataset, read_table
+from compress.data_sources import (
+    TABLE_FORMATS,
+    Table,
+    is_saved_dataset,
+    open_table,
+    read_table,
+)
 from compress.errors import CompressError, DataError
 from compress.files import file_sha256
-from compress.locations import DATA_FILE_SUFFIXES, builtin_name, check_location
+from compress.locations import builtin_name, check_location, names_hub_dataset
 
 if TYPE_CHECKING:
     import numpy as np
@@ -174,20 +180,11 @@ def _file_format(path: str, fmt: str | None) -> str:
                     "squad, parquet or arrow")
 
 
-def is_hub_dataset(source: str) -> bool:
-    """A source a recipe kept as written (compress.locations.resolve_data_location): not a
-    built-in name, no file or directory of that name, shaped like a Hub id."""
-    from compress.hub import looks_like_hub_id
-
-    return (builtin_name(source) is None and looks_like_hub_id(source) and not Path(source).exists()
-            and not source.lower().endswith(DATA_FILE_SUFFIXES))
-
-
 def _source_kind(source: str, fmt: str | None) -> str:
     """builtin, hub, saved (a save_to_disk directory), table (parquet/arrow) or text."""
     if builtin_name(source) is not None:
         return "builtin"
-    if is_hub_dataset(source):
+    if names_hub_dataset(source):
         return "hub"
     path = Path(source)
     if path.is_dir():
@@ -200,15 +197,20 @@ def _source_kind(source: str, fmt: str | None) -> str:
     return "table" if _file_format(source, fmt) in TABLE_FORMATS else "text"
 
 
-def _read_source_table(source: str, spec: DataSpec, fld: str) -> Table:
-    """A parquet/arrow file, a saved directory or a Hub dataset, at the split `fld` names."""
+def _table_arguments(source: str, spec: DataSpec, fld: str) -> tuple:
+    """open_table/read_table's arguments for a parquet/arrow file, a saved directory or a Hub
+    dataset, at the split `fld` names."""
     kind = _source_kind(source, spec.format)
     split = spec.train_split if fld == "train" else (spec.eval_split or spec.train_split)
     split_field = "train_split" if fld == "train" else "eval_split"
     if kind == "table" and split_field in spec.model_fields_set and getattr(spec, split_field) is not None:
         raise DataError(f"{split_field}: {source} is one file: it has no splits to choose from")
-    return read_table(source, split, _file_format(source, spec.format) if kind == "table" else None,
-                      spec.config, spec.revision, is_hub=kind == "hub")
+    return (source, split, _file_format(source, spec.format) if kind == "table" else None, spec.config,
+            spec.revision, kind == "hub")
+
+
+def _read_source_table(source: str, spec: DataSpec, fld: str) -> Table:
+    return read_table(*_table_arguments(source, spec, fld))
 
 
 # Formats whose rows have fixed column names: the spec's column fields do not apply to them.
@@ -308,10 +310,9 @@ def check_data_spec(spec: DataSpec, task_name: str = "text-classification") -> N
             if _source_kind(source, spec.format) == "text":
                 fmt = _file_format(source, spec.format)
                 columns, where = read_columns(Path(source), fmt), source
-            else:  # read once here; `datasets` keeps what it prepared in its cache for the run
-                table = _read_source_table(source, spec, fld)
-                fmt, where = None, table.origin
-                columns = sorted({k for _, row in table.rows[:100] for k in row})
+            else:  # opened, not read: `datasets` keeps what it prepared in its cache for the run
+                ds, where, _ = open_table(*_table_arguments(source, spec, fld))
+                fmt, columns = None, sorted(ds.column_names)
         except CompressError as e:  # a DataError, or a Hub dataset that cannot be had
             raise DataError(f"{fld}: {e}") from None
         if fmt in FIXED_COLUMNS:

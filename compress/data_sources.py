@@ -38,10 +38,10 @@ def _datasets():
     return datasets
 
 
-def read_table(source: str, split: str, fmt: str | None, config: str | None, revision: str | None,
-               is_hub: bool) -> Table:
-    """The rows of `split` of a saved directory or Hub dataset, or of a parquet/arrow file (one
-    split: `split` does not apply)."""
+def open_table(source: str, split: str, fmt: str | None, config: str | None, revision: str | None,
+               is_hub: bool):
+    """(Dataset, origin, pin) of `split` of a saved directory or Hub dataset, or of a
+    parquet/arrow file (one split: `split` does not apply). Memory-mapped: no rows read yet."""
     datasets = _datasets()
     pin: dict = {}
     if is_hub:
@@ -67,6 +67,13 @@ def read_table(source: str, split: str, fmt: str | None, config: str | None, rev
             pin = {"fingerprint": ds._fingerprint}  # datasets' content hash, kept in state.json
         else:
             ds, origin = _read_file(datasets, path, fmt), RowOrigin(str(path))
+    return ds, origin, pin
+
+
+def read_table(source: str, split: str, fmt: str | None, config: str | None, revision: str | None,
+               is_hub: bool) -> Table:
+    """The rows of open_table's split, ClassLabel values as their names."""
+    ds, origin, pin = open_table(source, split, fmt, config, revision, is_hub)
     names = {col: n for col, feature in ds.features.items() if (n := _class_names(feature))}
     rows = [(i, _with_names(row, names)) for i, row in enumerate(ds, start=1)]
     return Table(rows, names, origin, pin)

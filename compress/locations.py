@@ -47,9 +47,15 @@ DATA_FILE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".conll", ".parquet", "
 def resolve_data_location(value: str | None, base: Path, where: str, error: type[CompressError]) -> str | None:
     """A data source: a 'builtin:' name or a Hub dataset id ('owner/name', no data-file suffix,
     nothing of that name under `base`) as it is; otherwise a path made absolute against `base`."""
-    if value is not None and not value.lower().endswith(DATA_FILE_SUFFIXES) and _is_hub_id_here(value, base):
+    if value is not None and names_hub_dataset(value, base):
         return value
     return resolve_location(value, base, where, error)
+
+
+def names_hub_dataset(value: str, base: Path = Path()) -> bool:
+    """A data source that is a Hub dataset id: shaped like one, no data-file suffix, nothing of
+    that name under `base` (a recipe's sources are absolute paths by the time they are read)."""
+    return not value.lower().endswith(DATA_FILE_SUFFIXES) and _is_hub_id_here(value, base)
 
 
 def _is_hub_id_here(value: str, base: Path) -> bool:
