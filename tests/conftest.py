@@ -167,3 +167,42 @@ def hub_cache(tmp_path, monkeypatch) -> Path:
     hub.forget_resolved()
     yield cache
     hub.forget_resolved()
+
+
+def make_paragraphs(n: int, seed: int = 0) -> list[str]:
+    """Plain English-like text for language-model tests (the sentences above, joined in fours)."""
+    sentences = [text for text, _ in make_sentences(4 * n, seed)]
+    return [". ".join(sentences[i : i + 4]) + "." for i in range(0, 4 * n, 4)]
+
+
+def _tiny_llama(path: Path) -> Path:
+    """A randomly initialised 2-layer LlamaForCausalLM with grouped-query attention (4 query
+    heads, 2 key/value heads) and a byte-level BPE tokenizer trained here on the test text:
+    no download, a few seconds."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<s>", "</s>"]
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(make_paragraphs(200), trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    fast.save_pretrained(path)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id,
+                         tie_word_embeddings=False)
+    LlamaForCausalLM(config).save_pretrained(path)
+    GenerationConfig(bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory) -> Path:
+    """A randomly initialised 2-layer llama causal LM (GQA 4/2 heads) with its own small tokenizer."""
+    return _tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
