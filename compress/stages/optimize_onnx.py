@@ -32,6 +32,10 @@ class OptimizeONNXStage(StageConfig, QuantizedParity):
         "quantized one, where fusion moves float work between rounding points, parity_steps quantization steps "
         "read from the graph, with min_agreement)."))
     parity_samples: int = Field(128, ge=1)
+    fuse_attention: bool = Field(True, description=(
+        "Fuse self-attention into ORT's Attention op (fastest at batch 1, float inside). false keeps it as "
+        "MatMul/Softmax, so a later ptq with activation_matmuls: true runs attention in INT8 too (faster at "
+        "large batches on CPU); the other fusions (SkipLayerNorm, BiasGelu, EmbedLayerNorm) apply either way."))
 
     accepts = (ONNXModel,)
     produces = ONNXModel
@@ -40,7 +44,8 @@ class OptimizeONNXStage(StageConfig, QuantizedParity):
         from compress.parity import check_parity
 
         criterion = self.criterion_for(model.onnx_path, self.atol, FLOAT_ATOL, "optimize_onnx atol")
-        optimized, fusions, rules = optimize_onnx(model, ctx.artifact_dir, opt_level=self.opt_level)
+        optimized, fusions, rules = optimize_onnx(model, ctx.artifact_dir, opt_level=self.opt_level,
+                                                  fuse_attention=self.fuse_attention)
         ctx.record(fused_ops=fusions, fusion_rules=rules)
         ctx.record(parity=check_parity(model, optimized, ctx, samples=self.parity_samples, **criterion))
         return optimized
@@ -66,7 +71,8 @@ def fusion_family(model_type: str | None, config_path: Path) -> tuple[str, str]:
                      "stage (export_onnx's graph runs as it is)")
 
 
-def optimize_onnx(model: ONNXModel, out_dir: Path, opt_level: int) -> tuple[ONNXModel, dict[str, int], dict]:
+def optimize_onnx(model: ONNXModel, out_dir: Path, opt_level: int,
+                  fuse_attention: bool = True) -> tuple[ONNXModel, dict[str, int], dict]:
     """The fused model, the fused operator counts, and which rules were used."""
     from onnxruntime.transformers.optimizer import optimize_model
 
@@ -79,6 +85,7 @@ def optimize_onnx(model: ONNXModel, out_dir: Path, opt_level: int) -> tuple[ONNX
     options = FusionOptions(family)
     # DQ(int8 weight) → MatMul would become QOrderedMatMul, a CUDA-only op that CPU sessions reject.
     options.enable_qordered_matmul = False
+    options.enable_attention = fuse_attention
     out_dir.mkdir(parents=True, exist_ok=True)
     result = ONNXModel(out_dir)
     # ORT's optimizer reports no progress through its passes: a spinner says the step is alive

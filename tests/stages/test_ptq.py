@@ -146,3 +146,23 @@ def test_budget_search_order_and_clear_failure():
 ])
 def test_bad_ptq_configs_name_the_field(recipe_dir, fields, message):
     assert message in recipe_error(recipe_dir, tiny_recipe_text(stages=f"\n  - kind: export_onnx\n  - kind: ptq\n    {fields}\n"))
+
+
+def _activation_int8_matmuls(onnx_path) -> int:
+    """MatMulInteger nodes whose B is computed at run time (attention's products), not a weight."""
+    graph = onnx.load(str(onnx_path)).graph
+    weights = {init.name for init in graph.initializer}
+    return sum(1 for n in graph.node if n.op_type == "MatMulInteger" and n.input[1] not in weights)
+
+
+def test_activation_matmuls_quantize_attention_of_an_unfused_graph(tmp_path, tiny_classifier_dir):
+    stages = ("\n  - kind: export_onnx\n  - kind: optimize_onnx\n    fuse_attention: false\n"
+              "  - kind: ptq\n    activation_matmuls: {flag}\n")
+    with_flag = run_tiny(tmp_path / "on", tiny_classifier_dir, stages.format(flag="true"))
+    without = run_tiny(tmp_path / "off", tiny_classifier_dir, stages.format(flag="false"))
+    fused = stage_json(with_flag, "02-optimize_onnx")["fused_ops"]
+    assert "Attention" not in fused and fused.get("SkipLayerNormalization", 0) >= 2  # the other fusions stay
+    assert _activation_int8_matmuls(with_flag / "03-ptq" / "model.onnx") == 2 * 2  # QK^T and PV, 2 layers
+    assert _activation_int8_matmuls(without / "03-ptq" / "model.onnx") == 0  # ORT's default: weights only
+    on, off = stage_json(with_flag, "03-ptq"), stage_json(without, "03-ptq")
+    assert on["int8_coverage"]["int8_matmul_nodes"] == off["int8_coverage"]["int8_matmul_nodes"] + 4

@@ -52,8 +52,12 @@ def quantize_dynamic_int8(model: ONNXModel, out_dir: Path, stage: PTQStage, node
         weight_type=QuantType.QInt8,
         nodes_to_quantize=nodes_to_quantize,
         nodes_to_exclude=nodes_to_exclude or None,
-        # Fused graphs carry contrib ops whose output types the quantizer cannot infer.
-        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        extra_options={
+            # Fused graphs carry contrib ops whose output types the quantizer cannot infer.
+            "DefaultTensorType": onnx.TensorProto.FLOAT,
+            # quantize_dynamic's own default (True) leaves activation x activation MatMuls in float
+            "MatMulConstBOnly": not stage.activation_matmuls,
+        },
     )
     copy_sidecar_files(model.path, out_dir)
     return result
@@ -174,6 +178,7 @@ class StaticQuantizer:
                     "QuantizeBias": False,
                     "CalibPercentile": stage.percentile or 99.999,
                     "DefaultTensorType": 1,  # onnx.TensorProto.FLOAT, for contrib ops without type info
+                    "MatMulConstBOnly": not stage.activation_matmuls,
                 },
             )
         copy_sidecar_files(self.model.path, out_dir)
