@@ -319,3 +319,80 @@ stages:
     assert ppl["03-optimize_onnx"] == pytest.approx(ppl["02-export_onnx"], rel=1e-4)
     assert abs(ppl["04-ptq"] / ppl["03-optimize_onnx"] - 1) <= 0.05, ppl
     assert records["02-export_onnx"]["parity"]["next_token_agreement"] == 1.0
+
+
+def _write_gguf(model_dir: Path, path: Path) -> None:
+    """The tiny llama as a float32 GGUF file, laid out as llama.cpp's converter writes it
+    (q/k rows permuted for its rotary layout; a 'gpt2' byte-level BPE tokenizer)."""
+    import gguf
+    from safetensors.numpy import load_file
+
+    cfg = json.loads((model_dir / "config.json").read_text())
+    tok = json.loads((model_dir / "tokenizer.json").read_text())
+    heads, kv_heads = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+
+    def permute(w: np.ndarray, n_head: int) -> np.ndarray:
+        return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+    names = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+             "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+             "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_context_length(cfg["max_position_embeddings"])
+    writer.add_embedding_length(cfg["hidden_size"])
+    writer.add_block_count(cfg["num_hidden_layers"])
+    writer.add_feed_forward_length(cfg["intermediate_size"])
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    writer.add_rope_freq_base(cfg.get("rope_theta", 10000.0))
+    writer.add_rope_dimension_count(cfg["hidden_size"] // heads)
+    vocab = sorted(tok["model"]["vocab"].items(), key=lambda kv: kv[1])
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list([t for t, _ in vocab])
+    writer.add_token_types([3 if t.startswith("<") and t.endswith(">") else 1 for t, _ in vocab])
+    writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]])
+    writer.add_bos_token_id(cfg["bos_token_id"])
+    writer.add_eos_token_id(cfg["eos_token_id"])
+    writer.add_add_bos_token(False)
+    for key, w in load_file(str(model_dir / "model.safetensors")).items():
+        if key == "model.embed_tokens.weight":
+            name = "token_embd.weight"
+        elif key == "model.norm.weight":
+            name = "output_norm.weight"
+        elif key == "lm_head.weight":
+            name = "output.weight"
+        else:
+            _, _, i, module, proj, _ = key.split(".") if key.count(".") == 5 else [*key.split(".")[:4], "", ""]
+            part = f"{module}.{proj}".rstrip(".")
+            name = f"blk.{i}.{names[part]}.weight"
+            if part == "self_attn.q_proj":
+                w = permute(w, heads)
+            elif part == "self_attn.k_proj":
+                w = permute(w, kv_heads)
+        writer.add_tensor(name, np.ascontiguousarray(w, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def test_a_real_gguf_file_dequantizes_to_the_same_model(tiny_llama_dir, tmp_path):
+    """A GGUF written from the tiny llama comes back through the cache as the same model (same
+    logits) with the file's special tokens (eos, no bos added), not transformers' guesses."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from compress.models import dequantized_gguf, load_tokenizer
+
+    _write_gguf(tiny_llama_dir, tmp_path / "tiny.gguf")
+    cached = dequantized_gguf(tmp_path / "tiny.gguf", tmp_path / "cache" / "tiny")
+    ids = torch.tensor([[5, 40, 77, 120, 9, 250]])
+    with torch.no_grad():
+        want = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)(ids).logits
+        got = AutoModelForCausalLM.from_pretrained(cached)(ids).logits
+    assert torch.allclose(want, got, atol=1e-5)
+    tok, original = load_tokenizer(cached), load_tokenizer(tiny_llama_dir)
+    assert tok.eos_token == original.eos_token == "</s>"
+    text = "the film was fine"
+    assert tok(text)["input_ids"] == original(text, add_special_tokens=False)["input_ids"]
