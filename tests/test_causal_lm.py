@@ -306,6 +306,7 @@ stages:
   - kind: optimize_onnx
   - kind: ptq
     mode: dynamic
+    nodes_to_exclude: ["*/mlp/down_proj/*"]
 """)
     run = run_recipe(load_recipe(tmp_path / "recipe.yaml"), tmp_path / "runs").run_dir
     names = ["01-finetune", "02-export_onnx", "03-optimize_onnx", "04-ptq"]
@@ -319,6 +320,17 @@ stages:
     assert ppl["03-optimize_onnx"] == pytest.approx(ppl["02-export_onnx"], rel=1e-4)
     assert abs(ppl["04-ptq"] / ppl["03-optimize_onnx"] - 1) <= 0.05, ppl
     assert records["02-export_onnx"]["parity"]["next_token_agreement"] == 1.0
+    assert records["04-ptq"]["nodes_excluded"] == [f"/model/layers.{i}/mlp/down_proj/MatMul" for i in (0, 1)]
+    assert records["04-ptq"]["int8_coverage"]["int8_matmul_nodes"] > 0
+
+
+def test_a_node_pattern_that_matches_nothing_is_refused(tiny_export):
+    from compress.errors import StageError
+    from compress.stages.ptq import excluded_nodes
+
+    assert excluded_nodes(tiny_export.onnx_path, ["/lm_head/MatMul"]) == ["/lm_head/MatMul"]
+    with pytest.raises(StageError, match=r"'\*/no_such/\*' matches no node"):
+        excluded_nodes(tiny_export.onnx_path, ["*/no_such/*"])
 
 
 def _write_gguf(model_dir: Path, path: Path) -> None:
