@@ -39,6 +39,7 @@ class TextDocuments:
 
     labels = None
     pairs = None
+    windowed = True  # a document longer than max_length spans blocks: nothing is cut off
 
     def __len__(self) -> int:
         return len(self.texts)
