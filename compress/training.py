@@ -135,10 +135,11 @@ def train_loop(
     on_step: Callable[[Any, int, int], None] | None = None,
 ) -> TrainResult:
     """Train `model` on `examples` by `schedule` (a TrainingSchedule). eval_fn(model) returns
-    metrics whose `eval_fn.metric` drives keep-best (higher is better unless eval_fn.is_better says otherwise). on_step(model, step, total)
-    runs after each optimizer step (e.g. gradual pruning masks). loss_fn must call `model(...)`
-    itself (not a sub-module), so DistributedDataParallel syncs every gradient: a stage with
-    extra trainable parts (distillation projections) wraps them into one module. Checkpoints every
+    metrics whose `eval_fn.metric` drives keep-best (higher is better, unless eval_fn.is_better
+    says otherwise: perplexity). on_step(model, step, total) runs after each optimizer step (e.g.
+    gradual pruning masks). loss_fn must call `model(...)` itself (not a sub-module), so
+    DistributedDataParallel syncs every gradient: a stage with extra trainable parts
+    (distillation projections) wraps them into one module. Checkpoints every
     schedule.checkpoint_every steps go to checkpoint_dir and are resumed when their
     resume_key matches."""
     import torch

@@ -301,6 +301,8 @@ stages:
     epochs: 3
     batch_size: 8
     learning_rate: 3.0e-3
+    eval_every: 3
+    keep_best: true
   - kind: export_onnx
     parity_samples: 8
   - kind: optimize_onnx
@@ -316,6 +318,9 @@ stages:
     ppl = {n: r["perplexity"] for n, r in records.items()}
     assert all(r["latency"]["batch_size"] == 1 for r in records.values())
     assert ppl["01-finetune"] < 0.5 * base, (base, ppl)  # it learned the text
+    training = records["01-finetune"]["training"]
+    best = min(training["evaluations"], key=lambda e: e["perplexity"])
+    assert training["best_step"] == best["step"]  # keep_best kept the lowest perplexity
     assert ppl["02-export_onnx"] == pytest.approx(ppl["01-finetune"], rel=1e-4)
     assert ppl["03-optimize_onnx"] == pytest.approx(ppl["02-export_onnx"], rel=1e-4)
     assert abs(ppl["04-ptq"] / ppl["03-optimize_onnx"] - 1) <= 0.05, ppl
