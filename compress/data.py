@@ -44,8 +44,9 @@ class DataSpec(BaseModel):  # a recipe's (or a bench spec's) `data:` block
                        "save_to_disk directory (relative to the recipe file); or a Hub dataset id ('owner/name').")
     eval: str | None = Field(None, description="Separate eval source; if absent, eval is eval_split of train's "
                              "source, or split off train.")
-    format: Literal["csv", "tsv", "jsonl", "conll", "squad", "parquet", "arrow"] | None = Field(
-        None, description="Default: from the file suffix (.conll: token<TAB>tag lines; squad: SQuAD v1.1 JSON).")
+    format: Literal["csv", "tsv", "jsonl", "conll", "squad", "parquet", "arrow", "txt"] | None = Field(
+        None, description="Default: from the file suffix (.conll: token<TAB>tag lines; squad: SQuAD v1.1 JSON; "
+        ".txt: plain text, one document per blank-line-separated paragraph, for causal-lm).")
     config: str | None = Field(None, description="Hub dataset: its configuration (subset), e.g. 'sst2' of 'glue'.")
     revision: str | None = Field(None, description="Hub dataset: a branch, tag or commit (default main); the run "
                                  "records the commit it resolved to.")
@@ -155,11 +156,15 @@ class BuiltinDataset:
     load: Callable[[], tuple[list[dict], str]]  # rows in the task's default columns, and their file
     task: str
     labels: list[str] | None = None  # label names in id order (None: found in train)
+    also: tuple[str, ...] = ()  # other tasks its rows serve (causal-lm reads the text column as documents)
+
+    def serves(self, task: str) -> bool:
+        return task == self.task or task in self.also
 
 
 BUILTIN_DATASETS = {
-    # Pang & Lee sentence polarity (12,808 review snippets)
-    "rotten-tomatoes": BuiltinDataset(_rotten_tomatoes, "text-classification", ["rotten", "fresh"]),
+    # Pang & Lee sentence polarity (12,808 review snippets); its snippets are documents for causal-lm
+    "rotten-tomatoes": BuiltinDataset(_rotten_tomatoes, "text-classification", ["rotten", "fresh"], ("causal-lm",)),
     # WNUT-16 NER training tweets (2,394 sentences, 10 entity types, BIO): split it with a seed
     "wnut16": BuiltinDataset(_wnut16, "token-classification"),
 }
@@ -172,12 +177,12 @@ def _file_format(path: str, fmt: str | None) -> str:
     if fmt:
         return fmt
     suffix = Path(path).suffix.lower().lstrip(".")
-    if suffix in ("csv", "tsv", "jsonl", "conll", "parquet", "arrow"):
+    if suffix in ("csv", "tsv", "jsonl", "conll", "parquet", "arrow", "txt"):
         return suffix
     if suffix == "json":
         return "jsonl"
     raise DataError(f"cannot tell the format of {path} from its suffix: set data.format to csv, tsv, jsonl, conll, "
-                    "squad, parquet or arrow")
+                    "squad, parquet, arrow or txt")
 
 
 def _source_kind(source: str, fmt: str | None) -> str:
@@ -217,6 +222,7 @@ def _read_source_table(source: str, spec: DataSpec, fld: str) -> Table:
 FIXED_COLUMNS = {
     "conll": {"tokens_column": "tokens", "tags_column": "tags"},
     "squad": {"question_column": "question", "context_column": "context", "answers_column": "answers"},
+    "txt": {"text_column": "text"},
 }
 
 
@@ -241,6 +247,8 @@ def read_rows(path: Path, fmt: str) -> list[tuple[int, dict]]:
         return conll_rows(path, text)
     if fmt == "squad":
         return squad_rows(path)
+    if fmt == "txt":
+        return paragraph_rows(text)
     if fmt == "jsonl":
         rows = []
         for n, line in enumerate(text.splitlines(), start=1):
@@ -261,6 +269,20 @@ def read_rows(path: Path, fmt: str) -> list[tuple[int, dict]]:
         if None in row:
             raise DataError(f"{path}: line {reader.line_num}: more fields than the header has")
         rows.append((reader.line_num, row))
+    return rows
+
+
+def paragraph_rows(text: str) -> list[tuple[int, dict]]:
+    """A plain text file as documents: one per paragraph (lines up to a blank line, joined
+    with newlines), numbered by the paragraph's first line."""
+    rows, lines, first = [], [], 0
+    for n, line in enumerate([*text.splitlines(), ""], start=1):
+        if line.strip():
+            first = first or n
+            lines.append(line)
+        elif lines:
+            rows.append((first, {"text": "\n".join(lines)}))
+            lines, first = [], 0
     return rows
 
 
@@ -302,7 +324,7 @@ def check_data_spec(spec: DataSpec, task_name: str = "text-classification") -> N
         if (name := builtin_name(source)) is not None:
             if name not in BUILTIN_DATASETS:
                 raise DataError(f"{fld}: unknown built-in dataset {name!r} (known: {', '.join(BUILTIN_DATASETS)})")
-            if BUILTIN_DATASETS[name].task != task.name:
+            if not BUILTIN_DATASETS[name].serves(task.name):
                 raise DataError(f"{fld}: built-in dataset {name!r} is {BUILTIN_DATASETS[name].task} data, not "
                                 f"{task.name} data")
             continue
@@ -331,7 +353,7 @@ def _load_source(source: str, spec: DataSpec, task, fld: str = "train") -> tuple
         builtin = BUILTIN_DATASETS[name]
         rows, origin = builtin.load()
         numbered = [(row.get("word_lines", [n])[0], row) for n, row in enumerate(rows, start=2)]
-        names = builtin.labels
+        names = builtin.labels if task.labelled else None
         spec = spec.model_copy(update={"text_column": "text", "label_column": "label", "text_pair_column": None,
                                        **FIXED_COLUMNS["conll"]})
     elif _source_kind(source, spec.format) != "text":

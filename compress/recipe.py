@@ -30,7 +30,8 @@ from compress.stages import STAGE_CLASSES, STAGE_KINDS, Stage
 from compress.tasks import get_task, task_names
 from compress.yaml_input import describe_validation_error, read_yaml_file
 
-FORMAT_TASKS = {"conll": "token-classification", "squad": "question-answering"}  # formats only one task reads
+FORMAT_TASKS = {"conll": "token-classification", "squad": "question-answering",  # formats only one task reads
+                "txt": "causal-lm"}
 
 
 class Recipe(BaseModel):
@@ -71,7 +72,25 @@ class Recipe(BaseModel):
         names = get_task(self.task).metric_names
         if self.metric is not None and self.metric not in names:
             raise ValueError(f"metric {self.metric!r} is not a {self.task} metric (choose from {', '.join(names)})")
+        self._budgets_fit_the_metric()
         return self
+
+    def _budgets_fit_the_metric(self) -> None:
+        """The budgets (max_metric_drop) and select measure a drop in points of a higher-is-better
+        metric: a lower-is-better one (perplexity) is refused by name rather than misread."""
+        from compress.tasks import is_lower_better
+
+        metric = self.metric or get_task(self.task).primary_metric
+        if not is_lower_better(get_task(self.task), metric):
+            return
+        for i, stage in enumerate(self.stages):
+            if getattr(stage, "max_metric_drop", None) is not None:
+                raise ValueError(f"stages[{i}] ({stage.kind}).max_metric_drop: budgets take a higher-is-better "
+                                 f"metric, and {metric} is lower-is-better (set metric: to one of "
+                                 f"{', '.join(m for m in get_task(self.task).metric_names if m != metric)})")
+        if self.select is not None:
+            raise ValueError(f"select: it compares drops of a higher-is-better metric, and {metric} is "
+                             "lower-is-better")
 
     @model_validator(mode="after")
     def _data_fits_the_task(self):

@@ -37,17 +37,27 @@ def _metric_of(run_dir: Path) -> tuple[Manifest, str]:
     return manifest, manifest.metric or get_task(manifest.task).primary_metric
 
 
+def _relative(manifest: Manifest, metric: str) -> bool:
+    """A lower-is-better metric (perplexity) changes by percent, not by points."""
+    from compress.tasks import get_task, is_lower_better
+
+    return is_lower_better(get_task(manifest.task), metric)
+
+
 def _fmt_size(n: int | None) -> str:
     return "-" if n is None else f"{n / 1e6:.1f} MB"
 
 
-def summary_table(rows: list[dict], metric: str = "accuracy") -> tuple[list[str], list[list[str]]]:
+def summary_table(rows: list[dict], metric: str = "accuracy", relative: bool = False
+                  ) -> tuple[list[str], list[list[str]]]:
     """The ledger as a table of strings: the task's metric (and its change in points against
     the first measured row), size, parameters and batch-1 latency with the speedup; and, when
     the stages recorded it (runs before it did not), the latency change against each stage's
-    own input, marked SLOWER beyond the margin (compress.latency_vs_input)."""
+    own input, marked SLOWER beyond the margin (compress.latency_vs_input). relative: the change
+    in percent of the first row's value instead (perplexity is no share of 100 points)."""
     short = "acc" if metric == "accuracy" else metric
-    header = ["stage", "artifact", metric, f"Δ {short} (pts)", "size", "params", "p50 ms (b1)", "speedup"]
+    header = ["stage", "artifact", metric, f"Δ {short} ({'%' if relative else 'pts'})", "size", "params",
+              "p50 ms (b1)", "speedup"]
     vs_input = any(r.get("latency_vs_input") for r in rows)
     base_acc = next((r[metric] for r in rows if metric in r), None)
     base_lat = next((r["latency"]["p50_ms"] for r in rows if r.get("latency")), None)
@@ -61,7 +71,7 @@ def summary_table(rows: list[dict], metric: str = "accuracy") -> tuple[list[str]
             r["stage"],
             r["artifact"],
             f"{r[metric]:.4f}",
-            f"{(r[metric] - base_acc) * 100:+.2f}",
+            f"{((r[metric] / base_acc - 1) if relative else (r[metric] - base_acc)) * 100:+.2f}",
             _fmt_size(r.get("size_bytes")),
             f"{r['parameters'] / 1e6:.1f}M" if r.get("parameters") else "-",
             f"{lat:.2f}" if lat is not None else "-",
@@ -80,7 +90,7 @@ def ledger_warnings(rows: list[dict]) -> list[str]:
 def markdown_summary(run_dir: Path) -> str:
     manifest, metric = _metric_of(run_dir)
     rows = ledger_rows(manifest, run_dir)
-    header, body = summary_table(rows, metric)
+    header, body = summary_table(rows, metric, _relative(manifest, metric))
     threads = next((r["latency"]["threads"] for r in rows if r.get("latency")), None)
     note = f"\n\n{metric.capitalize()} on the eval split; latency: batch 1, real eval lengths, {threads} threads, speedup vs the first row."
     if "p50 vs input" in header:
@@ -95,7 +105,7 @@ def print_summary(run_dir: Path, console) -> None:
 
     manifest, metric = _metric_of(run_dir)
     rows = ledger_rows(manifest, run_dir)
-    header, body = summary_table(rows, metric)
+    header, body = summary_table(rows, metric, _relative(manifest, metric))
     table = Table(title=f"{run_dir.name}: {metric} ledger", title_justify="left")
     for i, h in enumerate(header):
         table.add_column(h, justify="left" if i < 2 else "right")

@@ -4,6 +4,7 @@ metrics and latency are measured the same way on every artifact."""
 
 from __future__ import annotations
 
+import inspect
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -37,9 +38,13 @@ class TorchSession:
 
         torch.set_num_threads(threads)
         self.model = load_model(model.path)
+        if getattr(self.model.config, "use_cache", False):  # a decoder: logits only, no key/value cache back
+            self.model.config.use_cache = False
         tokenizer = load_tokenizer(model.path)
         self.pad_id = tokenizer.pad_token_id or 0
-        self.input_names = list(tokenizer.model_input_names)
+        # what the tokenizer makes and the model takes (a llama has no token_type_ids)
+        takes = inspect.signature(self.model.forward).parameters
+        self.input_names = [n for n in tokenizer.model_input_names if n in takes]
 
     def run(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         import torch
@@ -64,11 +69,41 @@ class ORTSession:
         wanted, enabled = (providers or ["CPUExecutionProvider"])[0], self.session.get_providers()
         if wanted not in enabled:
             raise CompressError(f"ONNX Runtime did not enable {wanted} for {model.onnx_path} (it fell back to {', '.join(enabled)})")
-        self.input_names = [i.name for i in self.session.get_inputs()]
+        graph_inputs = self.session.get_inputs()
+        # A decoder exported with past key/values (optimum's text-generation-with-past): the
+        # session fills position_ids and empty past tensors itself, so a batch is only the
+        # tokenizer's inputs, and it returns the logits, not the present key/values.
+        self._past = {i.name: _empty_past_spec(i, model) for i in graph_inputs if i.name.startswith(PAST_PREFIX)}
+        self._positions = any(i.name == "position_ids" for i in graph_inputs)
+        self.input_names = [i.name for i in graph_inputs if i.name not in self._past and i.name != "position_ids"]
+        self.output_names = [o.name for o in self.session.get_outputs() if not o.name.startswith(PRESENT_PREFIX)]
         self.pad_id = _pad_id(model.path)
 
     def run(self, batch: dict[str, np.ndarray]) -> np.ndarray:
-        return combine_outputs(self.session.run(None, {k: batch[k] for k in self.input_names}))
+        feeds = {k: batch[k] for k in self.input_names}
+        if self._positions:  # counted over the attention mask: right or left padding alike
+            feeds["position_ids"] = np.maximum(np.cumsum(batch["attention_mask"], axis=1) - 1, 0).astype(np.int64)
+        rows = len(batch["input_ids"])
+        for name, (heads, head_dim, dtype) in self._past.items():
+            feeds[name] = np.zeros((rows, heads, 0, head_dim), dtype=dtype)
+        return combine_outputs(self.session.run(self.output_names, feeds))
+
+
+PAST_PREFIX, PRESENT_PREFIX = "past_key_values.", "present."
+ONNX_FLOAT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
+
+
+def _empty_past_spec(graph_input, model: ONNXModel) -> tuple[int, int, type]:
+    """(key/value heads, head size, dtype) of a past input [batch, heads, past, head_dim]: from
+    the graph, or config.json where a graph rewrite left the sizes symbolic."""
+    import json
+
+    _, heads, _, head_dim = graph_input.shape
+    if not isinstance(heads, int) or not isinstance(head_dim, int):
+        cfg = json.loads((model.path / "config.json").read_text(encoding="utf-8"))
+        heads = cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
+        head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    return heads, head_dim, ONNX_FLOAT_TYPES.get(graph_input.type, np.float32)
 
 
 class TRTSession:

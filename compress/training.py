@@ -135,10 +135,11 @@ def train_loop(
     on_step: Callable[[Any, int, int], None] | None = None,
 ) -> TrainResult:
     """Train `model` on `examples` by `schedule` (a TrainingSchedule). eval_fn(model) returns
-    metrics whose `eval_fn.metric` (higher is better) drives keep-best. on_step(model, step, total)
-    runs after each optimizer step (e.g. gradual pruning masks). loss_fn must call `model(...)`
-    itself (not a sub-module), so DistributedDataParallel syncs every gradient: a stage with
-    extra trainable parts (distillation projections) wraps them into one module. Checkpoints every
+    metrics whose `eval_fn.metric` drives keep-best (higher is better, unless eval_fn.is_better
+    says otherwise: perplexity). on_step(model, step, total) runs after each optimizer step (e.g.
+    gradual pruning masks). loss_fn must call `model(...)` itself (not a sub-module), so
+    DistributedDataParallel syncs every gradient: a stage with extra trainable parts
+    (distillation projections) wraps them into one module. Checkpoints every
     schedule.checkpoint_every steps go to checkpoint_dir and are resumed when their
     resume_key matches."""
     import torch
@@ -248,7 +249,8 @@ def _evaluate(model, accelerator, eval_fn, step, evaluations, best, keep_best) -
     evaluations.append({"step": step, **metrics})
     log.info("step %d: %s", step, ", ".join(f"{k} {v}" for k, v in metrics.items()))
     key = getattr(eval_fn, "metric", "accuracy")
-    if keep_best and (best is None or metrics[key] > best["value"]):
+    better = getattr(eval_fn, "is_better", lambda value, than: value > than)  # higher-is-better by default
+    if keep_best and (best is None or better(metrics[key], best["value"])):
         state = {k: v.detach().clone() for k, v in unwrapped.state_dict().items()}
         return {"step": step, "metric": key, "value": metrics[key], "state": state}
     return best
@@ -353,7 +355,7 @@ class TaskEval:
     def __call__(self, model) -> dict:
         import torch
 
-        from compress.tasks import rounded, split_rows, torch_outputs
+        from compress.tasks import per_example_outputs, rounded, torch_outputs
 
         net = self.forward(model) if self.forward else model
         device = next(net.parameters()).device
@@ -363,7 +365,14 @@ class TaskEval:
                 chunk = self.features[start : start + self.batch_size]
                 batch = {k: v.to(device) for k, v in self.collate(chunk).items() if k not in self.task.target_keys}
                 out = torch_outputs(net(**batch), self.task).float().cpu().numpy()
-                outputs.extend(split_rows(out, [len(f["input_ids"]) for f in chunk]))
+                host = {k: v.cpu().numpy() for k, v in batch.items()}
+                outputs.extend(per_example_outputs(self.task, out, host, [len(f["input_ids"]) for f in chunk]))
         metrics = self.task.metrics(outputs, self.features, self.references)
         # an evaluation in stage.json lists the scalar metrics only
         return rounded({k: metrics[k] for k in self.task.metric_names})
+
+    def is_better(self, value: float, than: float) -> bool:
+        """keep_best's comparison: the metric's own direction (perplexity: lower)."""
+        from compress.tasks import is_better
+
+        return is_better(self.task, self.metric, value, than)

@@ -83,7 +83,7 @@ BAD_CASES = {
     ),
     "unknown builtin model": (
         tiny_recipe_text(model="builtin:gpt-17"),
-        r"model: unknown built-in model 'gpt-17' \(known: minilm-l6\)",
+        r"model: unknown built-in model 'gpt-17' \(known: minilm-l6, smollm2-135m\)",
     ),
     "missing data file": (
         tiny_recipe_text(train="nowhere.csv"),

@@ -20,7 +20,9 @@ if TYPE_CHECKING:
 class Task(Protocol):
     name: str  # the recipe's `task:` value, e.g. "text-classification"
     optimum_task: str  # optimum's exporter task name
-    primary_metric: str  # the default metric the ledger, keep_best and budgets compare (higher is better)
+    primary_metric: str  # the default metric the ledger, keep_best and budgets compare
+    # Optional: `lower_is_better`, a set of metric names (causal-lm's perplexity); every other
+    # metric is higher-is-better. Ask is_lower_better(), never the attribute directly.
     metric_names: tuple[str, ...]  # the scalar metrics metrics() returns (a recipe's `metric:` picks one)
     head: str  # the transformers auto class of the task's head
     output_names: tuple[str, ...]  # the model's outputs, in order (ONNX output names)
@@ -72,6 +74,10 @@ class Task(Protocol):
         """The task's metrics (every metric_names entry, plus details such as per-type scores)
         and the example count."""
 
+    # Optional: reduce_outputs(batch_outputs, batch, lengths) -> one array per example, run on
+    # each batch right after the session returns it (see per_example_outputs); metrics() then
+    # takes those arrays. causal-lm reduces (tokens, vocab) logits to per-token NLL this way.
+
     def agreement(self, reference: list[np.ndarray], candidate: list[np.ndarray], features: list[dict]) -> dict:
         """How often two models' task outputs (not raw numbers) are the same (keys end in _agreement)."""
 
@@ -93,6 +99,24 @@ def split_rows(batch_outputs: np.ndarray, lengths: list[int]) -> list[np.ndarray
     if batch_outputs.ndim >= 3:
         return [row[:n] for row, n in zip(batch_outputs, lengths)]
     return list(batch_outputs)
+
+
+def per_example_outputs(task, batch_outputs: np.ndarray, batch: dict, lengths: list[int]) -> list[np.ndarray]:
+    """One output array per example of a padded batch, as the task's metrics take them: the
+    task's reduce_outputs where it has one (so large per-token outputs, such as a language
+    model's logits, never outlive their batch), else split_rows."""
+    reduce = getattr(task, "reduce_outputs", None) if task is not None else None
+    return reduce(batch_outputs, batch, lengths) if reduce else split_rows(batch_outputs, lengths)
+
+
+def is_lower_better(task, metric: str) -> bool:
+    """Whether a smaller value of `metric` is better (perplexity); metrics are higher-is-better
+    unless the task lists them in `lower_is_better`."""
+    return metric in getattr(task, "lower_is_better", ())
+
+
+def is_better(task, metric: str, value: float, than: float) -> bool:
+    return value < than if is_lower_better(task, metric) else value > than
 
 
 def combine_outputs(arrays: list[np.ndarray]) -> np.ndarray:

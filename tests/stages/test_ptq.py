@@ -84,8 +84,8 @@ def _pretend_one_layer_is_sensitive(monkeypatch):
 
     real = evaluate.predict_outputs
 
-    def predict(session, encoded, batch_size, desc="evaluating"):
-        logits = real(session, encoded, batch_size, desc)
+    def predict(session, encoded, batch_size, desc="evaluating", task=None):
+        logits = real(session, encoded, batch_size, desc, task=task)
         if not hasattr(session, "session"):  # a torch model: nothing quantized
             return logits
         graph = onnx.load(session.session._model_path).graph

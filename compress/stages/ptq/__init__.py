@@ -35,7 +35,9 @@ class PTQStage(StageConfig):
     op_types: list[str] | None = Field(
         None, min_length=1,
         description="Operator types to quantize (default dynamic: MatMul, Attention, Gather; static: MatMul, Gemm).")
-    nodes_to_exclude: list[str] = Field(default_factory=list, description="Node names kept in float.")
+    nodes_to_exclude: list[str] = Field(
+        default_factory=list, description="Node names kept in float; a name with * or ? is a pattern over the "
+        "graph's node names (e.g. '*/mlp/down_proj/*': a decoder's outlier-heavy FFN outputs).")
     activation_matmuls: bool = Field(
         False, description="Also quantize MatMuls whose both inputs are activations (attention's QK^T and "
         "softmax x V in a graph without fused Attention: optimize_onnx fuse_attention: false, or no optimize_onnx). "
@@ -76,10 +78,13 @@ class PTQStage(StageConfig):
 
         quantize, cleanup, graph = self._quantizer(model, ctx)
         try:
+            excluded = excluded_nodes(graph, self.nodes_to_exclude)
+            if excluded != list(self.nodes_to_exclude):
+                ctx.record(nodes_excluded=excluded)
             if self.max_metric_drop is None:
-                quantized = quantize(ctx.artifact_dir, list(self.nodes_to_exclude), None)
+                quantized = quantize(ctx.artifact_dir, excluded, None)
             else:
-                quantized = self._fit_budget(model, ctx, quantize, graph)
+                quantized = self._fit_budget(model, ctx, quantize, graph, excluded)
         finally:
             cleanup()
         ctx.record(int8_coverage=count_int8_coverage(quantized.onnx_path))
@@ -111,7 +116,7 @@ class PTQStage(StageConfig):
         static = StaticQuantizer(model, self, feeds)
         return static.quantize, static.cleanup, static.prepared
 
-    def _fit_budget(self, model: ONNXModel, ctx, quantize, graph) -> ONNXModel:
+    def _fit_budget(self, model: ONNXModel, ctx, quantize, graph, pinned: list[str]) -> ONNXModel:
         """Quantize within max_metric_drop on a slice of the eval split, keeping the most
         sensitive layers in float if needed; the final model is written to the stage directory."""
         import shutil
@@ -144,9 +149,33 @@ class PTQStage(StageConfig):
             default_ops = STATIC_DEFAULT_OP_TYPES if self.mode == "static" else None  # static never quantizes Attention
             candidates = matrix_node_names(graph, self.op_types or default_ops)
             result = fit_accuracy_budget(logits_with, reference, score, candidates,
-                                         list(self.nodes_to_exclude), self.max_metric_drop)
+                                         pinned, self.max_metric_drop)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         ctx.record(accuracy_budget={"metric": ctx.metric, **result.record(
-            score(reference), self.max_metric_drop, len(references), list(self.nodes_to_exclude))})
+            score(reference), self.max_metric_drop, len(references), pinned)})
         return quantize(ctx.artifact_dir, result.excluded, None)
+
+
+def excluded_nodes(onnx_path, names: list[str]) -> list[str]:
+    """nodes_to_exclude with its patterns (names holding * or ?) expanded over the graph's
+    node names, in graph order; StageError for a pattern that matches nothing."""
+    from fnmatch import fnmatchcase
+
+    import onnx
+
+    from compress.errors import StageError
+
+    if not any(ch in name for name in names for ch in "*?"):
+        return list(names)
+    nodes = [n.name for n in onnx.load(str(onnx_path), load_external_data=False).graph.node if n.name]
+    out: list[str] = []
+    for name in names:
+        if not any(ch in name for ch in "*?"):
+            out.append(name)
+            continue
+        matched = [n for n in nodes if fnmatchcase(n, name)]
+        if not matched:
+            raise StageError(f"ptq nodes_to_exclude: {name!r} matches no node of {onnx_path}")
+        out += [n for n in matched if n not in out]
+    return out
