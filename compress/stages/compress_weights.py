@@ -8,7 +8,13 @@ Two maintained backends:
   mix 4- and 8-bit layers (ratio). Below opset 21 its 4-bit groups become ONNX Runtime's
   MatMulNBits; at opset 21 they are DequantizeLinear with int4 blocks.
 - onnxruntime: `MatMulNBitsQuantizer` (RTN or HQQ): every MatMul with a constant weight,
-  lm_head included, becomes MatMulNBits; the embedding (Gather) stays float."""
+  lm_head included, becomes MatMulNBits; the embedding (Gather) and Gemm layers (an encoder's
+  pooler and classifier) stay float.
+
+Opset 21 graphs from NNCF hold DequantizeLinear(int4 blocks) -> MatMul, which ONNX Runtime
+fuses into MatMulNBits computing with int8 activations (its session option
+session.qdq_matmulnbits_accuracy_level defaults to 4); NNCF's own MatMulNBits (opset < 21)
+compute in float (accuracy level 0)."""
 
 from __future__ import annotations
 
@@ -39,8 +45,8 @@ class CompressWeightsStage(StageConfig):
     kind: Literal["compress_weights"]
     backend: Literal["nncf", "onnxruntime"] = Field(
         "nncf", description="nncf: nncf.compress_weights (RTN, AWQ, scale estimation; embedding and lm_head "
-        "kept INT8); onnxruntime: ONNX Runtime's MatMulNBitsQuantizer (RTN, HQQ; every MatMul, lm_head "
-        "included, embedding float).")
+        "kept INT8 asymmetric per channel, NNCF's default backup); onnxruntime: ONNX Runtime's "
+        "MatMulNBitsQuantizer (RTN, HQQ; every MatMul, lm_head included; embedding and Gemm float).")
     bits: Literal[4, 8] = Field(4, description="Weight bits of the compressed layers.")
     symmetric: bool = Field(
         True, description="Symmetric (no zero point) or asymmetric (a zero point per group) weights.")

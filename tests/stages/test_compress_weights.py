@@ -247,3 +247,132 @@ def test_round_to_nearest_combinations(opset, fields, op, llama_onnx, tmp_path):
     assert compressed.shape == reference.shape == (len(ids), 300)
     np.testing.assert_allclose(compressed, substituted, atol=1e-5 * np.abs(reference).max(), rtol=0)
     assert (compressed.argmax(-1) == reference.argmax(-1)).mean() > 0.5
+
+
+@pytest.mark.parametrize("opset, fields", [
+    (18, dict(method="awq", group_size=16)),
+    (21, dict(method="awq", group_size=16, symmetric=False)),
+    (18, dict(method="scale_estimation", group_size=16)),
+], ids=_id)
+def test_data_aware_methods_calibrate_on_the_train_split(opset, fields, llama_onnx, tmp_path):
+    source = llama_onnx(opset)
+    result, info = run_stage(source, tmp_path / "out", backend="nncf", bits=4, calibration_samples=8, **fields)
+    assert info["calibration"] == {"method": fields["method"], "samples": 8, "source": "train split (first rows)"}
+    rtn, _ = run_stage(source, tmp_path / "rtn", backend="nncf", bits=4,
+                       **{k: v for k, v in fields.items() if k != "method"})
+    layers, dequantized = weight_errors(source, result)
+    _, rtn_weights = weight_errors(source, rtn)
+    assert [v["bits"] for v in layers.values()].count(4) == 14
+    # the method moved weights off the round-to-nearest grid (AWQ rescales channels, scale
+    # estimation refits the scales), and the graph still computes what its weights say
+    moved = [k for k in dequantized if not np.array_equal(dequantized[k], rtn_weights[k])]
+    assert moved, "the data-aware method left every weight where RTN puts it"
+    ids = list(range(3, 40))
+    reference, compressed = logits(source, ids), logits(result, ids)
+    substituted = logits(with_weights(source, dequantized, tmp_path / "dequantized"), ids)
+    np.testing.assert_allclose(compressed, substituted, atol=1e-5 * np.abs(reference).max(), rtol=0)
+    assert (compressed.argmax(-1) == reference.argmax(-1)).mean() > 0.5
+
+
+def test_ratio_mixes_4_and_8_bit_layers(llama_onnx, tmp_path):
+    source = llama_onnx(18)
+    result, info = run_stage(source, tmp_path / "out", backend="nncf", bits=4, group_size=16, ratio=0.5)
+    layers, _ = weight_errors(source, result)
+    bits = [v["bits"] for k, v in layers.items() if k not in ("/model/embed_tokens/Gather", "/lm_head/MatMul")]
+    # NNCF ranks the 14 ratio-defining layers by quantization error and puts about half their
+    # weights (a share of parameters, not of layers) in 4 bits, the rest in INT8
+    assert 0 < bits.count(4) < 14 and bits.count(4) + bits.count(8) == 14
+    assert info["weight_compression"]["layers_by_bits"]["int4"] == bits.count(4)
+
+
+def test_hqq_fits_zero_points_within_a_step(llama_onnx, tmp_path):
+    source = llama_onnx(18)
+    result, info = run_stage(source, tmp_path / "out", backend="onnxruntime", method="hqq", group_size=16,
+                             symmetric=False)
+    layers, dequantized = weight_errors(source, result)
+    assert info["weight_compression"]["quantized_ops"] == {"MatMulNBits": 15}
+    # HQQ is not round to nearest: it shifts each block's zero point to cut the weights' error
+    # in an l_p norm (p < 1), trading a few larger errors; none past one step here
+    assert all(v["bits"] == 32 or max(v["steps"], v["clipped_steps"]) <= 1 for v in layers.values())
+    ids = list(range(3, 40))
+    reference, compressed = logits(source, ids), logits(result, ids)
+    substituted = logits(with_weights(source, dequantized, tmp_path / "dequantized"), ids)
+    np.testing.assert_allclose(compressed, substituted, atol=1e-5 * np.abs(reference).max(), rtol=0)
+
+
+# ---------------------------------------------------------------------------- refused
+
+
+@pytest.mark.parametrize("fields, field", [
+    (dict(method="gptq"), "method"),
+    (dict(backend="nncf", method="hqq"), "method"),
+    (dict(backend="onnxruntime", method="awq"), "method"),
+    (dict(group_size=48), "group_size"),
+    (dict(group_size=8), "group_size"),
+    (dict(backend="nncf", bits=8, group_size=32), "group_size"),
+    (dict(backend="nncf", bits=8, ratio=0.5), "ratio"),
+    (dict(backend="nncf", bits=8, method="awq"), "method"),
+    (dict(backend="onnxruntime", ratio=0.8), "ratio"),
+    (dict(backend="onnxruntime", group_size=-1), "group_size"),
+    (dict(backend="onnxruntime", method="hqq", symmetric=False, bits=8), "bits"),
+    (dict(backend="onnxruntime", method="hqq"), "symmetric"),
+    (dict(backend="nncf", accuracy_level=4), "accuracy_level"),
+    (dict(calibration_samples=16), "calibration_samples"),
+    (dict(bits=2), "bits"),
+    (dict(all_layers=True), "all_layers"),
+], ids=_id)
+def test_unsupported_combinations_fail_in_one_line(fields, field):
+    with pytest.raises(ValidationError) as info:
+        CompressWeightsStage(kind="compress_weights", **fields)
+    error = info.value.errors()[0]
+    message = f"{'.'.join(map(str, error['loc']))} {error['msg']}"
+    assert field in message and "\n" not in error["msg"], message
+
+
+def test_opset_limits_are_checked_against_export_onnx(recipe_dir):
+    stages = "\n  - kind: export_onnx\n  - kind: compress_weights\n    bits: 4\n    symmetric: false\n"
+    message = recipe_error(recipe_dir, tiny_recipe_text(stages=stages))
+    assert "stages[1] (compress_weights): symmetric: false" in message and "opset 21" in message
+    stages = "\n  - kind: export_onnx\n    opset: 21\n  - kind: compress_weights\n    group_size: -1\n"
+    from compress.recipe import load_recipe
+
+    (recipe_dir / "ok.yaml").write_text(tiny_recipe_text(stages=stages))
+    assert load_recipe(recipe_dir / "ok.yaml").stages[1].group_size == -1
+
+
+def test_the_graph_itself_is_checked_at_run_time(llama_onnx, tmp_path):
+    with pytest.raises(StageError, match="group_size: -1 at 4 bits needs int4 DequantizeLinear, opset 21; the graph "
+                                         "is opset 18"):
+        run_stage(llama_onnx(18), tmp_path / "a", backend="nncf", bits=4, group_size=-1)
+    with pytest.raises(StageError) as info:
+        run_stage(llama_onnx(18), tmp_path / "b", backend="onnxruntime", bits=4, group_size=64)
+    assert "group_size: 64 does not divide the input size 32 of layer /model/layers.0/self_attn/q_proj/MatMul" \
+        in str(info.value)
+
+
+def test_calibration_feed_starts_an_empty_cache(llama_onnx):
+    graph = onnx.load(str(llama_onnx(18).onnx_path))
+    feed = empty_past_feed([5, 6, 7], graph_input_specs(graph))
+    assert feed["input_ids"].tolist() == [[5, 6, 7]] and feed["position_ids"].tolist() == [[0, 1, 2]]
+    assert feed["attention_mask"].tolist() == [[1, 1, 1]]
+    past = sorted(k for k in feed if k.startswith("past_key_values."))
+    assert len(past) == 4 and {feed[k].shape for k in past} == {(1, 2, 0, 8)}  # 2 layers x key/value, GQA 2 kv heads
+
+
+# ---------------------------------------------------------------------------- an encoder, in a recipe
+
+
+@pytest.mark.parametrize("stage, layers", [
+    # NNCF: the 12 attention and FFN MatMuls (Q, K, V, output, FFN in, FFN out in 2 layers), the pooler and
+    # classifier Gemms and the 3 embeddings (word, position, token type), all INT8
+    ("  - kind: compress_weights\n    backend: nncf\n    bits: 8\n", {"int8": 12 + 2 + 3}),
+    # ONNX Runtime: the 12 MatMuls; MatMulNBits takes no Gemm, so pooler and classifier stay float
+    ("  - kind: compress_weights\n    backend: onnxruntime\n    group_size: 16\n", {"int4": 12}),
+], ids=["nncf-int8", "ort-int4"])
+def test_an_encoder_classifier_compresses_in_a_recipe(stage, layers, tmp_path, tiny_classifier_dir):
+    run_dir = run_tiny(tmp_path, tiny_classifier_dir, "\n  - kind: export_onnx\n" + stage)
+    record, fp32 = stage_json(run_dir, "02-compress_weights"), stage_json(run_dir, "01-export_onnx")
+    assert record["weight_compression"]["layers_by_bits"] == layers
+    assert record["weight_compression"]["float_matmul_weights"] == 0
+    assert record["size_bytes"] < fp32["size_bytes"]
+    assert abs(record["accuracy"] - fp32["accuracy"]) <= 0.1  # 20 eval examples: at most 2 flips
