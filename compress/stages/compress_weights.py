@@ -69,8 +69,22 @@ class CompressWeightsStage(StageConfig):
         None, description="onnxruntime only: MatMulNBits' compute type for activations (0 unset, 1 fp32, "
         "2 fp16, 3 bf16, 4 int8: fastest on CPUs with VNNI, activations rounded to int8 per block).")
 
+    quantize_embedding: bool = Field(
+        False, description="onnxruntime, 4 bits, opset 21 graphs: the embedding (Gather) too, as "
+        "GatherBlockQuantized with group_size blocks along the hidden size; a tied embedding is stored twice "
+        "in the export (Gather and lm_head), so this halves what the vocabulary costs on disk.")
+
     accepts = (ONNXModel,)
     produces = ONNXModel
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_all_layers(cls, data):
+        if isinstance(data, dict) and "all_layers" in data:
+            raise ValueError("all_layers is not offered: NNCF 3.4's ONNX backend writes a 4-bit embedding that ONNX "
+                             "Runtime fails to run (its DequantizeLinear blocks run along the wrong axis), so the "
+                             "embedding and lm_head stay INT8 (NNCF's default)")
+        return data
 
     @model_validator(mode="after")
     def _supported_combination(self):
@@ -97,6 +111,11 @@ class CompressWeightsStage(StageConfig):
             return self._nncf_reason(opset)
         if self.ratio is not None:
             return "ratio applies to backend: nncf (onnxruntime compresses every MatMul in the same bits)"
+        if self.quantize_embedding and (self.bits != 4 or self.method != "rtn"):
+            return "quantize_embedding: ONNX Runtime quantizes an embedding with bits: 4 and method: rtn only"
+        if self.quantize_embedding and opset is not None and opset < BLOCKWISE_DQ_OPSET:
+            return (f"quantize_embedding needs the graph at opset {BLOCKWISE_DQ_OPSET} (int4 types; the graph is opset "
+                    f"{opset}): export_onnx opset: {BLOCKWISE_DQ_OPSET}")
         if g == -1:
             return "group_size: -1 (per channel) is not offered by ONNX Runtime's MatMulNBits quantizer: use blocks"
         if self.method == "hqq" and self.bits == 8:
@@ -108,6 +127,8 @@ class CompressWeightsStage(StageConfig):
     def _nncf_reason(self, opset: int | None) -> str | None:
         if self.accuracy_level is not None:
             return "accuracy_level applies to backend: onnxruntime"
+        if self.quantize_embedding:
+            return "quantize_embedding applies to backend: onnxruntime (NNCF keeps the embedding INT8)"
         if self.bits == 8:
             if self.group_size not in (None, -1):
                 return "group_size: NNCF's INT8 weights are per channel only (-1)"
@@ -146,7 +167,7 @@ class CompressWeightsStage(StageConfig):
         from compress.progress import spinner
 
         graph = onnx.load(str(model.onnx_path))
-        reason = self.unsupported_reason(graph.opset_import[0].version if graph.opset_import else None)
+        reason = self.unsupported_reason(onnx_opset(graph))
         if reason:
             raise StageError(f"compress_weights: {reason}")
         check_group_size(graph, self.resolved_group_size, model.onnx_path)
@@ -201,8 +222,9 @@ class CompressWeightsStage(StageConfig):
         if self.method == "hqq":
             config = HQQWeightOnlyQuantConfig(block_size=block, bits=self.bits)
         else:
+            ops = ("MatMul", "Gather") if self.quantize_embedding else ("MatMul",)
             config = DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=self.symmetric, bits=self.bits,
-                                                  accuracy_level=self.accuracy_level)
+                                                  accuracy_level=self.accuracy_level, op_types_to_quantize=ops)
         quantizer = MatMulNBitsQuantizer(graph, algo_config=config, accuracy_level=self.accuracy_level)
         quantizer.process()
         return quantizer.model.model
@@ -217,6 +239,11 @@ def weight_matmuls(graph) -> list[tuple[str, str, tuple[int, ...]]]:
     shapes = {t.name: tuple(t.dims) for t in graph.graph.initializer}
     return [(n.name or n.output[0], n.input[1], shapes[n.input[1]]) for n in graph.graph.node
             if n.op_type == "MatMul" and len(shapes.get(n.input[1], ())) == 2]
+
+
+def onnx_opset(graph) -> int | None:
+    """The graph's version of the default (ai.onnx) operator set."""
+    return next((o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")), None)
 
 
 def check_group_size(graph, group_size: int, path: Path) -> None:

@@ -285,6 +285,47 @@ def test_ratio_mixes_4_and_8_bit_layers(llama_onnx, tmp_path):
     assert info["weight_compression"]["layers_by_bits"]["int4"] == bits.count(4)
 
 
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_onnxruntime_quantizes_the_embedding_at_opset_21(symmetric, llama_onnx, tmp_path):
+    source = llama_onnx(21)
+    result, info = run_stage(source, tmp_path / "out", backend="onnxruntime", group_size=16, symmetric=symmetric,
+                             quantize_embedding=True)
+    assert info["weight_compression"]["quantized_ops"] == {"MatMulNBits": 15, "GatherBlockQuantized": 1}
+    # the embedding rows a prompt reads, dequantized by ONNX Runtime's own kernel (run as the graph's
+    # only node), within half a step of the float table; steps from the node's scales
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(result.onnx_path)).graph
+    node = next(n for n in graph.node if n.op_type == "GatherBlockQuantized")
+    values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    table = next(numpy_helper.to_array(t) for t in onnx.load(str(source.onnx_path)).graph.initializer
+                 if t.name == "model.embed_tokens.weight")
+    ids = np.arange(table.shape[0], dtype=np.int64)
+    rows = _run_gather(node, graph, ids)
+    step = np.repeat(values[node.input[2]].astype(np.float64), 16, axis=1)  # signed when symmetric
+    steps = np.abs(rows - table) / np.abs(step)
+    top = np.isclose(rows / step, 7, atol=1e-3) & (table / step > 7)  # a symmetric grid's clipped edge
+    assert steps[~top].max() <= 0.5 + 1e-4 and (steps[top].max() if top.any() else 0) <= 1 + 1e-4
+    # the float table's bytes replaced by 4 bits, a float32 scale (and a 4-bit zero point) per block
+    plain, _ = run_stage(source, tmp_path / "plain", backend="onnxruntime", group_size=16, symmetric=symmetric)
+    saved = plain.onnx_path.stat().st_size - result.onnx_path.stat().st_size
+    blocks = table.size // 16
+    predicted = 4 * table.size - table.size / 2 - blocks * (4 + (0 if symmetric else 0.5)) - NAME_BYTES
+    assert abs(saved - predicted) <= NAME_BYTES, (saved, predicted)
+
+
+def _run_gather(node, graph, ids: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    inits = [t for t in graph.initializer if t.name in node.input]
+    inputs = [onnx.helper.make_tensor_value_info(node.input[1], onnx.TensorProto.INT64, ids.shape)]
+    out = onnx.helper.make_tensor_value_info(node.output[0], onnx.TensorProto.FLOAT, None)
+    model = onnx.helper.make_model(onnx.helper.make_graph([node], "one", inputs, [out], initializer=inits),
+                                   opset_imports=[onnx.helper.make_opsetid("", 21),
+                                                  onnx.helper.make_opsetid("com.microsoft", 1)])
+    return ort.InferenceSession(model.SerializeToString()).run(None, {node.input[1]: ids})[0]
+
+
 def test_hqq_fits_zero_points_within_a_step(llama_onnx, tmp_path):
     source = llama_onnx(18)
     result, info = run_stage(source, tmp_path / "out", backend="onnxruntime", method="hqq", group_size=16,
@@ -316,7 +357,9 @@ def test_hqq_fits_zero_points_within_a_step(llama_onnx, tmp_path):
     (dict(backend="onnxruntime", group_size=-1), "group_size"),
     (dict(backend="onnxruntime", method="hqq", symmetric=False, bits=8), "bits"),
     (dict(backend="onnxruntime", method="hqq"), "symmetric"),
-    (dict(backend="nncf", accuracy_level=4), "accuracy_level"),
+    (dict(backend="nncf", accuracy_level=0), "accuracy_level"),
+    (dict(backend="nncf", quantize_embedding=True), "quantize_embedding"),
+    (dict(backend="onnxruntime", quantize_embedding=True, bits=8), "quantize_embedding"),
     (dict(calibration_samples=16), "calibration_samples"),
     (dict(bits=2), "bits"),
     (dict(all_layers=True), "all_layers"),
