@@ -68,7 +68,6 @@ class CompressWeightsStage(StageConfig):
     accuracy_level: Literal[0, 1, 2, 3, 4] | None = Field(
         None, description="onnxruntime only: MatMulNBits' compute type for activations (0 unset, 1 fp32, "
         "2 fp16, 3 bf16, 4 int8: fastest on CPUs with VNNI, activations rounded to int8 per block).")
-
     quantize_embedding: bool = Field(
         False, description="onnxruntime, 4 bits, opset 21 graphs: the embedding (Gather) too, as "
         "GatherBlockQuantized with group_size blocks along the hidden size; a tied embedding is stored twice "
