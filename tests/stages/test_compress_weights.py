@@ -167,7 +167,7 @@ def _value_info_bytes(model: ONNXModel) -> int:
     return sum(v.ByteSize() for v in onnx.load(str(model.onnx_path)).graph.value_info)
 
 
-def expected_size(original: ONNXModel, compressed: ONNXModel, errors: dict, stage: CompressWeightsStage) -> int:
+def expected_size(original: ONNXModel, compressed: ONNXModel, layers: dict, stage: CompressWeightsStage) -> int:
     """The compressed file's size predicted from the original: each compressed weight's fp32
     bytes replaced by its bits, a float32 scale per group and, when asymmetric, a zero point of
     the same bits per group. Groups: group_size weights along the input (rows of a MatMul
@@ -178,9 +178,9 @@ def expected_size(original: ONNXModel, compressed: ONNXModel, errors: dict, stag
     # NNCF also writes its shape inference into the graph (value_info): node-sized, not weights
     size = original.onnx_path.stat().st_size + _value_info_bytes(compressed) - _value_info_bytes(original)
     for node in graph.node:
-        if node.name not in errors or errors[node.name]["bits"] == 32:
+        if node.name not in layers or layers[node.name]["bits"] == 32:
             continue
-        bits = errors[node.name]["bits"]
+        bits = layers[node.name]["bits"]
         dims = list(weights[node.input[1 if node.op_type == "MatMul" else 0]].dims)
         n = int(np.prod(dims))
         per_channel = stage.resolved_group_size == -1 or (stage.backend == "nncf" and bits == 8)
@@ -190,8 +190,6 @@ def expected_size(original: ONNXModel, compressed: ONNXModel, errors: dict, stag
         zero_point = backup or not stage.symmetric
         size += n * bits / 8 - 4 * n + groups * (4 + (bits / 8 if zero_point else 0)) + NAME_BYTES
     return int(size)
-
-
 
 
 # ---------------------------------------------------------------------------- supported combinations
