@@ -9,6 +9,7 @@ from pydantic import Field
 
 from compress.stages.base import StageConfig
 from compress.stages.build_engine import BuildEngineStage
+from compress.stages.compress_weights import CompressWeightsStage
 from compress.stages.distill import DistillStage
 from compress.stages.export_onnx import ExportONNXStage
 from compress.stages.finetune import FinetuneStage
@@ -20,7 +21,7 @@ from compress.stages.qat import QATStage
 
 BUILTIN_STAGE_CLASSES: tuple[type[StageConfig], ...] = (
     FinetuneStage, ExportONNXStage, OptimizeONNXStage, PTQStage, QATStage, BuildEngineStage, PackageStage,
-    DistillStage, PruneStage,
+    DistillStage, PruneStage, CompressWeightsStage,
 )
 
 
@@ -63,5 +64,6 @@ Stage = Annotated[Union[STAGE_CLASSES], Field(discriminator="kind")]  # noqa: UP
 
 STAGE_KINDS: tuple[str, ...] = tuple(kind_of(cls) for cls in STAGE_CLASSES)
 
-__all__ = ["BUILTIN_STAGE_CLASSES", "STAGE_CLASSES", "STAGE_KINDS", "BuildEngineStage", "DistillStage", "ExportONNXStage", "FinetuneStage",
+__all__ = ["BUILTIN_STAGE_CLASSES", "STAGE_CLASSES", "STAGE_KINDS", "BuildEngineStage", "CompressWeightsStage",
+           "DistillStage", "ExportONNXStage", "FinetuneStage",
            "OptimizeONNXStage", "PTQStage", "PackageStage", "PruneStage", "QATStage", "Stage", "StageConfig"]
