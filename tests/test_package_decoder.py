@@ -13,7 +13,11 @@ import pytest
 from compress.artifacts import ONNXModel
 from compress.errors import StageError
 from compress.runtime import Predictor, verify_files
-from compress.stages.package.decoder import build_decoder_package, prompt_prefixes, validate_generation
+from compress.stages.package.decoder import (
+    build_decoder_package,
+    prompt_prefixes,
+    validate_generation,
+)
 from tests.decoders import tiny_decoder_onnx, tiny_decoder_package
 
 
