@@ -251,3 +251,18 @@ def test_a_graph_without_the_recorded_cache_is_refused(package, tmp_path):
     (copy / "deploy.json").write_text(json.dumps(spec))
     with pytest.raises(PackageError, match=r"does not match deploy.json's past layout: .*past_key_values\.2\.key"):
         Predictor.load(copy)
+
+
+def test_cli_predict_generates_one_json_line_per_prompt(package, predictor):
+    from typer.testing import CliRunner
+
+    from compress.cli import app
+
+    result = CliRunner().invoke(app, ["predict", str(package), "the model", "x", "--max-new-tokens", "6"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    expected = predictor.generate(["the model", "x"], max_new_tokens=6)
+    assert [r["prompt"] for r in rows] == ["the model", "x"]
+    assert [r["token_ids"] for r in rows] == [e["token_ids"] for e in expected]
+    refused = CliRunner().invoke(app, ["predict", str(package), "x", "--sample", "--temperature", "0"])
+    assert refused.exit_code == 2 and "temperature must be > 0" in refused.output
