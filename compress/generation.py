@@ -191,6 +191,7 @@ def render_chat(template: str, messages: list[dict], special_tokens: dict[str, s
     messages and the generation prompt. jinja2 is optional: the light install lacks it."""
     try:
         import jinja2
+        from jinja2.ext import loopcontrols
         from jinja2.sandbox import ImmutableSandboxedEnvironment
     except ImportError:
         raise ImportError("chat=True renders the package's chat template with jinja2, which is not installed: "
@@ -201,7 +202,7 @@ def render_chat(template: str, messages: list[dict], special_tokens: dict[str, s
     def raise_exception(message):
         raise jinja2.exceptions.TemplateError(message)
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
     env.filters["tojson"] = lambda x, indent=None, separators=None, sort_keys=False: json.dumps(
         x, ensure_ascii=False, indent=indent, separators=separators, sort_keys=sort_keys)
     env.globals.update(raise_exception=raise_exception, strftime_now=lambda fmt: datetime.now().strftime(fmt))

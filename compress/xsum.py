@@ -92,7 +92,7 @@ def load_xsum(path: Path, documents: int) -> list[tuple[str, str]]:
     """(article, reference summary) for the first `documents` examples, in file order."""
     try:
         examples = json.loads(path.read_text(encoding="utf-8"))["examples"]
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, TypeError) as e:
         raise DataError(f"{path}: not BIG-bench's XSum task file ({type(e).__name__}: {e})") from None
     pairs = []
     for i, ex in enumerate(examples[:documents]):

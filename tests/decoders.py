@@ -42,3 +42,25 @@ def tiny_decoder_package(tmp_path_factory, tiny_llama_dir: Path) -> Path:
         build_decoder_package(ONNXModel(tiny_decoder_onnx(tmp_path_factory, tiny_llama_dir)), partial, "tiny-lm")
         partial.rename(out)
     return out
+
+
+def tiny_chat_package(tmp_path_factory, tiny_llama_dir: Path) -> Path:
+    """The tiny llama's export with CHATML_TEMPLATE in its tokenizer, packaged."""
+    import json
+
+    from compress.artifacts import ONNXModel
+    from compress.stages.package.decoder import build_decoder_package
+
+    out = tmp_path_factory.getbasetemp() / "tiny-chat-package"
+    if not (out / "deploy.json").is_file():
+        src = tmp_path_factory.getbasetemp() / "tiny-chat-onnx"
+        shutil.rmtree(src, ignore_errors=True)
+        shutil.copytree(tiny_decoder_onnx(tmp_path_factory, tiny_llama_dir), src)
+        config = json.loads((src / "tokenizer_config.json").read_text())
+        (src / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": CHATML_TEMPLATE}))
+        partial = out.with_name(out.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir()
+        build_decoder_package(ONNXModel(src), partial, "tiny-chat")
+        partial.rename(out)
+    return out

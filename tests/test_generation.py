@@ -13,7 +13,7 @@ import pytest
 
 from compress.generation import Sampling, left_pad, past_layout, positions
 from compress.runtime import PackageError, Predictor
-from tests.decoders import CHATML_TEMPLATE, tiny_decoder_onnx, tiny_decoder_package
+from tests.decoders import CHATML_TEMPLATE, tiny_chat_package, tiny_decoder_package
 
 PROMPTS = ["the model", "a long time ago there was a film that", "x"]
 
@@ -166,17 +166,7 @@ def test_sampling_is_seeded_and_stays_in_the_top_k(predictor):
 
 @pytest.fixture(scope="module")
 def chat_package(tmp_path_factory, tiny_llama_dir) -> Path:
-    """The tiny llama's export with a ChatML template in its tokenizer, packaged."""
-    from compress.artifacts import ONNXModel
-    from compress.stages.package.decoder import build_decoder_package
-
-    src = tmp_path_factory.mktemp("chat-onnx")
-    shutil.copytree(tiny_decoder_onnx(tmp_path_factory, tiny_llama_dir), src, dirs_exist_ok=True)
-    config = json.loads((src / "tokenizer_config.json").read_text())
-    (src / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": CHATML_TEMPLATE}))
-    out = tmp_path_factory.mktemp("chat-package")
-    build_decoder_package(ONNXModel(src), out, "tiny-chat")
-    return out
+    return tiny_chat_package(tmp_path_factory, tiny_llama_dir)
 
 
 def test_chat_prompts_are_tokenized_as_apply_chat_template_does(chat_package):
@@ -191,6 +181,24 @@ def test_chat_prompts_are_tokenized_as_apply_chat_template_does(chat_package):
         r = p.generate([prompt], max_new_tokens=3, chat=True)[0]
         assert r["prompt_tokens"] == len(expected)
         assert p._prompt_ids([prompt], chat=True)[0] == list(expected)
+
+
+def test_chat_templates_render_without_transformers_loaded():
+    """The runtime renders templates with jinja2 alone (no transformers to have imported its
+    extensions first): the ChatML text SmolLM2's template makes."""
+    import ast
+    import subprocess
+    import sys
+
+    code = ("import sys; from compress.generation import render_chat\n"
+            f"text = render_chat({CHATML_TEMPLATE!r}, [{{'role': 'user', 'content': 'hi'}}], {{'eos_token': '</s>'}})\n"
+            "print(repr(text)); print('transformers' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    text, loaded = result.stdout.strip().splitlines()
+    assert ast.literal_eval(text) == ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging "
+                          "Face<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
+    assert loaded == "False"
 
 
 def test_chat_without_a_template_is_refused(predictor):
