@@ -156,12 +156,13 @@ class Generated:
 
 
 def generate_ids(decoder: Decoder, prompts: Sequence[Sequence[int]], max_new_tokens: Sequence[int],
-                 eos_ids: set[int], pad_id: int, sampling: Sampling = Sampling(), seed: int | None = None,
+                 eos_ids: set[int], pad_id: int, sampling: Sampling = Sampling(),
+                 rng: np.random.Generator | None = None,
                  should_stop: Callable[[int, list[int]], bool] | None = None) -> list[Generated]:
     """Decode a batch of token id prompts together (left-padded, one KV cache) until every
     sequence has met an eos id, should_stop(row, new_tokens) or its max_new_tokens. A
     finished row keeps being fed pad tokens (as transformers does) until the batch is done."""
-    rng = np.random.default_rng(seed)
+    rng = rng if rng is not None else np.random.default_rng()
     ids, mask = left_pad(prompts, pad_id)
     out = [Generated([]) for _ in prompts]
     live = np.array([n > 0 for n in max_new_tokens])

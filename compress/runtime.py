@@ -265,10 +265,11 @@ class Predictor:
             text = self.tokenizer.decode(tokens)
             return any(s in text for s in stops)
 
+        rng = np.random.default_rng(seed)  # one stream for the whole call: batches draw in turn
         results: list[dict | None] = [None] * len(prompt_ids)
         for idx in plan_batches([len(p) for p in prompt_ids], batch_size or self.batch_size):
             done = generate_ids(self.decoder, [prompt_ids[i] for i in idx], [room[i] for i in idx],
-                                set(gen["eos_token_ids"]), gen["pad_token_id"], sampling, seed,
+                                set(gen["eos_token_ids"]), gen["pad_token_id"], sampling, rng,
                                 contains_stop if stops else None)
             for i, g in zip(idx, done):
                 text = self.tokenizer.decode(g.tokens)  # special tokens (eos) left out
@@ -323,13 +324,13 @@ class Predictor:
 def _check_sampling(do_sample: bool, temperature, top_k, top_p):
     from compress.generation import Sampling
 
-    if not isinstance(temperature, (int, float)) or not temperature > 0:
+    if do_sample and (not isinstance(temperature, (int, float)) or not temperature > 0):
         raise PackageError(f"temperature must be > 0, got {temperature!r} (use do_sample=False for greedy)")
     if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
         raise PackageError(f"top_k must be a positive integer or None, got {top_k!r}")
     if top_p is not None and (not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
         raise PackageError(f"top_p must be in (0, 1], got {top_p!r}")
-    return Sampling(bool(do_sample), float(temperature), top_k, top_p)
+    return Sampling(bool(do_sample), float(temperature) if do_sample else 1.0, top_k, top_p)
 
 
 def _check_stops(stop) -> list[str]:
