@@ -8,8 +8,9 @@ transformers checkpoint, with the fixed protocol stated in compress/xsum.py.
 
 fetch puts gem/xsum/task.json of the bigbench 1.0.0 source archive into the user cache
 ($XDG_CACHE_HOME/compress/data/xsum/task.json; never the repository). eval writes one JSON
-file: the three ROUGE F-measures, the settings, every summary beside its reference, wall time
-and the environment fingerprint. Default subset: the first 50 articles cut to 400 tokens,
+file: the three ROUGE F-measures, the settings, every generated summary with its scores (the
+articles and references stay out: BIG-bench's text is not redistributed), wall time and the
+environment fingerprint. Default subset: the first 50 articles cut to 400 tokens,
 at most 48 new tokens (a few minutes for a 135M model on 2 cores)."""
 
 from __future__ import annotations
