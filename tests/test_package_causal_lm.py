@@ -44,6 +44,7 @@ stages:
     assert spec["task"] == "causal-lm" and spec["past"]["layers"] == 2 and spec["validated"] == [validated]
     card = (package / "README.md").read_text()
     assert "predictor.generate([" in card and "tokens compared" in card and "triton/` is" not in card
+    assert "pipeline_tag: text-generation" in card
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -194,7 +194,8 @@ def card_metadata(spec: dict, ctx) -> str:
     record = ctx.input_record  # the packaged model's own measurement (the stage's input)
     names = [ctx.metric, *(m for m in ctx.task.metric_names if m != ctx.metric)]
     values = {m: float(record[m]) for m in names if isinstance(record.get(m), (int, float))}
-    results = [EvalResult(task_type=spec["task"], dataset_type=datasets[0], dataset_name=datasets[0],
+    hub_task = "text-generation" if spec["task"] == "causal-lm" else spec["task"]  # the Hub's name for it
+    results = [EvalResult(task_type=hub_task, dataset_type=datasets[0], dataset_name=datasets[0],
                           dataset_split="eval (held out)", metric_type=m, metric_name=m, metric_value=v)
                for m, v in values.items()]
     earlier = [e for e, _ in ctx.earlier]
@@ -204,7 +205,7 @@ def card_metadata(spec: dict, ctx) -> str:
     tags = ["onnx", "onnxruntime", "compress", spec["precision"], *dict.fromkeys(
         STAGE_TAGS[k] for k in kinds if k in STAGE_TAGS)]
     meta = ModelCardData(model_name=spec["name"], base_model=hub_id_of(ctx.recipe.model), datasets=datasets,
-                         metrics=list(values), tags=tags, pipeline_tag=spec["task"], library_name="optimum",
+                         metrics=list(values), tags=tags, pipeline_tag=hub_task, library_name="optimum",
                          eval_results=results or None)
     return meta.to_yaml()
 
