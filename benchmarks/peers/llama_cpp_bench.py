@@ -73,8 +73,10 @@ class LlamaCppStepper:
         return self._argmax()
 
 
-def open_llama_cpp(target: str, path: Path, threads: int, cell: dict | None = None) -> LlamaCppStepper:
-    return LlamaCppStepper(path, threads, n_ctx=1024)
+def open_llama_cpp(cell: dict) -> LlamaCppStepper:
+    """The cell's model with a context just long enough for it (llama.cpp allocates the whole
+    KV cache up front: a longer context would count memory the other targets never use)."""
+    return LlamaCppStepper(Path(cell["path"]), cell["threads"], n_ctx=cell["prompt_len"] + cell["new_tokens"] + 1)
 
 
 def cells(name: str, gguf: Path, shapes: list[tuple[int, int]], new_tokens: int, threads: int, timed_runs: int,

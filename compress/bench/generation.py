@@ -175,11 +175,15 @@ def measure(stepper: Stepper, cell: dict) -> dict:
     }
 
 
-def run_cell_here(cell: dict, stepper_factory: Callable[[str, Path, int], Stepper] = open_stepper) -> dict:
+def open_cell_stepper(cell: dict) -> Stepper:
+    return open_stepper(cell["target"], Path(cell["path"]), cell["threads"])
+
+
+def run_cell_here(cell: dict, stepper_factory: Callable[[dict], Stepper] = open_cell_stepper) -> dict:
     """Open the model (timed) and measure it in this process."""
     path = Path(cell["path"])
     started = time.perf_counter()
-    stepper = stepper_factory(cell["target"], path, cell["threads"])
+    stepper = stepper_factory(cell)
     load_s = time.perf_counter() - started
     rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result = measure(stepper, cell)
@@ -187,7 +191,7 @@ def run_cell_here(cell: dict, stepper_factory: Callable[[str, Path, int], Steppe
             "size_bytes": model_size_bytes(cell["target"], path)}
 
 
-def cell_main(argv: list[str], stepper_factory: Callable[[str, Path, int], Stepper] = open_stepper) -> int:
+def cell_main(argv: list[str], stepper_factory: Callable[[dict], Stepper] = open_cell_stepper) -> int:
     """A cell process: JOB (a GenerationCell as JSON) -> OUT (its result as JSON)."""
     job, out = Path(argv[0]), Path(argv[1])
     result = run_cell_here(json.loads(job.read_text(encoding="utf-8")), stepper_factory)
