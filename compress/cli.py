@@ -344,11 +344,12 @@ def targets() -> None:
 @app.command()
 def predict(
     package: Path = typer.Argument(..., help="A package directory (the output of the package stage)."),
-    texts: list[str] = typer.Argument(..., help='Texts (questions for a QA model); "-" reads one per line from stdin.'),
+    texts: list[str] = typer.Argument(..., help='Texts (questions for a QA model, prompts for a causal LM); "-" reads one per line from stdin.'),
     pairs: list[str] | None = typer.Option(
         None, "--pair", help="The second text of each pair (NLI, paraphrase) or the context of each question (QA): "
                              "repeat once per text, in order."),
-    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Texts per batch (default: 32; "
+                                                                            "causal-lm prompts: 8)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per text, for every task (JSON Lines)."),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1, help="causal-lm: tokens to generate at most."),
     chat: bool = typer.Option(False, "--chat", help="causal-lm: apply the chat template (needs jinja2)."),
@@ -380,7 +381,7 @@ def predict(
                                              temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
                                              stop=stop or (), chat=chat, batch_size=batch_size)
             else:
-                results = predictor.predict(texts, pairs or None, batch_size=batch_size)
+                results = predictor.predict(texts, pairs or None, batch_size=batch_size or 32)
     except CompressError as e:
         raise _fail(str(e), e.exit_code) from None
     for w in caught:

@@ -32,6 +32,7 @@ _NUMPY_DTYPES = {"int64": np.int64, "int32": np.int32}
 _REQUIRED_KEYS = ("model", "inputs", "outputs", "labels", "max_sequence_length", "tokenizer", "files")
 CAUSAL_LM = "causal-lm"
 _DECODER_KEYS = ("past", "generation")  # deploy.json blocks only a causal-lm package has
+GENERATE_BATCH = 8  # prompts decoded together by default (the prefill's logits grow with batch x prompt)
 
 
 class PackageError(CompressError):
@@ -247,6 +248,8 @@ class Predictor:
         contains a stop string (the text is cut before it) or after max_new_tokens (fewer if the
         model's positions run out). chat: apply the package's chat template (needs jinja2) to
         each prompt as a user message (or to a list of {role, content} messages).
+        batch_size (default 8, not the load-time batch size): the prefill returns logits for
+        every prompt position (batch x prompt x vocab floats: 8 x 512 x 49,152 is 800 MB).
         Returns per prompt: {text, token_ids (the new tokens), prompt_tokens, new_tokens,
         finish_reason: eos | stop | length}."""
         from compress.generation import generate_ids
@@ -267,7 +270,9 @@ class Predictor:
 
         rng = np.random.default_rng(seed)  # one stream for the whole call: batches draw in turn
         results: list[dict | None] = [None] * len(prompt_ids)
-        for idx in plan_batches([len(p) for p in prompt_ids], batch_size or self.batch_size):
+        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+            raise PackageError(f"batch_size must be a positive integer, got {batch_size!r}")
+        for idx in plan_batches([len(p) for p in prompt_ids], batch_size or GENERATE_BATCH):
             done = generate_ids(self.decoder, [prompt_ids[i] for i in idx], [room[i] for i in idx],
                                 set(gen["eos_token_ids"]), gen["pad_token_id"], sampling, rng,
                                 contains_stop if stops else None)

@@ -236,6 +236,7 @@ def test_left_padding_and_positions_follow_transformers():
     ({"top_k": 0}, "top_k must be a positive integer"),
     ({"top_p": 1.5}, r"top_p must be in \(0, 1\]"),
     ({"stop": ["ok", ""]}, r"stop\[1\] must be a non-empty string"),
+    ({"batch_size": 0}, "batch_size must be a positive integer"),
 ])
 def test_bad_generate_arguments_fail_in_one_line(predictor, kwargs, message):
     kwargs = {"prompts": ["the model"], **kwargs}
