@@ -344,15 +344,25 @@ def targets() -> None:
 @app.command()
 def predict(
     package: Path = typer.Argument(..., help="A package directory (the output of the package stage)."),
-    texts: list[str] = typer.Argument(..., help='Texts (questions for a QA model); "-" reads one per line from stdin.'),
+    texts: list[str] = typer.Argument(..., help='Texts (questions for a QA model, prompts for a causal LM); "-" reads one per line from stdin.'),
     pairs: list[str] | None = typer.Option(
         None, "--pair", help="The second text of each pair (NLI, paraphrase) or the context of each question (QA): "
                              "repeat once per text, in order."),
-    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Texts per batch (default: 32; "
+                                                                            "causal-lm prompts: 8)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per text, for every task (JSON Lines)."),
+    max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1, help="causal-lm: tokens to generate at most."),
+    chat: bool = typer.Option(False, "--chat", help="causal-lm: apply the chat template (needs jinja2)."),
+    sample: bool = typer.Option(False, "--sample", help="causal-lm: sample (default: greedy)."),
+    temperature: float = typer.Option(1.0, "--temperature", help="causal-lm, --sample: softmax temperature."),
+    top_k: int | None = typer.Option(None, "--top-k", help="causal-lm, --sample: keep the k likeliest tokens."),
+    top_p: float | None = typer.Option(None, "--top-p", help="causal-lm, --sample: nucleus probability mass."),
+    seed: int | None = typer.Option(None, "--seed", help="causal-lm, --sample: random seed."),
+    stop: list[str] | None = typer.Option(None, "--stop", help="causal-lm: end a text at this string (repeatable)."),
 ) -> None:
     """Run a packaged model on texts (light runtime: no torch, no transformers). Classification prints
-    label, score and text per line; other tasks (and --json) print one JSON object per text."""
+    label, score and text per line; other tasks (and --json) print one JSON object per text; a
+    causal LM continues each text (a prompt) and prints {prompt, text, token counts, finish_reason}."""
     import warnings
 
     from compress.runtime import Predictor
@@ -363,7 +373,15 @@ def predict(
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            results = Predictor.load(package).predict(texts, pairs or None, batch_size=batch_size)
+            predictor = Predictor.load(package)
+            if predictor.decoder is not None:
+                if pairs:
+                    raise CompressError("--pair: a causal-lm package takes prompts only")
+                results = predictor.generate(texts, max_new_tokens=max_new_tokens, do_sample=sample,
+                                             temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                                             stop=stop or (), chat=chat, batch_size=batch_size)
+            else:
+                results = predictor.predict(texts, pairs or None, batch_size=batch_size or 32)
     except CompressError as e:
         raise _fail(str(e), e.exit_code) from None
     for w in caught:
@@ -371,6 +389,8 @@ def predict(
     for text, r in zip(texts, results):
         if "label" in r and not as_json:
             sys.stdout.write(f"{r['label']}\t{r['score']:.4f}\t{text}\n")
+        elif predictor.decoder is not None:  # "text" is the generated text: the input is the prompt
+            sys.stdout.write(json.dumps({"prompt": text, **r}, ensure_ascii=False) + "\n")
         else:
             sys.stdout.write(json.dumps({"text": text, **r}, ensure_ascii=False) + "\n")
 

@@ -18,6 +18,7 @@ import tomllib
 from packaging.requirements import Requirement
 
 from compress.runtime import Predictor
+from tests.decoders import tiny_decoder_package
 from tests.helpers import run_tiny
 
 ROOT = Path(__file__).parents[1]
@@ -133,3 +134,37 @@ def test_cli_predict_works_and_training_commands_name_the_extra(light_python, pa
         assert len(lines) == 1, result.stderr
         assert f"compress {args[0]} needs the training stack" in lines[0]
         assert "pip install 'compress[train]'" in lines[0] and "torch" in lines[0]
+
+
+@pytest.fixture(scope="module")
+def decoder_package(tmp_path_factory, tiny_llama_dir) -> Path:
+    return tiny_decoder_package(tmp_path_factory, tiny_llama_dir)
+
+
+def test_generate_works_with_the_runtime_only(light_python, decoder_package):
+    """A causal-lm package generates (greedy, sampled, stop strings) without torch or
+    transformers; the same tokens as here. chat=True needs jinja2, which the base install
+    lacks: one line says what to install."""
+    prompts = ["the model", "a long time ago"]
+    code = ("import json, sys, compress; from compress.generation import render_chat\n"
+            f"p = compress.load(sys.argv[1], threads=1)\n"
+            f"print(json.dumps([r['token_ids'] for r in p.generate({prompts!r}, max_new_tokens=8)]))\n"
+            f"print(json.dumps([r['token_ids'] for r in p.generate({prompts!r}, max_new_tokens=8, do_sample=True, "
+            "top_k=20, top_p=0.9, seed=1, stop=['zz'])]))\n"
+            "print(sorted(m for m in ('torch', 'transformers', 'jinja2') if m in sys.modules))\n"
+            "try:\n    render_chat('{{ messages }}', [], {})\nexcept ImportError as e:\n    print(e)\n")
+    result = _run(light_python, "-c", code, str(decoder_package))
+    assert result.returncode == 0, result.stderr
+    greedy, sampled, modules, chat_error = result.stdout.strip().splitlines()
+    here = Predictor.load(decoder_package, threads=1)
+    assert json.loads(greedy) == [r["token_ids"] for r in here.generate(prompts, max_new_tokens=8)]
+    assert json.loads(sampled) == [r["token_ids"] for r in here.generate(
+        prompts, max_new_tokens=8, do_sample=True, top_k=20, top_p=0.9, seed=1, stop=["zz"])]
+    assert modules == "[]"
+    assert chat_error.startswith("chat=True renders the package's chat template with jinja2") and \
+        "pip install jinja2" in chat_error
+    predicted = _run(light_python, "-m", "compress", "predict", str(decoder_package), "the model",
+                     "--max-new-tokens", "5")
+    assert predicted.returncode == 0, predicted.stderr
+    row = json.loads(predicted.stdout)
+    assert row["prompt"] == "the model" and row["new_tokens"] == 5

@@ -22,6 +22,9 @@ class PackageStage(StageConfig):
     validate_samples: int = Field(128, ge=1, description="Eval examples the packaged runtime is checked on.")
     atol: float = Field(1e-5, gt=0, description="Max |raw output difference| (logits) vs the reference ONNX Runtime "
                                                    "session fed the same batches.")
+    validate_prompts: int = Field(4, ge=1, description="causal-lm: eval texts whose first 32 tokens are the prompts "
+                                                       "of the validation generation.")
+    validate_new_tokens: int = Field(16, ge=1, description="causal-lm: greedy tokens generated per validation prompt.")
 
     accepts = (ONNXModel, TRTEngine)
     produces = ONNXModel  # a TensorRT engine input gives a TRTEngine package (engine + its ONNX)
@@ -47,6 +50,8 @@ class PackageStage(StageConfig):
         from compress.stages.package.triton_repository import write_triton_repository
 
         out = ctx.artifact_dir
+        if ctx.recipe.task == "causal-lm":
+            return self._run_decoder(model, ctx)
         engine = model if isinstance(model, TRTEngine) else None
         onnx_model = engine_source_onnx(engine, ctx.earlier) if engine else model
         name = self.name or ctx.recipe.name
@@ -90,6 +95,49 @@ class PackageStage(StageConfig):
         if ctx.selection:  # the select block chose what this package ships
             ctx.record(selection=ctx.selection)
         return TRTEngine(out) if engine else ONNXModel(out)
+
+    def _run_decoder(self, model: Artifact, ctx) -> Artifact:
+        """A causal LM's package: the graph with its KV cache, deploy.json with the cache layout and
+        generation settings, checked by a greedy generation (stages/package/decoder.py)."""
+        import logging
+
+        from compress.environment import environment
+        from compress.errors import StageError
+        from compress.stages.package.decoder import (
+            TRITON_SKIPPED,
+            build_decoder_package,
+            prompt_prefixes,
+            validate_generation,
+        )
+        from compress.stages.package.deploy import (
+            CARD_FILE,
+            model_card,
+            write_deploy_spec,
+        )
+
+        if isinstance(model, TRTEngine):
+            raise StageError("package: a causal-lm TensorRT engine cannot be packaged (the light runtime steps an "
+                             "ONNX decoder graph with its KV cache)")
+        out, name = ctx.artifact_dir, self.name or ctx.recipe.name
+        spec = build_decoder_package(model, out, name)
+        precision = spec["precision"]
+        if self.triton:
+            logging.getLogger(__name__).info("package: %s", TRITON_SKIPPED)
+
+        texts = ctx.task.runtime_inputs(ctx.splits.eval.subset(list(range(min(self.validate_prompts,
+                                                                               len(ctx.splits.eval))))))[0]
+        prompts = prompt_prefixes(texts, model.path, 32)
+        spec["validated"].append(validate_generation(out, model, prompts, self.validate_new_tokens,
+                                                     ctx.measure.threads))
+        env = environment()
+        env["packages"].update(_runtime_versions())
+        (out / CARD_FILE).write_text(model_card(spec, ctx, env), encoding="utf-8")
+        write_deploy_spec(out, spec)
+        ctx.record(package={"name": name, "precision": precision, "files": len(spec["files"]),
+                            "validated": spec["validated"], "triton": TRITON_SKIPPED if self.triton else None})
+        if ctx.selection:
+            ctx.record(selection=ctx.selection)
+        return ONNXModel(out)
 
 
 def _runtime_versions() -> dict:

@@ -194,7 +194,8 @@ def card_metadata(spec: dict, ctx) -> str:
     record = ctx.input_record  # the packaged model's own measurement (the stage's input)
     names = [ctx.metric, *(m for m in ctx.task.metric_names if m != ctx.metric)]
     values = {m: float(record[m]) for m in names if isinstance(record.get(m), (int, float))}
-    results = [EvalResult(task_type=spec["task"], dataset_type=datasets[0], dataset_name=datasets[0],
+    hub_task = "text-generation" if spec["task"] == "causal-lm" else spec["task"]  # the Hub's name for it
+    results = [EvalResult(task_type=hub_task, dataset_type=datasets[0], dataset_name=datasets[0],
                           dataset_split="eval (held out)", metric_type=m, metric_name=m, metric_value=v)
                for m, v in values.items()]
     earlier = [e for e, _ in ctx.earlier]
@@ -204,7 +205,7 @@ def card_metadata(spec: dict, ctx) -> str:
     tags = ["onnx", "onnxruntime", "compress", spec["precision"], *dict.fromkeys(
         STAGE_TAGS[k] for k in kinds if k in STAGE_TAGS)]
     meta = ModelCardData(model_name=spec["name"], base_model=hub_id_of(ctx.recipe.model), datasets=datasets,
-                         metrics=list(values), tags=tags, pipeline_tag=spec["task"], library_name="optimum",
+                         metrics=list(values), tags=tags, pipeline_tag=hub_task, library_name="optimum",
                          eval_results=results or None)
     return meta.to_yaml()
 
@@ -215,6 +216,8 @@ def model_card(spec: dict, ctx, environment: dict) -> str:
     where it was checked and how to load it."""
     from compress.report import md_table, summary_table
 
+    decoder = "generation" in spec  # a causal LM: generate(), positions, no Triton repository
+
     stages = [f"{i + 1}. `{e.kind}` ({e.status})" + (f": {e.reason}" if e.reason else "")
               + (f" `{json.dumps(e.config)}`" if e.config else "")
               for i, (e, _) in enumerate(ctx.earlier)]
@@ -223,13 +226,15 @@ def model_card(spec: dict, ctx, environment: dict) -> str:
     validated = [[v["runtime"], v.get("provider", "-"), str(v.get("examples", "-")),
                   ", ".join(f"{k.removesuffix('_agreement')} {val}" for k, val in v.items()
                             if k.endswith("_agreement")) or "-",
-                  f"{v.get('max_abs_diff', float('nan')):.2g} (outputs)"] for v in spec["validated"]]
+                  f"{v['max_abs_diff']:.2g} (outputs)" if "max_abs_diff" in v else "- (tokens compared)"]
+                 for v in spec["validated"]]
     parts = [
         f"---\n{card_metadata(spec, ctx)}\n---\n",
         f"# {spec['name']}\n",
         f"Task: {spec['task']}. " + (f"Labels: {', '.join(spec['labels'])}. " if spec["labels"] else "")
         + f"Precision: {spec['precision']}. "
-        f"Max sequence length: {spec['max_sequence_length']} tokens (longer texts are truncated).\n",
+        + (f"Positions: {spec['max_sequence_length']} (prompt and new tokens together).\n" if decoder else
+           f"Max sequence length: {spec['max_sequence_length']} tokens (longer texts are truncated).\n"),
         f"Base model: `{ctx.recipe.model}`. Recipe: `{ctx.recipe_path}`.\n",
         "## Stages applied\n", "\n".join(stages) + "\n",
         f"## {ctx.metric.capitalize()} ledger (eval split)\n", md_table(header, body) + "\n",
@@ -241,6 +246,8 @@ def model_card(spec: dict, ctx, environment: dict) -> str:
     if ctx.benchmark_markdown:  # the run's benchmark, when its recipe has a benchmark block
         parts += ["## Benchmark\n", ctx.benchmark_markdown.strip() + "\n"]
     ort_class = ort_class_name(ctx.task)
+    call = ("predictor.generate([\"a prompt\"], max_new_tokens=64)  # [{'text', 'token_ids', 'finish_reason', ...}]"
+            if decoder else f"predictor.predict({ctx.task.usage[0]})  # {ctx.task.usage[1]}")
     parts += [
         "## Inputs and outputs\n", md_table(["name", "dtype", "shape"], io) + "\n",
         "## Validated on\n",
@@ -249,14 +256,18 @@ def model_card(spec: dict, ctx, environment: dict) -> str:
         "## Use\n",
         "```python\nfrom compress.runtime import Predictor\n\n"
         "predictor = Predictor.load(\"path/to/this/directory\")  # checks every file's sha256 first\n"
-        f"predictor.predict({ctx.task.usage[0]})  # {ctx.task.usage[1]}\n```\n\n"
+        f"{call}\n```\n\n"
         "or `compress predict path/to/this/directory \"some text\"`. With optimum and transformers:\n",
         f"```python\nfrom optimum.onnxruntime import {ort_class}\n"
         "from transformers import AutoTokenizer, pipeline\n\n"
         f"model = {ort_class}.from_pretrained(\"path/to/this/directory\")\n"
         "tokenizer = AutoTokenizer.from_pretrained(\"path/to/this/directory\")\n"
-        f"pipe = pipeline(\"{spec['task']}\", model=model, tokenizer=tokenizer)\n```\n",
-        "Needs only `onnxruntime`, `tokenizers` and `numpy`. `triton/` is a Triton Inference Server model "
-        "repository (inputs are token ids: tokenize with tokenizer.json first).\n",
+        f"pipe = pipeline(\"{'text-generation' if decoder else spec['task']}\", model=model, "
+        "tokenizer=tokenizer)\n```\n",
+        "Needs only `onnxruntime`, `tokenizers` and `numpy`"
+        + (" (and `jinja2` for chat=True, which renders the tokenizer's chat template). No Triton repository: "
+           "a decoder's KV cache needs Triton's python or ensemble backend.\n" if decoder else
+           ". `triton/` is a Triton Inference Server model repository (inputs are token ids: tokenize with "
+           "tokenizer.json first).\n"),
     ]
     return "\n".join(parts)
