@@ -17,6 +17,7 @@ Kinds (paths relative to the repository root):
   repeats-of RESULTS   each cell's p50 in every repeat of one results.jsonl (repeats: N), and their spread
   steadiness SUMMARY   benchmarks/steadiness/thread_modes.py's summary.json: p50 and spread per thread setting
   cells RESULTS     every cell: threads, shape, median p50 with its repeats' range and spread, throughput, metric
+  generation RESULTS   benchmarks/causal_lm/generation.py's results.jsonl: TTFT, decode tokens/s, memory per cell
 tests/test_readme_tables.py runs --check on every README the repository ships."""
 
 from __future__ import annotations
@@ -151,8 +152,19 @@ def steadiness(summary: str) -> str:
     return md_table(["setting", "median p50", "spread between processes", "processes' p50 range"], body) + "\n"
 
 
+def generation(results: str) -> str:
+    """A causal LM's generation cells: TTFT, decode tokens/s, peak memory and size per model and shape."""
+    import json
+
+    from compress.bench.generation import markdown_table
+
+    rows = [json.loads(line) for line in (ROOT / results).read_text(encoding="utf-8").splitlines() if line.strip()]
+    return "\n".join(ln for ln in markdown_table(rows).splitlines() if ln.startswith("|")) + "\n"
+
+
 KINDS = {"ledger": ledger, "tasks": tasks, "bench": bench, "speedups": speedups, "repeats": repeats,
-         "repeats-of": repeats_of, "cells": cells, "steadiness": steadiness}
+         "repeats-of": repeats_of, "cells": cells, "steadiness": steadiness,
+         "generation": generation}
 
 
 def render(command: str) -> str:

@@ -215,13 +215,15 @@ def model_card(spec: dict, ctx, environment: dict) -> str:
     scored after each step, how fast it ran (when the run's benchmark ran before this stage),
     where it was checked and how to load it."""
     from compress.report import md_table, summary_table
+    from compress.tasks import is_lower_better
 
     decoder = "generation" in spec  # a causal LM: generate(), positions, no Triton repository
 
     stages = [f"{i + 1}. `{e.kind}` ({e.status})" + (f": {e.reason}" if e.reason else "")
               + (f" `{json.dumps(e.config)}`" if e.config else "")
               for i, (e, _) in enumerate(ctx.earlier)]
-    header, body = summary_table(list(ctx.ledger), ctx.metric)
+    # perplexity changes read in % of the reference, not in points
+    header, body = summary_table(list(ctx.ledger), ctx.metric, relative=is_lower_better(ctx.task, ctx.metric))
     io = [[f"`{t['name']}`", t["dtype"], str(t["shape"])] for t in spec["inputs"] + spec["outputs"]]
     validated = [[v["runtime"], v.get("provider", "-"), str(v.get("examples", "-")),
                   ", ".join(f"{k.removesuffix('_agreement')} {val}" for k, val in v.items()

@@ -4,7 +4,7 @@ file size, and against the fp32 graph the top-1 next-token agreement and perplex
 tokens of Rotten Tomatoes snippets (one forward pass, empty past). A quality probe, not a
 timing: calibration rows are the first 32 snippets, the scored text snippets 5000-5039.
 
-    python benchmarks/results/causal-lm/weight_compression_probe.py WORK_DIR"""
+    python benchmarks/causal_lm/weight_compression_probe.py WORK_DIR  (until 2026-12-03 it lay under benchmarks/results/causal-lm/, the path its committed JSON names)"""
 
 from __future__ import annotations
 
