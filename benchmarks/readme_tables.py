@@ -18,6 +18,7 @@ Kinds (paths relative to the repository root):
   steadiness SUMMARY   benchmarks/steadiness/thread_modes.py's summary.json: p50 and spread per thread setting
   cells RESULTS     every cell: threads, shape, median p50 with its repeats' range and spread, throughput, metric
   generation RESULTS   benchmarks/causal_lm/generation.py's results.jsonl: TTFT, decode tokens/s, memory per cell
+  rouge FILE...     benchmarks/causal_lm/rouge_xsum.py's JSON per model: ROUGE-1/2/L and the protocol
 tests/test_readme_tables.py runs --check on every README the repository ships."""
 
 from __future__ import annotations
@@ -162,9 +163,23 @@ def generation(results: str) -> str:
     return "\n".join(ln for ln in markdown_table(rows).splitlines() if ln.startswith("|")) + "\n"
 
 
+def rouge(*files: str) -> str:
+    """One row per ROUGE evaluation of XSum summaries (compress.xsum): the scores and the protocol."""
+    import json
+
+    from compress.markdown import md_table
+
+    body = []
+    for f in files:
+        r = json.loads((ROOT / f).read_text(encoding="utf-8"))
+        body.append([Path(f).stem, r["kind"], f"{r['rouge1']:.4f}", f"{r['rouge2']:.4f}", f"{r['rougeL']:.4f}",
+                     f"{r['documents']} x {r['document_tokens']} tokens, {r['decoding']}, <= {r['max_new_tokens']} new"])
+    return md_table(["run", "model kind", "ROUGE-1", "ROUGE-2", "ROUGE-L", "documents, decoding"], body) + "\n"
+
+
 KINDS = {"ledger": ledger, "tasks": tasks, "bench": bench, "speedups": speedups, "repeats": repeats,
          "repeats-of": repeats_of, "cells": cells, "steadiness": steadiness,
-         "generation": generation}
+         "generation": generation, "rouge": rouge}
 
 
 def render(command: str) -> str:

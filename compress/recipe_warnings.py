@@ -18,6 +18,11 @@ S8S8_REASON = ("ONNX Runtime's x86 CPU kernels run U8S8 (uint8 activations, int8
                "fp32 model it came from (23.3 vs 20.8 ms batch-1 p50, 8-class news, 128 tokens, 2 threads, "
                "AVX512-VNNI)")
 
+# Measured: SmolLM2-135M decode at batch 1, 2 threads, AVX512-VNNI (benchmarks/results/causal-lm/generation/)
+HQQ_REASON = ("ONNX Runtime's HQQ writes float zero points and no accuracy_level, which sends MatMulNBits down a "
+              "dequantize-then-multiply path: SmolLM2-135M decoded 4.6 tokens/s with HQQ 4-bit weights against "
+              "53 with RTN 8-bit blocks (batch 1, 2 threads, AVX512-VNNI)")
+
 
 def runs_on_cpu(recipe: Recipe, index: int) -> bool:
     """Whether stage `index`'s ONNX model is meant for a CPU runtime: no later stage builds a
@@ -36,4 +41,7 @@ def recipe_warnings(recipe: Recipe) -> list[str]:
             lines.append(f"stages[{i}].activation_type: int8{default} with mode: static makes S8S8 Q/DQ, slow on "
                          f"this recipe's CPU target: {S8S8_REASON}; set activation_type: uint8 (int8 is for "
                          "TensorRT)")
+        if stage.kind == "compress_weights" and stage.method == "hqq" and runs_on_cpu(recipe, i):
+            lines.append(f"stages[{i}].method: hqq makes a slow model on this recipe's CPU target: {HQQ_REASON}; "
+                         "method: rtn with accuracy_level: 4 runs the fast int8 kernels")
     return lines

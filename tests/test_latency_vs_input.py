@@ -76,3 +76,15 @@ def test_validate_warns_on_s8s8_static_ptq_for_cpu(recipe_dir, extra, warned):
     assert warning[0].startswith(f"warning: {path}: stages[1].activation_type: int8")
     assert ("(the default)" in warning[0]) == (extra == "")
     assert "23.3 vs 20.8 ms" in warning[0] and "activation_type: uint8" in warning[0]
+
+
+def test_validate_warns_on_hqq_weights_for_cpu():
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "benchmarks" / "causal_lm" / "int4-hqq.yaml"
+    result = CliRunner().invoke(app, ["validate", str(path)])
+    assert result.exit_code == 0, result.output
+    warning = [line for line in result.output.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1 and "stages[1].method: hqq" in warning[0] and "4.6 tokens/s" in warning[0], result.output
+    shipped = CliRunner().invoke(app, ["validate", str(path.parents[2] / "recipes" / "causal-lm.yaml")])
+    assert shipped.exit_code == 0 and "warning:" not in shipped.output, shipped.output
