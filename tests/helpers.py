@@ -122,3 +122,22 @@ def toy_budget_problem():
         return [row[::-1] if i < flips else row for i, row in enumerate(reference)]
 
     return logits_with, reference, score, harm
+
+
+def run_tiny_lm(tmp: Path, model_dir: Path, stages: str, paragraphs: int, eval_fraction: float,
+                latency_iterations: int = 3) -> Path:
+    """A causal-lm recipe on a copy of the tiny llama and a .txt corpus of `paragraphs`
+    documents, run in tmp; returns the run directory. `stages` is the YAML list's body."""
+    from tests.conftest import make_paragraphs
+
+    shutil.copytree(model_dir, tmp / "model")
+    (tmp / "corpus.txt").write_text("\n\n".join(make_paragraphs(paragraphs)))
+    (tmp / "recipe.yaml").write_text(f"""
+name: tiny-lm
+model: model
+task: causal-lm
+data: {{train: corpus.txt, eval_fraction: {eval_fraction}, seed: 3, max_length: 64}}
+measure: {{threads: 1, latency_iterations: {latency_iterations}, warmup: 1, eval_batch_size: 8}}
+stages:
+{stages}""")
+    return run_recipe(load_recipe(tmp / "recipe.yaml"), tmp / "runs").run_dir

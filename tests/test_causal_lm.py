@@ -282,22 +282,9 @@ def test_recipe_finetune_export_optimize_ptq_records_perplexity_everywhere(tiny_
     """Every stage's artifact is measured by perplexity; training lowers it (so the INT8
     comparison is not between two near-uniform models); dynamic INT8 stays within the issue's
     5 % perplexity target of the float graph it came from."""
-    import shutil
+    from tests.helpers import run_tiny_lm, stage_json
 
-    from compress.pipeline import run_recipe
-    from compress.recipe import load_recipe
-    from tests.helpers import stage_json
-
-    shutil.copytree(tiny_llama_dir, tmp_path / "model")
-    (tmp_path / "corpus.txt").write_text("\n\n".join(make_paragraphs(120)))
-    (tmp_path / "recipe.yaml").write_text("""
-name: tiny-lm
-model: model
-task: causal-lm
-data: {train: corpus.txt, eval_fraction: 0.2, seed: 3, max_length: 64}
-measure: {threads: 1, latency_iterations: 3, warmup: 1, eval_batch_size: 8}
-stages:
-  - kind: finetune
+    run = run_tiny_lm(tmp_path, tiny_llama_dir, """  - kind: finetune
     epochs: 3
     batch_size: 8
     learning_rate: 3.0e-3
@@ -309,8 +296,7 @@ stages:
   - kind: ptq
     mode: dynamic
     nodes_to_exclude: ["*/mlp/down_proj/*"]
-""")
-    run = run_recipe(load_recipe(tmp_path / "recipe.yaml"), tmp_path / "runs").run_dir
+""", paragraphs=120, eval_fraction=0.2)
     names = ["01-finetune", "02-export_onnx", "03-optimize_onnx", "04-ptq"]
     records = {n: stage_json(run, n) for n in names}
     manifest = json.loads((run / "manifest.json").read_text())

@@ -5,36 +5,17 @@ model card shows generate(), and there is no Triton repository."""
 from __future__ import annotations
 
 import json
-import shutil
 
-import pytest
-
-pytest.importorskip("compress.tasks.causal_lm", reason="needs the causal-lm task (compress/tasks/causal_lm.py)")
-
-from compress.runtime import Predictor  # noqa: E402
-from tests.conftest import make_paragraphs  # noqa: E402
+from compress.runtime import Predictor
+from tests.helpers import run_tiny_lm, stage_json
 
 
 def test_a_causal_lm_recipe_ends_in_a_validated_package(tiny_llama_dir, tmp_path):
-    from compress.pipeline import run_recipe
-    from compress.recipe import load_recipe
-    from tests.helpers import stage_json
-
-    shutil.copytree(tiny_llama_dir, tmp_path / "model")
-    (tmp_path / "corpus.txt").write_text("\n\n".join(make_paragraphs(40)))
-    (tmp_path / "recipe.yaml").write_text("""
-name: tiny-lm
-model: model
-task: causal-lm
-data: {train: corpus.txt, eval_fraction: 0.25, seed: 3, max_length: 64}
-measure: {threads: 1, latency_iterations: 2, warmup: 1, eval_batch_size: 8}
-stages:
-  - kind: export_onnx
+    run = run_tiny_lm(tmp_path, tiny_llama_dir, """  - kind: export_onnx
   - kind: package
     validate_prompts: 3
     validate_new_tokens: 8
-""")
-    run = run_recipe(load_recipe(tmp_path / "recipe.yaml"), tmp_path / "runs").run_dir
+""", paragraphs=40, eval_fraction=0.25, latency_iterations=2)
     package = run / "02-package"
     record = stage_json(run, "02-package")["package"]
     (validated,) = record["validated"]
