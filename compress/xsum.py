@@ -129,14 +129,17 @@ def evaluate_xsum(summarize: Callable[[list[list[dict]]], list[str]], tokenizer,
                   document_tokens: int = 400) -> dict:
     """ROUGE of `summarize` (chat messages per article -> summary text) on the XSum subset;
     tokenizer (a tokenizers.Tokenizer) cuts the articles. Per example: its index in the file,
-    the generated summary and its scores (not the article or the reference)."""
+    a hash of the generated summary (two models wrote the same text or not) and its scores;
+    no text: summaries quote their articles, and BIG-bench's text is not to be redistributed."""
+    import hashlib
+
     pairs = load_xsum(path, documents)
     articles = [cut_to_tokens(a, tokenizer, document_tokens) for a, _ in pairs]
     predictions = [p.strip() for p in summarize([summary_messages(a) for a in articles])]
     scores = rouge(predictions, [ref for _, ref in pairs])
     return {**{t: scores[t] for t in ROUGE_TYPES}, "documents": len(pairs), "document_tokens": document_tokens,
             # the references stay out: BIG-bench's text is not to be redistributed with results
-            "examples": [{"document": i, "summary": pred, **s}
+            "examples": [{"document": i, "summary_sha256": hashlib.sha256(pred.encode()).hexdigest(), **s}
                          for i, (pred, s) in enumerate(zip(predictions, scores["per_example"]))]}
 
 
