@@ -32,8 +32,9 @@ def builtin_source(name: str) -> Path:
         raise CompressError(f"unknown built-in model {name!r} (known: {', '.join(BUILTIN_MODELS)})")
     package, sub, requirement = BUILTIN_MODELS[name]
     spec = importlib.util.find_spec(package)  # locate the files without importing the package
-    roots = [Path(spec.origin).parent] if spec and spec.origin else list(spec.submodule_search_locations or []) \
-        if spec else []
+    roots = []
+    if spec is not None:  # a regular package has an origin; a namespace package (no __init__) only locations
+        roots = [Path(spec.origin).parent] if spec.origin else list(spec.submodule_search_locations or [])
     path = roots[0] / sub if roots else None
     present = path is not None and (path.is_file() if sub.endswith(".gguf") else (path / "config.json").is_file())
     if not present:

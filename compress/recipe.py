@@ -80,14 +80,15 @@ class Recipe(BaseModel):
         metric: a lower-is-better one (perplexity) is refused by name rather than misread."""
         from compress.tasks import is_lower_better
 
-        metric = self.metric or get_task(self.task).primary_metric
-        if not is_lower_better(get_task(self.task), metric):
+        task = get_task(self.task)
+        metric = self.metric or task.primary_metric
+        if not is_lower_better(task, metric):
             return
         for i, stage in enumerate(self.stages):
             if getattr(stage, "max_metric_drop", None) is not None:
                 raise ValueError(f"stages[{i}] ({stage.kind}).max_metric_drop: budgets take a higher-is-better "
                                  f"metric, and {metric} is lower-is-better (set metric: to one of "
-                                 f"{', '.join(m for m in get_task(self.task).metric_names if m != metric)})")
+                                 f"{', '.join(m for m in task.metric_names if m != metric)})")
         if self.select is not None:
             raise ValueError(f"select: it compares drops of a higher-is-better metric, and {metric} is "
                              "lower-is-better")
