@@ -38,7 +38,6 @@ DATA_AWARE = ("awq", "scale_estimation")
 METHODS = {"nncf": ("rtn", "awq", "scale_estimation"), "onnxruntime": ("rtn", "hqq")}
 BLOCKWISE_DQ_OPSET = 21  # DequantizeLinear takes int4 and block_size from opset 21
 PROTOBUF_LIMIT = 2_000_000_000  # a graph past this size must keep its weights in an external file
-PAST_PREFIX = "past_key_values."
 
 
 class CompressWeightsStage(StageConfig):
@@ -307,6 +306,8 @@ def empty_past_feed(input_ids: list[int], inputs: dict[str, tuple[list, int]]) -
     shape). Encoder graphs take the same feed without past (token_type_ids zeros)."""
     import numpy as np
     from onnx.helper import tensor_dtype_to_np_dtype
+
+    from compress.sessions import PAST_PREFIX
 
     n = len(input_ids)
     feed = {}
