@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+PAST_PREFIX, PRESENT_PREFIX = "past_key_values.", "present."
 PAST_KEY = "past_key_values.{}.key"
 PAST_VALUE = "past_key_values.{}.value"
 PRESENT_KEY = "present.{}.key"
@@ -76,6 +77,27 @@ def positions(mask: np.ndarray) -> np.ndarray:
     return pos.astype(np.int64)
 
 
+def first_call_feed(graph_inputs: Sequence[tuple[str, Sequence, object]],
+                    attention_mask: np.ndarray) -> dict[str, np.ndarray]:
+    """What a decoder graph with past takes on its first call besides input_ids and
+    attention_mask: position_ids (when the graph has that input) counted over the mask, and
+    every past_key_values.* input empty, [batch, kv_heads, 0, head_dim] in its own dtype.
+    graph_inputs: (name, shape, dtype) of the graph's inputs (others are ignored), symbolic
+    dims as str or None, dtype anything np.dtype reads. ValueError (one line) when a past
+    input's head count or head size is not a fixed number."""
+    batch = attention_mask.shape[0]
+    feed = {}
+    for name, shape, dtype in graph_inputs:
+        if name == "position_ids":
+            feed[name] = positions(attention_mask)
+        elif name.startswith(PAST_PREFIX):
+            if len(shape) != 4 or not isinstance(shape[1], int) or not isinstance(shape[3], int):
+                raise ValueError(f"{name} has shape {list(shape)}: expected [batch, kv_heads, past, head_dim] "
+                                 "with fixed kv_heads and head_dim")
+            feed[name] = np.zeros((batch, shape[1], 0, shape[3]), dtype=np.dtype(dtype))
+    return feed
+
+
 class Decoder:
     """A decoder graph in an ONNX Runtime session, called one step at a time: the whole
     prompt first (prefill, empty past), then one token per sequence (decode)."""
@@ -90,18 +112,24 @@ class Decoder:
         missing = [n for n in ["input_ids", "attention_mask", *self.past_names] if n not in names]
         if missing:
             raise ValueError(f"the decoder graph has no input {', '.join(missing[:4])}")
-        self.dtype = np.dtype(layout["dtype"])
-
-    def empty_past(self, batch: int) -> list[np.ndarray]:
-        shape = (batch, self.layout["kv_heads"], 0, self.layout["head_dim"])
-        return [np.zeros(shape, dtype=self.dtype) for _ in self.past_names]
-
-    def step(self, ids: np.ndarray, mask: np.ndarray, past: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
-        """Run ids [batch, seq] with mask [batch, past + seq]; returns the last position's
-        logits [batch, vocab] (float32) and the new past (the graph's present tensors)."""
-        feed = {"input_ids": ids, "attention_mask": mask, **dict(zip(self.past_names, past))}
+        # the layout (deploy.json `past`) as the graph inputs first_call_feed reads
+        past_shape = ["batch_size", layout["kv_heads"], "past_sequence_length", layout["head_dim"]]
+        self.first_call_inputs = [(n, past_shape, np.dtype(layout["dtype"])) for n in self.past_names]
         if self.uses_positions:
-            feed["position_ids"] = positions(mask)[:, -ids.shape[1]:]
+            self.first_call_inputs.append(("position_ids", ["batch_size", "sequence_length"], np.int64))
+
+    def step(self, ids: np.ndarray, mask: np.ndarray,
+             past: list[np.ndarray] | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Run ids [batch, seq] with mask [batch, past + seq]; past None is the first call
+        (the prompt, empty past). Returns the last position's logits [batch, vocab] (float32)
+        and the new past (the graph's present tensors)."""
+        feed = {"input_ids": ids, "attention_mask": mask}
+        if past is None:
+            feed.update(first_call_feed(self.first_call_inputs, mask))
+        else:
+            feed.update(zip(self.past_names, past))
+            if self.uses_positions:
+                feed["position_ids"] = positions(mask)[:, -ids.shape[1]:]
         logits, *present = self.session.run(self.output_names, feed)
         return logits[:, -1, :].astype(np.float32, copy=False), present
 
@@ -166,7 +194,7 @@ def generate_ids(decoder: Decoder, prompts: Sequence[Sequence[int]], max_new_tok
     ids, mask = left_pad(prompts, pad_id)
     out = [Generated([]) for _ in prompts]
     live = np.array([n > 0 for n in max_new_tokens])
-    past = decoder.empty_past(len(prompts))
+    past = None  # the first step feeds the prompt with an empty past
     while live.any():
         logits, past = decoder.step(ids, mask, past)
         chosen = sampling.choose(logits, rng)

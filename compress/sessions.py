@@ -11,6 +11,7 @@ import numpy as np
 
 from compress.artifacts import Artifact, ONNXModel, TorchModel, TRTEngine
 from compress.errors import CompressError
+from compress.generation import PAST_PREFIX, PRESENT_PREFIX, first_call_feed
 from compress.tasks import combine_outputs
 
 if TYPE_CHECKING:
@@ -73,37 +74,45 @@ class ORTSession:
         # A decoder exported with past key/values (optimum's text-generation-with-past): the
         # session fills position_ids and empty past tensors itself, so a batch is only the
         # tokenizer's inputs, and it returns the logits, not the present key/values.
-        self._past = {i.name: _empty_past_spec(i, model) for i in graph_inputs if i.name.startswith(PAST_PREFIX)}
-        self._positions = any(i.name == "position_ids" for i in graph_inputs)
-        self.input_names = [i.name for i in graph_inputs if i.name not in self._past and i.name != "position_ids"]
+        self._first_call_inputs = _first_call_inputs(graph_inputs, model)
+        filled = {name for name, _, _ in self._first_call_inputs}
+        self.input_names = [i.name for i in graph_inputs if i.name not in filled]
         self.output_names = [o.name for o in self.session.get_outputs() if not o.name.startswith(PRESENT_PREFIX)]
         self.pad_id = _pad_id(model.path)
 
     def run(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         feeds = {k: batch[k] for k in self.input_names}
-        if self._positions:  # counted over the attention mask: right or left padding alike
-            feeds["position_ids"] = np.maximum(np.cumsum(batch["attention_mask"], axis=1) - 1, 0).astype(np.int64)
-        rows = len(batch["input_ids"])
-        for name, (heads, head_dim, dtype) in self._past.items():
-            feeds[name] = np.zeros((rows, heads, 0, head_dim), dtype=dtype)
+        if self._first_call_inputs:  # a decoder: every batch is a first call
+            feeds.update(first_call_feed(self._first_call_inputs, batch["attention_mask"]))
         return combine_outputs(self.session.run(self.output_names, feeds))
 
 
-PAST_PREFIX, PRESENT_PREFIX = "past_key_values.", "present."
 ONNX_FLOAT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
 
-def _empty_past_spec(graph_input, model: ONNXModel) -> tuple[int, int, type]:
-    """(key/value heads, head size, dtype) of a past input [batch, heads, past, head_dim]: from
-    the graph, or config.json where a graph rewrite left the sizes symbolic."""
+def _first_call_inputs(graph_inputs, model: ONNXModel) -> list[tuple[str, list, type]]:
+    """The position_ids and past inputs among ONNX Runtime's NodeArgs as (name, shape, dtype)
+    for first_call_feed; a past input's head count and head size from config.json where a
+    graph rewrite left them symbolic."""
+    out = []
+    for i in graph_inputs:
+        if i.name == "position_ids":
+            out.append((i.name, i.shape, np.int64))
+        elif i.name.startswith(PAST_PREFIX):
+            _, heads, past, head_dim = i.shape
+            if not isinstance(heads, int) or not isinstance(head_dim, int):
+                heads, head_dim = _config_cache_sizes(model)
+            out.append((i.name, [i.shape[0], heads, past, head_dim], ONNX_FLOAT_TYPES.get(i.type, np.float32)))
+    return out
+
+
+def _config_cache_sizes(model: ONNXModel) -> tuple[int, int]:
+    """(key/value heads, head size) from the model's config.json."""
     import json
 
-    _, heads, _, head_dim = graph_input.shape
-    if not isinstance(heads, int) or not isinstance(head_dim, int):
-        cfg = json.loads((model.path / "config.json").read_text(encoding="utf-8"))
-        heads = cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
-        head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
-    return heads, head_dim, ONNX_FLOAT_TYPES.get(graph_input.type, np.float32)
+    cfg = json.loads((model.path / "config.json").read_text(encoding="utf-8"))
+    heads = cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
+    return heads, cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
 
 
 class TRTSession:

@@ -11,7 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compress.generation import Sampling, left_pad, past_layout, positions
+from compress.generation import (
+    Sampling,
+    first_call_feed,
+    left_pad,
+    past_layout,
+    positions,
+)
 from compress.runtime import PackageError, Predictor
 from tests.decoders import CHATML_TEMPLATE, tiny_chat_package, tiny_decoder_package
 
@@ -224,6 +230,22 @@ def test_left_padding_and_positions_follow_transformers():
     ids, mask = left_pad([[5, 6, 7], [8]], pad_id=0)
     assert ids.tolist() == [[5, 6, 7], [0, 0, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
     assert positions(mask).tolist() == [[0, 1, 2], [1, 1, 0]]
+
+
+def test_first_call_feed_is_empty_past_and_mask_positions():
+    _, mask = left_pad([[5, 6, 7], [8]], pad_id=0)
+    graph = [("input_ids", ["batch_size", "sequence_length"], np.int64),  # not the feed's: ignored
+             ("position_ids", ["batch_size", "sequence_length"], np.int64),
+             ("past_key_values.0.key", ["batch_size", 3, "past_sequence_length", 64], np.float16),
+             ("past_key_values.0.value", [None, 3, None, 64], "float32")]
+    feed = first_call_feed(graph, mask)
+    assert list(feed) == ["position_ids", "past_key_values.0.key", "past_key_values.0.value"]
+    assert feed["position_ids"].tolist() == [[0, 1, 2], [1, 1, 0]] and feed["position_ids"].dtype == np.int64
+    assert feed["past_key_values.0.key"].shape == (2, 3, 0, 64) and feed["past_key_values.0.key"].dtype == np.float16
+    assert feed["past_key_values.0.value"].dtype == np.float32
+    assert "position_ids" not in first_call_feed(graph[2:], mask)  # a graph without positions gets none
+    with pytest.raises(ValueError, match=r"past_key_values\.0\.key has shape \['b', 'heads', 'p', 64\]"):
+        first_call_feed([("past_key_values.0.key", ["b", "heads", "p", 64], np.float32)], mask)
 
 
 @pytest.mark.parametrize("kwargs, message", [

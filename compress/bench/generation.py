@@ -77,7 +77,7 @@ class ORTStepper:
 
     def prefill(self, ids: np.ndarray) -> np.ndarray:
         self.mask = np.ones_like(ids)
-        logits, self.past = self.decoder.step(ids, self.mask, self.decoder.empty_past(len(ids)))
+        logits, self.past = self.decoder.step(ids, self.mask)
         return logits.argmax(-1)
 
     def decode(self, ids: np.ndarray) -> np.ndarray:

@@ -301,29 +301,32 @@ def graph_input_specs(graph) -> dict[str, tuple[list, int]]:
 
 def empty_past_feed(input_ids: list[int], inputs: dict[str, tuple[list, int]]) -> dict[str, np.ndarray]:
     """One sequence as a first-call feed of an exported decoder (optimum's
-    text-generation-with-past): input_ids, an all-ones attention_mask, position_ids 0..n-1 and
-    every past_key_values.* of length 0 ([1, kv_heads, 0, head_dim] from the graph's own
-    shape). Encoder graphs take the same feed without past (token_type_ids zeros)."""
+    text-generation-with-past): input_ids, an all-ones attention_mask, and position_ids and
+    the empty past_key_values.* from compress.generation.first_call_feed. Encoder graphs take
+    the same feed without past (token_type_ids zeros)."""
     import numpy as np
     from onnx.helper import tensor_dtype_to_np_dtype
 
-    from compress.sessions import PAST_PREFIX
+    from compress.generation import PAST_PREFIX, first_call_feed
 
     n = len(input_ids)
-    feed = {}
+    mask = np.ones((1, n), dtype=np.int64)
+    feed, decoder_inputs = {}, []
     for name, (shape, elem_type) in inputs.items():
         if name == "input_ids":
             feed[name] = np.asarray([input_ids], dtype=np.int64)
         elif name == "attention_mask":
-            feed[name] = np.ones((1, n), dtype=np.int64)
-        elif name == "position_ids":
-            feed[name] = np.arange(n, dtype=np.int64)[None, :]
+            feed[name] = mask
         elif name == "token_type_ids":
             feed[name] = np.zeros((1, n), dtype=np.int64)
-        elif name.startswith(PAST_PREFIX) and len(shape) == 4 and all(isinstance(d, int) for d in shape[1::2]):
-            feed[name] = np.zeros((1, shape[1], 0, shape[3]), dtype=tensor_dtype_to_np_dtype(elem_type))
+        elif name == "position_ids" or name.startswith(PAST_PREFIX):
+            decoder_inputs.append((name, shape, tensor_dtype_to_np_dtype(elem_type)))
         else:
             raise StageError(f"compress_weights: cannot build a calibration feed for the graph input {name} "
                              f"{shape} (known: input_ids, attention_mask, position_ids, token_type_ids, "
                              f"{PAST_PREFIX}*)")
-    return feed
+    try:
+        feed.update(first_call_feed(decoder_inputs, mask))
+    except ValueError as e:
+        raise StageError(f"compress_weights: cannot build a calibration feed: {e}") from None
+    return {name: feed[name] for name in inputs}  # in the graph's input order
