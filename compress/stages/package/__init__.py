@@ -36,13 +36,10 @@ class PackageStage(StageConfig):
         import shutil
 
         from compress.artifacts import copy_sidecar_files
-        from compress.environment import environment
         from compress.onnx_graph import onnx_precision
         from compress.stages.package.deploy import (
-            CARD_FILE,
             deploy_spec,
             engine_source_onnx,
-            model_card,
             validate_package,
             write_deploy_spec,
             write_fast_tokenizer,
@@ -85,15 +82,7 @@ class PackageStage(StageConfig):
             parity = ctx.input_record.get("parity", {})
             spec["validated"].append({"runtime": f"tensorrt {metadata.get('tensorrt', '')}".strip(),
                                       "provider": metadata.get("gpu", "GPU"), **parity})
-        env = environment()
-        env["packages"].update(_runtime_versions())
-        card = model_card(spec, ctx, env)
-        (out / CARD_FILE).write_text(card, encoding="utf-8")
-        write_deploy_spec(out, spec)
-        ctx.record(package={"name": name, "precision": precision, "files": len(spec["files"]),
-                            "validated": spec["validated"]})
-        if ctx.selection:  # the select block chose what this package ships
-            ctx.record(selection=ctx.selection)
+        _finish(out, spec, name, ctx)
         return TRTEngine(out) if engine else ONNXModel(out)
 
     def _run_decoder(self, model: Artifact, ctx) -> Artifact:
@@ -101,7 +90,6 @@ class PackageStage(StageConfig):
         generation settings, checked by a greedy generation (stages/package/decoder.py)."""
         import logging
 
-        from compress.environment import environment
         from compress.errors import StageError
         from compress.stages.package.decoder import (
             TRITON_SKIPPED,
@@ -109,18 +97,12 @@ class PackageStage(StageConfig):
             prompt_prefixes,
             validate_generation,
         )
-        from compress.stages.package.deploy import (
-            CARD_FILE,
-            model_card,
-            write_deploy_spec,
-        )
 
         if isinstance(model, TRTEngine):
             raise StageError("package: a causal-lm TensorRT engine cannot be packaged (the light runtime steps an "
                              "ONNX decoder graph with its KV cache)")
         out, name = ctx.artifact_dir, self.name or ctx.recipe.name
         spec = build_decoder_package(model, out, name)
-        precision = spec["precision"]
         if self.triton:
             logging.getLogger(__name__).info("package: %s", TRITON_SKIPPED)
 
@@ -129,15 +111,25 @@ class PackageStage(StageConfig):
         prompts = prompt_prefixes(texts, model.path, 32)
         spec["validated"].append(validate_generation(out, model, prompts, self.validate_new_tokens,
                                                      ctx.measure.threads))
-        env = environment()
-        env["packages"].update(_runtime_versions())
-        (out / CARD_FILE).write_text(model_card(spec, ctx, env), encoding="utf-8")
-        write_deploy_spec(out, spec)
-        ctx.record(package={"name": name, "precision": precision, "files": len(spec["files"]),
-                            "validated": spec["validated"], "triton": TRITON_SKIPPED if self.triton else None})
-        if ctx.selection:
-            ctx.record(selection=ctx.selection)
+        _finish(out, spec, name, ctx, triton=TRITON_SKIPPED if self.triton else None)
         return ONNXModel(out)
+
+
+def _finish(out, spec: dict, name: str, ctx, **record) -> None:
+    """The last step of every package, once its files are in place and validated: the model
+    card, deploy.json rewritten (hashes, validations), and the run's record; `record` adds
+    fields to the package record."""
+    from compress.environment import environment
+    from compress.stages.package.deploy import CARD_FILE, model_card, write_deploy_spec
+
+    env = environment()
+    env["packages"].update(_runtime_versions())  # the card lists what the light runtime needs too
+    (out / CARD_FILE).write_text(model_card(spec, ctx, env), encoding="utf-8")
+    write_deploy_spec(out, spec)
+    ctx.record(package={"name": name, "precision": spec["precision"], "files": len(spec["files"]),
+                        "validated": spec["validated"], **record})
+    if ctx.selection:  # the select block chose what this package ships
+        ctx.record(selection=ctx.selection)
 
 
 def _runtime_versions() -> dict:
