@@ -1,5 +1,7 @@
 """`optimize_onnx`: ONNX Runtime transformer graph fusion (Attention, SkipLayerNorm,
-EmbedLayerNorm, BiasGelu), checked against the incoming graph on real inputs."""
+EmbedLayerNorm, BiasGelu; RMSNorm and rotary embeddings for decoders), checked against the
+incoming graph on real inputs. A causal LM's attention with its KV cache, which ONNX
+Runtime's rules do not match, becomes ONNX Attention nodes (stages/decoder_attention.py)."""
 
 from __future__ import annotations
 
@@ -33,9 +35,10 @@ class OptimizeONNXStage(StageConfig, QuantizedParity):
         "read from the graph, with min_agreement)."))
     parity_samples: int = Field(128, ge=1)
     fuse_attention: bool = Field(True, description=(
-        "Fuse self-attention into ORT's Attention op (fastest at batch 1, float inside). false keeps it as "
-        "MatMul/Softmax, so a later ptq with activation_matmuls: true runs attention in INT8 too (faster at "
-        "large batches on CPU); the other fusions (SkipLayerNorm, BiasGelu, EmbedLayerNorm) apply either way."))
+        "Fuse self-attention into ORT's Attention op (fastest at batch 1, float inside); for a causal LM, into "
+        "ONNX Attention (opset 23) with the KV cache inside. false keeps it as MatMul/Softmax, so a later ptq "
+        "with activation_matmuls: true runs attention in INT8 too (faster at large batches on CPU); the other "
+        "fusions (SkipLayerNorm, BiasGelu, EmbedLayerNorm, RMSNorm, rotary) apply either way."))
 
     accepts = (ONNXModel,)
     produces = ONNXModel
@@ -99,8 +102,23 @@ def optimize_onnx(model: ONNXModel, out_dir: Path, opt_level: int,
             use_gpu=False,
             optimization_options=options,
         )
+        decoder = {}
+        if fuse_attention and _has_past_inputs(optimized.model):
+            from compress.stages.decoder_attention import fuse_decoder_attention
+
+            bar.describe("optimize_onnx: fusing the decoder's attention and KV cache")
+            heads = cfg.get("num_attention_heads", 0)
+            decoder = fuse_decoder_attention(optimized.model, heads, cfg.get("num_key_value_heads") or heads)
         bar.describe("optimize_onnx: saving the fused graph")
         optimized.save_model_to_file(str(result.onnx_path))
     copy_sidecar_files(model.path, out_dir)
     fusions = {k: int(v) for k, v in optimized.get_fused_operator_statistics().items() if v}
+    fusions.update(decoder)
     return result, fusions, {"model_type": cfg.get("model_type"), "rules": family, "from": source}
+
+
+def _has_past_inputs(model) -> bool:
+    """A decoder exported with its KV cache (optimum's text-generation-with-past)."""
+    from compress.generation import PAST_PREFIX
+
+    return any(i.name.startswith(PAST_PREFIX) for i in model.graph.input)

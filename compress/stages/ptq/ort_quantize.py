@@ -30,7 +30,22 @@ def matrix_node_names(onnx_path: Path, op_types: list[str] | None) -> list[str]:
 
     wanted = set(op_types or FLOAT_MATRIX_OPS) & FLOAT_MATRIX_OPS
     nodes = onnx.load(str(onnx_path), load_external_data=False).graph.node
-    return [n.name for n in nodes if n.op_type in wanted and n.name]
+    return [n.name for n in nodes if n.op_type in wanted and n.name and not _is_onnx_attention(n)]
+
+
+def _is_onnx_attention(node) -> bool:
+    return node.op_type == "Attention" and node.domain in ("", "ai.onnx")
+
+
+def with_onnx_attention_excluded(onnx_path: Path, nodes_to_exclude: list[str]) -> list[str]:
+    """nodes_to_exclude plus ONNX's own Attention nodes (opset 23: a decoder's fused attention
+    with its KV cache). onnxruntime.quantization takes every node called Attention for its
+    com.microsoft op and would write a QAttention that cannot hold the cache."""
+    import onnx
+
+    nodes = onnx.load(str(onnx_path), load_external_data=False).graph.node
+    extra = [n.name for n in nodes if _is_onnx_attention(n) and n.name not in nodes_to_exclude]
+    return [*nodes_to_exclude, *extra]
 
 
 # ---------------------------------------------------------------------------- dynamic
@@ -51,7 +66,7 @@ def quantize_dynamic_int8(model: ONNXModel, out_dir: Path, stage: PTQStage, node
         reduce_range=stage.reduce_range,
         weight_type=QuantType.QInt8,
         nodes_to_quantize=nodes_to_quantize,
-        nodes_to_exclude=nodes_to_exclude or None,
+        nodes_to_exclude=with_onnx_attention_excluded(model.onnx_path, nodes_to_exclude) or None,
         extra_options={
             # Fused graphs carry contrib ops whose output types the quantizer cannot infer.
             "DefaultTensorType": onnx.TensorProto.FLOAT,
@@ -166,7 +181,7 @@ class StaticQuantizer:
                 activation_type=QuantType.QUInt8 if stage.activation_type == "uint8" else QuantType.QInt8,
                 weight_type=QuantType.QInt8,
                 nodes_to_quantize=nodes_to_quantize,
-                nodes_to_exclude=nodes_to_exclude or None,
+                nodes_to_exclude=with_onnx_attention_excluded(self.prepared, nodes_to_exclude) or None,
                 calibrate_method=getattr(CalibrationMethod, stage.calibration_method),
                 calibration_cache_path=str(self.cache),
                 extra_options={

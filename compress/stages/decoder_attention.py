@@ -1,0 +1,244 @@
+"""Fuse a causal LM's attention into one ONNX `Attention` node per layer (opset 23).
+
+optimum's text-generation-with-past export of a llama-style decoder writes each layer's
+attention as about 80 small nodes: the past/new key and value concatenation, the
+grouped-query repeat (Unsqueeze, Expand, Reshape and the shape arithmetic feeding them),
+QK^T, the mask, Softmax, a NaN guard and the value product. ONNX Runtime's transformer
+optimizer has no rule for that pattern (its rotary-attention rule expects its own export),
+and at one token per step those nodes cost more than the weights: the INT8 SmolLM2 package
+spent 18 of 31 ms of a decode step outside MatMulNBits. ONNX's Attention operator (opset
+23) does all of it with grouped-query heads, the past cache and an additive mask, and ONNX
+Runtime runs it on CPU.
+
+The rewrite, per layer, with the same inputs and outputs (so past/present names, the
+package's cache layout and the light runtime stay as they are):
+  Softmax(QK^T·scale + mask) V with past concatenation  →  Attention(q, k, v, mask, past_k, past_v)
+and, where ONNX Runtime already fused the rotary embedding (RotaryEmbedding on BNSH), the
+heads' Reshape/Transpose around it go too: rotary and attention run on (batch, seq, hidden).
+Anything that does not match the pattern exactly is left as it is (0 fusions)."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+ATTENTION_OPSET = 23  # the first ONNX opset with the Attention operator
+BNSH_TO_BSNH = [0, 2, 1, 3]
+
+
+class _NoMatch(Exception):
+    """The nodes around one Softmax are not the exported attention pattern."""
+
+
+class _Graph:
+    """Producer/consumer lookups over a list of nodes (the graph's own messages: a repeated
+    field copies what it is given, so the graph is written once, at the end), and constants."""
+
+    def __init__(self, nodes: list, initializers):
+        from onnx import numpy_helper
+
+        self.producer = {out: node for node in nodes for out in node.output}
+        self.consumers = defaultdict(list)
+        for node in nodes:
+            for name in node.input:
+                self.consumers[name].append(node)
+        self.initializers = {t.name: t for t in initializers}
+        self._to_array = numpy_helper.to_array
+
+    def made_by(self, name: str, op_type: str):
+        node = self.producer.get(name)
+        if node is None or node.op_type != op_type:
+            raise _NoMatch(f"{name} comes from {node.op_type if node else 'no node'}, not {op_type}")
+        return node
+
+    def only_consumer(self, name: str, op_type: str):
+        users = self.consumers.get(name, [])
+        if len(users) != 1 or users[0].op_type != op_type:
+            raise _NoMatch(f"{name} feeds {[u.op_type for u in users]}, not one {op_type}")
+        return users[0]
+
+    def constant(self, name: str) -> np.ndarray:
+        if name in self.initializers:
+            return self._to_array(self.initializers[name])
+        node = self.producer.get(name)
+        if node is not None and node.op_type == "Constant" and node.attribute:
+            return self._to_array(node.attribute[0].t)
+        raise _NoMatch(f"{name} is not a constant")
+
+
+def _attribute(node, name: str, default=None):
+    from onnx import helper
+
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def _cache_concat(g: _Graph, expanded: str):
+    """The Concat(past, new) behind the grouped-query repeat of a key or value:
+    Reshape ← Expand ← Unsqueeze ← Concat."""
+    reshape = g.made_by(expanded, "Reshape")
+    expand = g.made_by(reshape.input[0], "Expand")
+    unsqueeze = g.made_by(expand.input[0], "Unsqueeze")
+    concat = g.made_by(unsqueeze.input[0], "Concat")
+    if len(concat.input) != 2 or _attribute(concat, "axis") not in (2, -2):
+        raise _NoMatch(f"{concat.name} is not a past/new concatenation on the sequence axis")
+    return concat
+
+
+def _match_layer(g: _Graph, softmax) -> dict:
+    """One layer's attention around `softmax`: the nodes it replaces and the fused node's
+    inputs, outputs and scale."""
+    add = g.made_by(softmax.input[0], "Add")
+    scores = g.made_by(add.input[0], "MatMul")
+    mask = add.input[1]
+    scale_q, scale_k = g.made_by(scores.input[0], "Mul"), g.made_by(scores.input[1], "Mul")
+    key_t = g.made_by(scale_k.input[0], "Transpose")
+    key_concat = _cache_concat(g, key_t.input[0])
+    nan_check = [u for u in g.consumers[softmax.output[0]] if u.op_type == "IsNaN"]
+    nan_guard = [u for u in g.consumers[softmax.output[0]] if u.op_type == "Where"]
+    if len(nan_check) != 1 or len(nan_guard) != 1 or len(g.consumers[softmax.output[0]]) != 2:
+        raise _NoMatch(f"{softmax.name}: no IsNaN/Where guard after it")
+    context = g.only_consumer(nan_guard[0].output[0], "MatMul")
+    if context.input[0] != nan_guard[0].output[0]:
+        raise _NoMatch(f"{context.name}: the probabilities are not its first input")
+    value_concat = _cache_concat(g, context.input[1])
+    # the mask: Where(Slice(causal and padding, to the key length), 0, a large negative number)
+    mask_where = g.made_by(mask, "Where")
+    mask_slice = g.made_by(mask_where.input[0], "Slice")
+    # The masked score is -inf: a padding query row sees no key, and the removed NaN guard
+    # wrote zeros there. ONNX Runtime's Attention kernel writes zeros for such a row itself
+    # (the left-padded parity test covers it).
+    if [int(a) for a in g.constant(mask_slice.input[3]).ravel()] not in ([3], [-1]):
+        raise _NoMatch(f"{mask_slice.name}: the mask is not cut along the key axis")
+    scale = float(g.constant(scale_q.input[1])) * float(g.constant(scale_k.input[1]))
+    return {
+        "replaced": [softmax, add, scores, scale_q, scale_k, key_t, key_concat, *nan_check, *nan_guard, context,
+                     value_concat],
+        "inputs": [scale_q.input[0], key_concat.input[1], value_concat.input[1], mask, key_concat.input[0],
+                   value_concat.input[0]],
+        "outputs": [context.output[0], key_concat.output[0], value_concat.output[0]],
+        "scale": scale, "name": softmax.name, "mask_where": mask_where, "mask_slice": mask_slice, "at": context,
+    }
+
+
+def _heads_packed(g: _Graph, name: str) -> str:
+    """The (batch, seq, hidden) tensor that Reshape → Transpose(0,2,1,3) turned into heads."""
+    transpose = g.made_by(name, "Transpose")
+    if list(_attribute(transpose, "perm", [])) != BNSH_TO_BSNH:
+        raise _NoMatch(f"{transpose.name} is not a heads transpose")
+    return g.made_by(transpose.input[0], "Reshape").input[0]
+
+
+def _unpack_heads(g: _Graph, fused, num_heads: int, kv_heads: int) -> list:
+    """Run rotary and attention on (batch, seq, hidden): the nodes that become dead are
+    returned. Raises _NoMatch (and changes nothing) when the layer is not rotary-fused."""
+    from onnx import helper
+
+    q_rot, k_rot = g.made_by(fused.input[0], "RotaryEmbedding"), g.made_by(fused.input[1], "RotaryEmbedding")
+    q, k, v = (_heads_packed(g, q_rot.input[0]), _heads_packed(g, k_rot.input[0]), _heads_packed(g, fused.input[2]))
+    out_t = g.only_consumer(fused.output[0], "Transpose")
+    out_r = g.only_consumer(out_t.output[0], "Reshape")
+    if list(_attribute(out_t, "perm", [])) != BNSH_TO_BSNH:
+        raise _NoMatch(f"{out_t.name} is not a heads transpose")
+    q_rot.input[0], k_rot.input[0], fused.input[2] = q, k, v
+    q_rot.attribute.append(helper.make_attribute("num_heads", num_heads))
+    k_rot.attribute.append(helper.make_attribute("num_heads", kv_heads))
+    fused.output[0] = out_r.output[0]
+    fused.attribute.extend([helper.make_attribute("q_num_heads", num_heads),
+                            helper.make_attribute("kv_num_heads", kv_heads)])
+    return [out_t, out_r]
+
+
+def _topological(nodes: list) -> list:
+    """`nodes` in an order where every input is made before it is read (the fused node now
+    writes the present key/value that shape nodes placed earlier may read); otherwise the
+    original order (Kahn's algorithm, earliest original position first)."""
+    import heapq
+
+    made_at = {out: i for i, n in enumerate(nodes) for out in n.output}
+    readers, waiting = defaultdict(list), [0] * len(nodes)
+    for i, n in enumerate(nodes):
+        sources = {made_at[name] for name in n.input if name in made_at}
+        waiting[i] = len(sources)
+        for j in sources:
+            readers[j].append(i)
+    ready = [i for i, w in enumerate(waiting) if w == 0]
+    heapq.heapify(ready)
+    ordered = []
+    while ready:
+        i = heapq.heappop(ready)
+        ordered.append(nodes[i])
+        for j in readers[i]:
+            waiting[j] -= 1
+            if waiting[j] == 0:
+                heapq.heappush(ready, j)
+    if len(ordered) != len(nodes):
+        raise ValueError("the fused attention graph has a cycle")
+    return ordered
+
+
+def _alive(nodes: list, removed: set[int], outputs: set[str]) -> list:
+    """`nodes` without the `removed` ones and without every node nothing reads any more."""
+    nodes = [n for n in nodes if id(n) not in removed]
+    while True:
+        read = {name for n in nodes for name in n.input} | outputs
+        alive = [n for n in nodes if any(out in read for out in n.output)]
+        if len(alive) == len(nodes):
+            return nodes
+        nodes = alive
+
+
+def fuse_decoder_attention(model, num_heads: int, kv_heads: int) -> dict[str, int]:
+    """Rewrite `model` (an onnx.ModelProto) in place; the counts of what was fused
+    ({"Attention": layers, "Attention (batch, seq, hidden)": layers without head transposes}).
+    Nothing changes when no layer matches; the opset goes to 23 when one does."""
+    from onnx import helper
+
+    graph = model.graph
+    nodes = list(graph.node)
+    g = _Graph(nodes, graph.initializer)
+    matches = []
+    for softmax in [n for n in nodes if n.op_type == "Softmax"]:
+        try:
+            matches.append(_match_layer(g, softmax))
+        except _NoMatch as e:
+            log.debug("decoder attention not fused at %s: %s", softmax.name, e)
+    if not matches:
+        return {}
+    removed, fused_at = set(), {}
+    for m in matches:
+        # the key length is the mask's own width (past + new tokens); the Slice to it would read the fused present
+        m["mask_where"].input[0] = m["mask_slice"].input[0]
+        fused_at[id(m["at"])] = helper.make_node("Attention", m["inputs"], m["outputs"],
+                                                 name=m["name"] + "/Attention", scale=m["scale"])
+        removed.update(id(n) for n in m["replaced"])
+    nodes = [fused_at.get(id(n), n) for n in nodes]  # each where its value product was
+    g = _Graph(nodes, graph.initializer)
+    packed = 0
+    for fused in fused_at.values():
+        try:
+            removed.update(id(n) for n in _unpack_heads(g, fused, num_heads, kv_heads))
+            packed += 1
+        except _NoMatch as e:
+            log.debug("attention %s keeps its head transposes: %s", fused.name, e)
+    nodes = _topological(_alive(nodes, removed, {o.name for o in graph.output}))
+    read = {name for n in nodes for name in n.input}
+    initializers = [t for t in graph.initializer if t.name in read]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.initializer[:]
+    graph.initializer.extend(initializers)
+    for opset in model.opset_import:
+        if opset.domain in ("", "ai.onnx"):
+            opset.version = max(opset.version, ATTENTION_OPSET)
+    model.ir_version = max(model.ir_version, 10)  # opset 23 needs IR version 10
+    counts = {"Attention": len(matches)}
+    if packed:
+        counts["Attention (batch, seq, hidden)"] = packed
+    return counts

@@ -1,0 +1,137 @@
+"""optimize_onnx on a causal LM: the tiny llama's attention with its KV cache (optimum's
+text-generation-with-past export) becomes one ONNX Attention node per layer, and the fused
+graph computes what the export computes, on a left-padded batch (padding query rows that
+see no key at all) and over decode steps that feed the cache back; the quantizers and the
+package take the fused graph."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import onnx
+import pytest
+
+from compress.artifacts import ONNXModel
+from tests.decoders import tiny_decoder_onnx
+
+
+@pytest.fixture(scope="module")
+def export(tiny_llama_dir, tmp_path_factory) -> ONNXModel:
+    return ONNXModel(tiny_decoder_onnx(tmp_path_factory, tiny_llama_dir))
+
+
+@pytest.fixture(scope="module")
+def fused(export, tmp_path_factory) -> tuple[ONNXModel, dict]:
+    from compress.stages.optimize_onnx import optimize_onnx
+
+    model, fusions, _ = optimize_onnx(export, tmp_path_factory.mktemp("fused"), opt_level=0)
+    return model, fusions
+
+
+def ops(model: ONNXModel) -> Counter:
+    return Counter(n.op_type for n in onnx.load(str(model.onnx_path)).graph.node)
+
+
+def generate(path, steps: int = 3) -> list[list[np.ndarray]]:
+    """[logits, *present] of a left-padded prefill and of `steps` greedy decode steps."""
+    import onnxruntime as ort
+
+    from compress.generation import first_call_feed, positions
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    graph = [(i.name, i.shape, np.float32) for i in session.get_inputs()]
+    rng = np.random.default_rng(0)
+    ids = rng.integers(5, 60, size=(3, 9))
+    mask = np.ones_like(ids)
+    mask[1, :3] = 0  # left padding: the first query rows of these sequences see no real key
+    mask[2, :6] = 0
+    feed = {"input_ids": ids, "attention_mask": mask, **first_call_feed(graph, mask)}
+    past_names = [n for n, _, _ in graph if n.startswith("past_key_values.")]
+    results = []
+    for _ in range(steps + 1):
+        out = session.run(None, feed)
+        results.append(out)
+        mask = np.concatenate([mask, np.ones((3, 1), mask.dtype)], axis=1)
+        feed = {"input_ids": out[0][:, -1].argmax(-1)[:, None], "attention_mask": mask,
+                "position_ids": positions(mask)[:, -1:], **dict(zip(past_names, out[1:]))}
+    return results
+
+
+def test_each_layer_becomes_one_attention_node_on_packed_heads(fused, tiny_llama_dir):
+    model, fusions = fused
+    layers = json.loads((tiny_llama_dir / "config.json").read_text())["num_hidden_layers"]
+    assert fusions["Attention"] == layers
+    assert fusions["Attention (batch, seq, hidden)"] == layers  # the head Reshape/Transposes went too
+    counts = ops(model)
+    assert counts["Attention"] == layers
+    for gone in ("Softmax", "IsNaN"):  # the softmax and its NaN guard
+        assert counts[gone] == 0, counts
+    graph = onnx.load(str(model.onnx_path))
+    in_attention = Counter(n.op_type for n in graph.graph.node if "/self_attn/" in n.name)
+    assert in_attention["Expand"] == in_attention["Transpose"] == 0, in_attention  # grouped-query repeat, heads
+    assert max(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")) == 23
+
+
+def test_the_fused_graph_computes_what_the_export_computes_with_padding_and_cache(export, fused):
+    reference, fused_run = generate(export.onnx_path), generate(fused[0].onnx_path)
+    for step, (want, got) in enumerate(zip(reference, fused_run)):
+        assert all(np.isfinite(t).all() for t in got), step  # padding rows: zeros, never NaN
+        real = slice(None) if step else (np.arange(9) >= 6)  # prefill: compare the rows every sequence has
+        np.testing.assert_allclose(got[0][:, real], want[0][:, real], atol=1e-4, rtol=0)
+        for present_got, present_want in zip(got[1:], want[1:]):
+            np.testing.assert_allclose(present_got[..., 6:, :], present_want[..., 6:, :], atol=1e-4, rtol=0)
+        assert (got[0][:, -1].argmax(-1) == want[0][:, -1].argmax(-1)).all()
+
+
+def test_fuse_attention_false_keeps_the_decoder_attention(export, tmp_path):
+    from compress.stages.optimize_onnx import optimize_onnx
+
+    model, fusions, _ = optimize_onnx(export, tmp_path, opt_level=0, fuse_attention=False)
+    assert "Attention" not in fusions and ops(model)["Attention"] == 0 and ops(model)["Softmax"] > 0
+
+
+def test_a_layer_off_the_pattern_stays_as_it_is(export):
+    """Layer 1 without its NaN guard (probabilities straight into the value product) does not
+    match: only layer 0 is fused, and the graph still runs the same."""
+    from compress.stages.decoder_attention import fuse_decoder_attention
+
+    graph = onnx.load(str(export.onnx_path))
+    softmax = [n for n in graph.graph.node if n.op_type == "Softmax"][1]
+    guard = next(n for n in graph.graph.node if n.op_type == "Where" and softmax.output[0] in n.input)
+    for node in graph.graph.node:
+        node.input[:] = [softmax.output[0] if name == guard.output[0] else name for name in node.input]
+    config = json.loads((export.path / "config.json").read_text())
+    counts = fuse_decoder_attention(graph, config["num_attention_heads"], config["num_key_value_heads"])
+    assert counts == {"Attention": 1}  # no rotary fusion in the raw export: heads stay 4-D
+    assert Counter(n.op_type for n in graph.graph.node)["Softmax"] == 1
+
+
+def test_recipe_quantizes_and_packages_the_fused_decoder(tiny_llama_dir, tmp_path):
+    """export → optimize_onnx → compress_weights (NNCF INT8) → package: the package's own
+    greedy check passes on the fused graph; ptq's quantizers leave ONNX's Attention alone."""
+    from tests.helpers import run_tiny_lm, stage_json
+
+    run = run_tiny_lm(tmp_path, tiny_llama_dir, """  - kind: export_onnx
+    parity_samples: 4
+  - kind: optimize_onnx
+    parity_samples: 4
+  - kind: compress_weights
+    backend: nncf
+    bits: 8
+  - kind: package
+""", paragraphs=40, eval_fraction=0.25)
+    optimized = stage_json(run, "02-optimize_onnx")
+    assert optimized["fused_ops"]["Attention"] == 2
+    package = stage_json(run, "04-package")
+    assert package["package"]["validated"], package
+    graph = onnx.load(str(run / "04-package" / "model.onnx"), load_external_data=False)
+    assert Counter(n.op_type for n in graph.graph.node)["Attention"] == 2
+
+
+def test_dynamic_ptq_excludes_onnx_attention(fused, tmp_path):
+    from compress.stages.ptq.ort_quantize import with_onnx_attention_excluded
+
+    names = with_onnx_attention_excluded(fused[0].onnx_path, ["x"])
+    assert names[0] == "x" and len(names) == 3 and all(n.endswith("/Attention") for n in names[1:])
