@@ -39,6 +39,9 @@ class OptimizeONNXStage(StageConfig, QuantizedParity):
         "ONNX Attention (opset 23) with the KV cache inside. false keeps it as MatMul/Softmax, so a later ptq "
         "with activation_matmuls: true runs attention in INT8 too (faster at large batches on CPU); the other "
         "fusions (SkipLayerNorm, BiasGelu, EmbedLayerNorm, RMSNorm, rotary) apply either way."))
+    pack_projections: bool = Field(True, description=(
+        "Causal LMs: the projections that read the same input (q/k/v, gate/up) become one MatMul and a Split, "
+        "fewer and larger matrix products per generated token (bit-identical after compress_weights)."))
 
     accepts = (ONNXModel,)
     produces = ONNXModel
@@ -48,7 +51,8 @@ class OptimizeONNXStage(StageConfig, QuantizedParity):
 
         criterion = self.criterion_for(model.onnx_path, self.atol, FLOAT_ATOL, "optimize_onnx atol")
         optimized, fusions, rules = optimize_onnx(model, ctx.artifact_dir, opt_level=self.opt_level,
-                                                  fuse_attention=self.fuse_attention)
+                                                  fuse_attention=self.fuse_attention,
+                                                  pack_projections=self.pack_projections)
         ctx.record(fused_ops=fusions, fusion_rules=rules)
         ctx.record(parity=check_parity(model, optimized, ctx, samples=self.parity_samples, **criterion))
         return optimized
@@ -74,8 +78,8 @@ def fusion_family(model_type: str | None, config_path: Path) -> tuple[str, str]:
                      "stage (export_onnx's graph runs as it is)")
 
 
-def optimize_onnx(model: ONNXModel, out_dir: Path, opt_level: int,
-                  fuse_attention: bool = True) -> tuple[ONNXModel, dict[str, int], dict]:
+def optimize_onnx(model: ONNXModel, out_dir: Path, opt_level: int, fuse_attention: bool = True,
+                  pack_projections: bool = True) -> tuple[ONNXModel, dict[str, int], dict]:
     """The fused model, the fused operator counts, and which rules were used."""
     from onnxruntime.transformers.optimizer import optimize_model
 
@@ -103,18 +107,32 @@ def optimize_onnx(model: ONNXModel, out_dir: Path, opt_level: int,
             optimization_options=options,
         )
         decoder = {}
-        if fuse_attention and _has_past_inputs(optimized.model):
-            from compress.stages.decoder_attention import fuse_decoder_attention
-
-            bar.describe("optimize_onnx: fusing the decoder's attention and KV cache")
-            heads = cfg.get("num_attention_heads", 0)
-            decoder = fuse_decoder_attention(optimized.model, heads, cfg.get("num_key_value_heads") or heads)
+        if _has_past_inputs(optimized.model):
+            bar.describe("optimize_onnx: fusing the decoder's attention, KV cache and projections")
+            decoder = _fuse_decoder(optimized.model, cfg, fuse_attention, pack_projections)
         bar.describe("optimize_onnx: saving the fused graph")
         optimized.save_model_to_file(str(result.onnx_path))
     copy_sidecar_files(model.path, out_dir)
     fusions = {k: int(v) for k, v in optimized.get_fused_operator_statistics().items() if v}
     fusions.update(decoder)
     return result, fusions, {"model_type": cfg.get("model_type"), "rules": family, "from": source}
+
+
+def _fuse_decoder(model, cfg: dict, attention: bool, projections: bool) -> dict[str, int]:
+    """A causal LM's own rewrites (ONNX Runtime's rules leave its attention and projections as
+    exported): counts of what was fused."""
+    from compress.stages.decoder_attention import fuse_decoder_attention
+    from compress.stages.packed_projections import pack_shared_input_matmuls
+
+    fused = {}
+    if attention:
+        heads = cfg.get("num_attention_heads", 0)
+        fused.update(fuse_decoder_attention(model, heads, cfg.get("num_key_value_heads") or heads))
+    if projections:
+        packed = pack_shared_input_matmuls(model)
+        if packed:
+            fused["MatMul (packed projections)"] = len(packed)
+    return fused
 
 
 def _has_past_inputs(model) -> bool:

@@ -1,8 +1,8 @@
 """optimize_onnx on a causal LM: the tiny llama's attention with its KV cache (optimum's
-text-generation-with-past export) becomes one ONNX Attention node per layer, and the fused
-graph computes what the export computes, on a left-padded batch (padding query rows that
-see no key at all) and over decode steps that feed the cache back; the quantizers and the
-package take the fused graph."""
+text-generation-with-past export) becomes one ONNX Attention node per layer and the
+projections that share an input are packed into one MatMul; the fused graph computes what
+the export computes, on a left-padded batch (padding query rows that see no key at all) and
+over decode steps that feed the cache back; the quantizers and the package take it."""
 
 from __future__ import annotations
 
@@ -90,6 +90,33 @@ def test_fuse_attention_false_keeps_the_decoder_attention(export, tmp_path):
 
     model, fusions, _ = optimize_onnx(export, tmp_path, opt_level=0, fuse_attention=False)
     assert "Attention" not in fusions and ops(model)["Attention"] == 0 and ops(model)["Softmax"] > 0
+
+
+def test_projections_that_share_an_input_are_one_matmul(fused):
+    model, fusions = fused
+    assert fusions["MatMul (packed projections)"] == 4  # q/k/v and gate/up in each of the 2 layers
+    names = {n.name for n in onnx.load(str(model.onnx_path)).graph.node if n.op_type == "MatMul"}
+    assert "/model/layers.0/self_attn/q_proj+k_proj+v_proj/MatMul" in names
+    assert "/model/layers.1/mlp/gate_proj+up_proj/MatMul" in names
+    assert not any(n.endswith(("/k_proj/MatMul", "/up_proj/MatMul")) for n in names)
+
+
+def test_packing_is_bit_identical_after_weight_compression(export, tmp_path):
+    """The packed weight's blocks run along each output column, so MatMulNBits (8-bit, blocks
+    of 32) gives the packed and the separate projections exactly the same numbers."""
+    from compress.stages.compress_weights import CompressWeightsStage
+    from compress.stages.optimize_onnx import optimize_onnx
+    from tests.stages.test_compress_weights import fake_ctx
+
+    outputs = []
+    for pack in (True, False):
+        model, _, _ = optimize_onnx(export, tmp_path / f"fused-{pack}", opt_level=0, pack_projections=pack)
+        stage = CompressWeightsStage(kind="compress_weights", backend="onnxruntime", bits=8, group_size=32)
+        compressed = stage.run(model, fake_ctx(tmp_path / f"int8-{pack}"))
+        outputs.append(generate(compressed.onnx_path, steps=2))
+    for packed, separate in zip(*outputs):
+        for a, b in zip(packed, separate):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_a_layer_off_the_pattern_stays_as_it_is(export):
