@@ -116,7 +116,10 @@ def _match_layer(g: _Graph, softmax) -> dict:
     # (the left-padded parity test covers it).
     if [int(a) for a in g.constant(mask_slice.input[3]).ravel()] not in ([3], [-1]):
         raise _NoMatch(f"{mask_slice.name}: the mask is not cut along the key axis")
-    scale = float(g.constant(scale_q.input[1])) * float(g.constant(scale_k.input[1]))
+    factors = [g.constant(scale_q.input[1]), g.constant(scale_k.input[1])]
+    if any(f.size != 1 for f in factors):
+        raise _NoMatch(f"{scores.name}: the scores are not scaled by scalars")
+    scale = float(factors[0].ravel()[0]) * float(factors[1].ravel()[0])
     return {
         "replaced": [softmax, add, scores, scale_q, scale_k, key_t, key_concat, *nan_check, *nan_guard, context,
                      value_concat],
