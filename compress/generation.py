@@ -4,8 +4,9 @@ and the generation benchmark both step the graph through `Decoder`.
 
 The graph contract: inputs input_ids [batch, seq], attention_mask [batch, past + seq],
 position_ids [batch, seq] (llama-style models), past_key_values.{i}.key / .value
-[batch, kv_heads, past, head_dim]; outputs logits [batch, seq, vocab] and present.{i}.key
-/ .value, which are fed back as the next call's past.
+[batch, kv_heads, past, head_dim], and optionally logits_to_keep (a scalar: the head runs on
+the last k positions, 0 for all; optimize_onnx adds it); outputs logits [batch, seq or k,
+vocab] and present.{i}.key / .value, which are fed back as the next call's past.
 
 Batches are left-padded, and positions follow transformers' generate (cumulative sum of
 the attention mask minus one, padded slots at 1), so greedy decoding here picks the tokens
@@ -20,6 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 
 PAST_PREFIX, PRESENT_PREFIX = "past_key_values.", "present."
+LOGITS_TO_KEEP = "logits_to_keep"  # optional scalar input: logits for the last k positions (0: all)
+FIRST_CALL_INPUTS = ("position_ids", LOGITS_TO_KEEP)  # besides the past: what first_call_feed fills
 PAST_KEY = "past_key_values.{}.key"
 PAST_VALUE = "past_key_values.{}.value"
 PRESENT_KEY = "present.{}.key"
@@ -80,7 +83,8 @@ def positions(mask: np.ndarray) -> np.ndarray:
 def first_call_feed(graph_inputs: Sequence[tuple[str, Sequence, object]],
                     attention_mask: np.ndarray) -> dict[str, np.ndarray]:
     """What a decoder graph with past takes on its first call besides input_ids and
-    attention_mask: position_ids (when the graph has that input) counted over the mask, and
+    attention_mask: position_ids (when the graph has that input) counted over the mask,
+    logits_to_keep 0 (when it has that input: every position's logits, as evaluation needs), and
     every past_key_values.* input empty, [batch, kv_heads, 0, head_dim] in its own dtype.
     graph_inputs: (name, shape, dtype) of the graph's inputs (others are ignored), symbolic
     dims as str or None, dtype anything np.dtype reads. ValueError (one line) when a past
@@ -90,6 +94,8 @@ def first_call_feed(graph_inputs: Sequence[tuple[str, Sequence, object]],
     for name, shape, dtype in graph_inputs:
         if name == "position_ids":
             feed[name] = positions(attention_mask)
+        elif name == LOGITS_TO_KEEP:
+            feed[name] = np.array(0, dtype=np.int64)
         elif name.startswith(PAST_PREFIX):
             if len(shape) != 4 or not isinstance(shape[1], int) or not isinstance(shape[3], int):
                 raise ValueError(f"{name} has shape {list(shape)}: expected [batch, kv_heads, past, head_dim] "
@@ -106,6 +112,8 @@ class Decoder:
         self.session, self.layout = session, layout
         names = {i.name for i in session.get_inputs()}
         self.uses_positions = "position_ids" in names
+        # the last position's logits are all a step reads: where the graph can, compute only those
+        self.last_logits = {LOGITS_TO_KEEP: np.array(1, dtype=np.int64)} if LOGITS_TO_KEEP in names else {}
         self.past_names = [n.format(i) for i in range(layout["layers"]) for n in (PAST_KEY, PAST_VALUE)]
         self.output_names = ["logits"] + [n.format(i) for i in range(layout["layers"])
                                           for n in (PRESENT_KEY, PRESENT_VALUE)]
@@ -130,6 +138,7 @@ class Decoder:
             feed.update(zip(self.past_names, past))
             if self.uses_positions:
                 feed["position_ids"] = positions(mask)[:, -ids.shape[1]:]
+        feed.update(self.last_logits)
         logits, *present = self.session.run(self.output_names, feed)
         return logits[:, -1, :].astype(np.float32, copy=False), present
 

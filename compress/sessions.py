@@ -11,7 +11,12 @@ import numpy as np
 
 from compress.artifacts import Artifact, ONNXModel, TorchModel, TRTEngine
 from compress.errors import CompressError
-from compress.generation import PAST_PREFIX, PRESENT_PREFIX, first_call_feed
+from compress.generation import (
+    LOGITS_TO_KEEP,
+    PAST_PREFIX,
+    PRESENT_PREFIX,
+    first_call_feed,
+)
 from compress.tasks import combine_outputs
 
 if TYPE_CHECKING:
@@ -91,12 +96,12 @@ ONNX_FLOAT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, 
 
 
 def _first_call_inputs(graph_inputs, model: ONNXModel) -> list[tuple[str, list, type]]:
-    """The position_ids and past inputs among ONNX Runtime's NodeArgs as (name, shape, dtype)
+    """The position_ids, logits_to_keep and past inputs among ONNX Runtime's NodeArgs as (name, shape, dtype)
     for first_call_feed; a past input's head count and head size from config.json where a
     graph rewrite left them symbolic."""
     out = []
     for i in graph_inputs:
-        if i.name == "position_ids":
+        if i.name in ("position_ids", LOGITS_TO_KEEP):
             out.append((i.name, i.shape, np.int64))
         elif i.name.startswith(PAST_PREFIX):
             _, heads, past, head_dim = i.shape

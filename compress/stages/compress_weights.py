@@ -307,7 +307,7 @@ def empty_past_feed(input_ids: list[int], inputs: dict[str, tuple[list, int]]) -
     import numpy as np
     from onnx.helper import tensor_dtype_to_np_dtype
 
-    from compress.generation import PAST_PREFIX, first_call_feed
+    from compress.generation import FIRST_CALL_INPUTS, PAST_PREFIX, first_call_feed
 
     n = len(input_ids)
     mask = np.ones((1, n), dtype=np.int64)
@@ -319,11 +319,11 @@ def empty_past_feed(input_ids: list[int], inputs: dict[str, tuple[list, int]]) -
             feed[name] = mask
         elif name == "token_type_ids":
             feed[name] = np.zeros((1, n), dtype=np.int64)
-        elif name == "position_ids" or name.startswith(PAST_PREFIX):
+        elif name in FIRST_CALL_INPUTS or name.startswith(PAST_PREFIX):
             decoder_inputs.append((name, shape, tensor_dtype_to_np_dtype(elem_type)))
         else:
             raise StageError(f"compress_weights: cannot build a calibration feed for the graph input {name} "
-                             f"{shape} (known: input_ids, attention_mask, position_ids, token_type_ids, "
+                             f"{shape} (known: input_ids, attention_mask, token_type_ids, {', '.join(FIRST_CALL_INPUTS)}, "
                              f"{PAST_PREFIX}*)")
     try:
         feed.update(first_call_feed(decoder_inputs, mask))

@@ -1,7 +1,7 @@
 """`optimize_onnx`: ONNX Runtime transformer graph fusion (Attention, SkipLayerNorm,
 EmbedLayerNorm, BiasGelu; RMSNorm and rotary embeddings for decoders), checked against the
 incoming graph on real inputs. A causal LM's attention with its KV cache, which ONNX
-Runtime's rules do not match, becomes ONNX Attention nodes (stages/decoder_attention.py)."""
+Runtime's rules do not match, becomes ONNX Attention nodes, among other decoder rewrites (stages/decoder_graph/)."""
 
 from __future__ import annotations
 
@@ -42,6 +42,9 @@ class OptimizeONNXStage(StageConfig, QuantizedParity):
     pack_projections: bool = Field(True, description=(
         "Causal LMs: the projections that read the same input (q/k/v, gate/up) become one MatMul and a Split, "
         "fewer and larger matrix products per generated token (bit-identical after compress_weights)."))
+    last_logits: bool = Field(True, description=(
+        "Causal LMs: a logits_to_keep input (transformers' name) so a prompt's prefill runs the LM head on its "
+        "last position only; evaluation feeds 0 (every position), the packaged runtime 1."))
 
     accepts = (ONNXModel,)
     produces = ONNXModel
@@ -52,7 +55,8 @@ class OptimizeONNXStage(StageConfig, QuantizedParity):
         criterion = self.criterion_for(model.onnx_path, self.atol, FLOAT_ATOL, "optimize_onnx atol")
         optimized, fusions, rules = optimize_onnx(model, ctx.artifact_dir, opt_level=self.opt_level,
                                                   fuse_attention=self.fuse_attention,
-                                                  pack_projections=self.pack_projections)
+                                                  pack_projections=self.pack_projections,
+                                                  last_logits=self.last_logits)
         ctx.record(fused_ops=fusions, fusion_rules=rules)
         ctx.record(parity=check_parity(model, optimized, ctx, samples=self.parity_samples, **criterion))
         return optimized
@@ -79,7 +83,7 @@ def fusion_family(model_type: str | None, config_path: Path) -> tuple[str, str]:
 
 
 def optimize_onnx(model: ONNXModel, out_dir: Path, opt_level: int, fuse_attention: bool = True,
-                  pack_projections: bool = True) -> tuple[ONNXModel, dict[str, int], dict]:
+                  pack_projections: bool = True, last_logits: bool = True) -> tuple[ONNXModel, dict[str, int], dict]:
     """The fused model, the fused operator counts, and which rules were used."""
     from onnxruntime.transformers.optimizer import optimize_model
 
@@ -108,31 +112,16 @@ def optimize_onnx(model: ONNXModel, out_dir: Path, opt_level: int, fuse_attentio
         )
         decoder = {}
         if _has_past_inputs(optimized.model):
+            from compress.stages.decoder_graph import fuse_decoder
+
             bar.describe("optimize_onnx: fusing the decoder's attention, KV cache and projections")
-            decoder = _fuse_decoder(optimized.model, cfg, fuse_attention, pack_projections)
+            decoder = fuse_decoder(optimized.model, cfg, fuse_attention, pack_projections, last_logits)
         bar.describe("optimize_onnx: saving the fused graph")
         optimized.save_model_to_file(str(result.onnx_path))
     copy_sidecar_files(model.path, out_dir)
     fusions = {k: int(v) for k, v in optimized.get_fused_operator_statistics().items() if v}
     fusions.update(decoder)
     return result, fusions, {"model_type": cfg.get("model_type"), "rules": family, "from": source}
-
-
-def _fuse_decoder(model, cfg: dict, attention: bool, projections: bool) -> dict[str, int]:
-    """A causal LM's own rewrites (ONNX Runtime's rules leave its attention and projections as
-    exported): counts of what was fused."""
-    from compress.stages.decoder_attention import fuse_decoder_attention
-    from compress.stages.packed_projections import pack_shared_input_matmuls
-
-    fused = {}
-    if attention:
-        heads = cfg.get("num_attention_heads", 0)
-        fused.update(fuse_decoder_attention(model, heads, cfg.get("num_key_value_heads") or heads))
-    if projections:
-        packed = pack_shared_input_matmuls(model)
-        if packed:
-            fused["MatMul (packed projections)"] = len(packed)
-    return fused
 
 
 def _has_past_inputs(model) -> bool:

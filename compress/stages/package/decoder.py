@@ -145,6 +145,8 @@ def reference_greedy(model: ONNXModel, prompts: list[str], new_tokens: int, eos_
                     "attention_mask": np.ones((1, seen + len(feed_ids)), dtype=np.int64), **cache}
             if "position_ids" in graph_inputs:
                 feed["position_ids"] = np.arange(seen, seen + len(feed_ids), dtype=np.int64)[None]
+            if "logits_to_keep" in graph_inputs:  # every position, as exported: the loop reads the last
+                feed["logits_to_keep"] = np.array(0, dtype=np.int64)
             result = dict(zip(outputs, session.run(outputs, feed)))
             seen += len(feed_ids)
             token = int(result["logits"][0, -1].argmax())

@@ -49,13 +49,14 @@ def generate(path, steps: int = 3) -> list[list[np.ndarray]]:
     mask[2, :6] = 0
     feed = {"input_ids": ids, "attention_mask": mask, **first_call_feed(graph, mask)}
     past_names = [n for n, _, _ in graph if n.startswith("past_key_values.")]
+    every_position = {n: np.array(0) for n, _, _ in graph if n == "logits_to_keep"}
     results = []
     for _ in range(steps + 1):
         out = session.run(None, feed)
         results.append(out)
         mask = np.concatenate([mask, np.ones((3, 1), mask.dtype)], axis=1)
         feed = {"input_ids": out[0][:, -1].argmax(-1)[:, None], "attention_mask": mask,
-                "position_ids": positions(mask)[:, -1:], **dict(zip(past_names, out[1:]))}
+                "position_ids": positions(mask)[:, -1:], **dict(zip(past_names, out[1:])), **every_position}
     return results
 
 
@@ -122,7 +123,7 @@ def test_packing_is_bit_identical_after_weight_compression(export, tmp_path):
 def test_a_layer_off_the_pattern_stays_as_it_is(export):
     """Layer 1 without its NaN guard (probabilities straight into the value product) does not
     match: only layer 0 is fused, and the graph still runs the same."""
-    from compress.stages.decoder_attention import fuse_decoder_attention
+    from compress.stages.decoder_graph.attention import fuse_decoder_attention
 
     graph = onnx.load(str(export.onnx_path))
     softmax = [n for n in graph.graph.node if n.op_type == "Softmax"][1]
@@ -162,3 +163,37 @@ def test_dynamic_ptq_excludes_onnx_attention(fused, tmp_path):
 
     names = with_onnx_attention_excluded(fused[0].onnx_path, ["x"])
     assert names[0] == "x" and len(names) == 3 and all(n.endswith("/Attention") for n in names[1:])
+
+
+def test_logits_to_keep_runs_the_head_on_the_last_positions_only(fused):
+    """0 gives every position (what evaluation reads), 1 the last one alone, equal to the
+    last row of 0; the packaged runtime's Decoder feeds 1."""
+    import onnxruntime as ort
+
+    from compress.generation import first_call_feed
+
+    model, fusions = fused
+    assert fusions["input logits_to_keep"] == 1
+    session = ort.InferenceSession(str(model.onnx_path), providers=["CPUExecutionProvider"])
+    graph = [(i.name, i.shape, np.float32) for i in session.get_inputs()]
+    ids = np.arange(5, 17)[None]
+    mask = np.ones_like(ids)
+    feed = {"input_ids": ids, "attention_mask": mask, **first_call_feed(graph, mask)}
+    every = session.run(["logits"], feed)[0]
+    last = session.run(["logits"], {**feed, "logits_to_keep": np.array(1)})[0]
+    assert every.shape[1] == 12 and last.shape[1] == 1
+    np.testing.assert_allclose(last[:, 0], every[:, -1], atol=1e-5, rtol=0)
+
+
+def test_the_packaged_decoder_asks_for_the_last_logits_only(fused):
+    import onnxruntime as ort
+
+    from compress.generation import Decoder, past_layout
+
+    session = ort.InferenceSession(str(fused[0].onnx_path), providers=["CPUExecutionProvider"])
+    signature = [{"name": i.name, "dtype": "float32", "shape": i.shape} for i in session.get_inputs()]
+    decoder = Decoder(session, past_layout(signature))
+    assert decoder.last_logits["logits_to_keep"] == 1
+    ids = np.arange(5, 17)[None]
+    logits, present = decoder.step(ids, np.ones_like(ids))
+    assert logits.ndim == 2 and logits.shape[0] == 1 and present[0].shape[2] == 12  # one row of logits, 12 cached
