@@ -106,3 +106,18 @@ def test_heads_of_a_single_kv_head_decoder_are_refused_in_one_line(llama_one_kv_
     message = str(info.value)
     assert "\n" not in message
     assert message.startswith("prune.heads: LlamaForCausalLM has 1 key/value head per layer"), message
+
+
+def test_the_shipped_causal_lm_distill_recipe_runs_in_tiny_form(tiny_llama_dir, tmp_path):
+    """recipes/causal-lm-distill.yaml on the tiny llama and a .txt corpus: half the layers, a
+    trained student, a validated package."""
+    from tests.conftest import make_paragraphs
+    from tests.helpers import run_shipped_recipe
+
+    (tmp_path / "corpus.txt").write_text("\n\n".join(make_paragraphs(40)))
+    run = run_shipped_recipe("causal-lm-distill.yaml", tmp_path, tiny_llama_dir,
+                             data={"train": "corpus.txt", "eval_fraction": 0.2, "seed": 3, "max_length": 64})
+    record = stage_json(run, "01-distill")
+    assert record["student"]["layer_map"] == [1] and record["training"]["steps"] == 2
+    assert record["perplexity"] > 0 and record["input"]["perplexity"] > 0
+    _validated_package(run, "03-package", layers=1, kv_heads=2)
