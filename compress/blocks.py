@@ -155,6 +155,13 @@ class DecoderLayout(EncoderLayout):
         if kv_heads < 2:
             return (f"has {kv_heads} key/value head per layer: a head unit of a decoder is a KV group, and removing "
                     "its only group would remove all attention; prune ffn and layers")
+        attention = self.layers()[0].self_attn
+        across = {attention.q_proj.out_features, attention.k_proj.out_features} - {attention.head_dim}
+        for name, module in attention.named_children():  # e.g. OLMo2's q_norm over the whole projection
+            weight = getattr(module, "weight", None)
+            if not name.endswith("_proj") and weight is not None and weight.numel() in across:
+                return (f"normalises across all heads ({name} spans the whole projection), so KV groups cannot be "
+                        "cut out of it; prune ffn and layers")
         return None
 
     def remove_heads_(self, removed: dict[int, list[int]]) -> None:

@@ -192,6 +192,14 @@ def test_heads_without_room_and_other_architectures_are_refused_by_name():
 
     assert find_layout(_llama(kv=1)).heads_refusal().startswith("has 1 key/value head per layer")
     assert find_layout(_llama()).heads_refusal() is None
+    across = _llama()  # a norm over the whole query projection (OLMo2's q_norm) cannot lose heads
+    for layer in across.model.layers:
+        layer.self_attn.q_norm = torch.nn.LayerNorm(HEADS * HEAD_DIM)
+    assert find_layout(across).heads_refusal().startswith("normalises across all heads (q_norm")
+    per_head = _llama()  # Qwen3's q_norm over one head's width is fine
+    for layer in per_head.model.layers:
+        layer.self_attn.q_norm = torch.nn.LayerNorm(HEAD_DIM)
+    assert find_layout(per_head).heads_refusal() is None
 
     class Fused(torch.nn.Module):  # e.g. Phi-3's fused qkv_proj: not the llama layout
         def __init__(self):
