@@ -26,15 +26,31 @@ def _prune_linear(linear, keep, dim: int):
     return prune_linear_layer(linear, keep, dim=dim)
 
 
-class EncoderLayout:
-    """BERT-style encoder blocks (BERT, MiniLM; MPNet keeps its heads in attention.attn)."""
+class BlockLayout:
+    """What both layouts answer alike; each subclass names its own modules."""
 
-    kind = "encoder"
-    layer_names = r"encoder\.layer\.(\d+)\."  # a block's parameters in the state dict
-    uniform_heads = False  # each layer may keep its own number of heads (config.pruned_heads)
+    kind: str
+    layer_names: str  # the regular expression of a block's parameter names, group 1 its index
+    uniform_heads: bool  # every layer must keep the same number of head units
 
     def __init__(self, model):
         self.model = model
+
+    def ffn_width(self, layer) -> int:
+        return self.ffn_linears(layer)[1].in_features
+
+    def neuron_cost(self) -> int:
+        """Parameters one FFN neuron holds: a row (with bias) of each input Linear, a column out."""
+        rows, out = self.ffn_linears(self.layers()[0])
+        return sum(lin.in_features + (lin.bias is not None) for lin in rows) + out.out_features
+
+
+class EncoderLayout(BlockLayout):
+    """BERT-style encoder blocks (BERT, MiniLM; MPNet keeps its heads in attention.attn)."""
+
+    kind = "encoder"
+    layer_names = r"encoder\.layer\.(\d+)\."
+    uniform_heads = False  # each layer may keep its own number of heads (config.pruned_heads)
 
     def layers(self):
         return self.model.base_model.encoder.layer
@@ -107,18 +123,8 @@ class EncoderLayout:
             "ffn_per_layer": [self.ffn_width(layer) for layer in self.layers()],
         }
 
-    # --- shared by both layouts
 
-    def ffn_width(self, layer) -> int:
-        return self.ffn_linears(layer)[1].in_features
-
-    def neuron_cost(self) -> int:
-        """Parameters one FFN neuron holds: a row (with bias) of each input Linear, a column out."""
-        rows, out = self.ffn_linears(self.layers()[0])
-        return sum(lin.in_features + (lin.bias is not None) for lin in rows) + out.out_features
-
-
-class DecoderLayout(EncoderLayout):
+class DecoderLayout(BlockLayout):
     """llama-style decoder blocks with grouped-query attention and a gated MLP."""
 
     kind = "decoder"
@@ -225,7 +231,7 @@ def _is_llama_block(layer) -> bool:
             and all(hasattr(mlp, n) for n in ("gate_proj", "up_proj", "down_proj")))
 
 
-def find_layout(model) -> EncoderLayout | None:
+def find_layout(model) -> BlockLayout | None:
     base = getattr(model, "base_model", None)
     if hasattr(getattr(base, "encoder", None), "layer"):
         return EncoderLayout(model)
@@ -235,7 +241,7 @@ def find_layout(model) -> EncoderLayout | None:
     return None
 
 
-def layout_of(model) -> EncoderLayout:
+def layout_of(model) -> BlockLayout:
     """The model's block layout; a StageError naming the model class when it has neither."""
     layout = find_layout(model)
     if layout is None:
