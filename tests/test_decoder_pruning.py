@@ -230,3 +230,20 @@ def test_the_decoder_structure_is_recorded_and_a_reload_of_the_plain_model_match
     model = load_model(tiny_llama_dir)
     structure = model_structure(model)
     assert structure["kv_heads_per_layer"] == [2, 2] and structure["heads_per_layer"] == [4, 4]
+
+
+def test_unstructured_masks_cover_every_block_linear_of_a_decoder():
+    from compress.stages.prune.surgery import (
+        finish_masks_,
+        magnitude_prune_,
+        sparsity_of,
+        start_masks_,
+    )
+
+    model = _llama(layers=2)
+    params = start_masks_(model)
+    assert len(params) == 2 * 7  # q, k, v, o, gate, up, down per block; embeddings and lm_head stay dense
+    magnitude_prune_(params, 0.5, "global")
+    finish_masks_(params)
+    assert sparsity_of(params) == pytest.approx(0.5, abs=1e-3)
+    assert float((model.lm_head.weight == 0).float().mean()) == 0

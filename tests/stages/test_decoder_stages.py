@@ -121,3 +121,21 @@ def test_the_shipped_causal_lm_distill_recipe_runs_in_tiny_form(tiny_llama_dir, 
     assert record["student"]["layer_map"] == [1] and record["training"]["steps"] == 2
     assert record["perplexity"] > 0 and record["input"]["perplexity"] > 0
     _validated_package(run, "03-package", layers=1, kv_heads=2)
+
+
+def test_a_smaller_config_student_learns_from_cached_per_token_teacher_logits(tiny_llama_dir, tmp_path):
+    run = run_tiny_lm(tmp_path, tiny_llama_dir, """  - kind: distill
+    student: {num_layers: 1, intermediate_size: 32, num_kv_heads: 1}
+    cache_teacher: true
+    max_steps: 20
+    batch_size: 8
+    learning_rate: 3.0e-3
+    warmup_ratio: 0.0
+    probe_examples: 16
+""", paragraphs=40, eval_fraction=0.2, latency_iterations=1)
+    record = stage_json(run, "01-distill")
+    assert record["cached_teacher_logits"] is True and record["student"]["layer_map"] == [1]
+    assert record["student"]["structure"] == {"layers": 1, "hidden_size": 32, "heads_per_layer": [4],
+                                              "kv_heads_per_layer": [1], "ffn_per_layer": [32]}
+    loss = record["distillation_loss"]
+    assert loss["after"] < loss["before"], loss
