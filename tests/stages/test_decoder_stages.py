@@ -139,3 +139,15 @@ def test_a_smaller_config_student_learns_from_cached_per_token_teacher_logits(ti
                                               "kv_heads_per_layer": [1], "ffn_per_layer": [32]}
     loss = record["distillation_loss"]
     assert loss["after"] < loss["before"], loss
+
+
+def test_hidden_states_against_a_teacher_layer_before_the_final_norm_are_refused(tiny_llama_dir, tmp_path):
+    from compress.errors import StageError
+
+    with pytest.raises(StageError, match=r"^distillation.hidden_weight: the student's last layer would imitate "
+                                         r"teacher layer 0, .* keep the teacher's last layer \(1\)"):
+        run_tiny_lm(tmp_path, tiny_llama_dir, """  - kind: distill
+    keep_layers: [0]
+    max_steps: 1
+    distillation: {hidden_weight: 1.0}
+""", paragraphs=20, eval_fraction=0.2, latency_iterations=1)

@@ -205,6 +205,8 @@ class DistillStage(StageConfig, TrainingSchedule):
         teacher = incoming if self.teacher is None else ctx.task.load_model(teacher_path, labels,
                                                                             ctx.recipe.trust_remote_code)
         student, layer_map = self.build_student(incoming, len(block_layers(teacher)), self.teacher is None)
+        if self.distillation.hidden_weight > 0:
+            _check_last_hidden_state(teacher, layer_map)
         if self.distillation.attention_weight > 0:
             _eager_attention_(student, teacher)
 
@@ -240,6 +242,18 @@ class DistillStage(StageConfig, TrainingSchedule):
             training=result.record(self.batch_size, self.gradient_accumulation_steps, seed),
         )
         return out
+
+
+def _check_last_hidden_state(teacher, layer_map: list[int]) -> None:
+    """transformers gives a decoder's last hidden state after the final norm and the others
+    before it: the student's last layer can only be compared with the teacher's last one."""
+    from compress.blocks import layout_of
+
+    last = len(layout_of(teacher).layers()) - 1
+    if layout_of(teacher).kind == "decoder" and layer_map[-1] != last:
+        raise StageError(f"distillation.hidden_weight: the student's last layer would imitate teacher layer "
+                         f"{layer_map[-1]}, but a decoder's last hidden state is taken after its final norm: keep "
+                         f"the teacher's last layer ({last}) in keep_layers")
 
 
 def _eager_attention_(*models) -> None:
