@@ -330,6 +330,7 @@ def heads_output_projection(layer):
 
 
 def heads_prunable(model) -> bool:
+    """Whether the model's heads (a decoder's: KV groups) can be removed (compress.blocks says why not)."""
     from compress.blocks import layout_of
 
     return layout_of(model).heads_refusal() is None
