@@ -242,18 +242,17 @@ def ffn_widths_of(path: Path) -> list[int] | None:
 
 def resize_ffn_(model, widths: list[int]) -> None:
     """Give layer i an FFN of widths[i] neurons (fresh weights; the state dict follows)."""
-    from transformers.pytorch_utils import prune_linear_layer
+    import torch
 
-    layers = model.base_model.encoder.layer
+    from compress.blocks import layout_of
+
+    layout = layout_of(model)
+    layers = layout.layers()
     if len(widths) != len(layers):
         raise CompressError(f"{FFN_WIDTHS_KEY} lists {len(widths)} widths for {len(layers)} layers")
     for layer, width in zip(layers, widths):
-        if layer.intermediate.dense.out_features != width:
-            import torch
-
-            keep = torch.arange(width)
-            layer.intermediate.dense = prune_linear_layer(layer.intermediate.dense, keep, dim=0)
-            layer.output.dense = prune_linear_layer(layer.output.dense, keep, dim=1)
+        if layout.ffn_width(layer) != width:
+            layout.resize_ffn_(layer, torch.arange(width))
 
 
 def _load_with_ffn_widths(path: Path, model_class, kwargs: dict):
@@ -279,9 +278,14 @@ def _load_with_ffn_widths(path: Path, model_class, kwargs: dict):
     for k in head_mismatch:  # a head for other labels: re-initialised, as from_pretrained does
         del state[k]
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith("classifier.") and "position_ids" not in k]
+    # a tied output embedding (SmolLM2's lm_head) is not saved: it is the input embedding
+    tied = set(getattr(model, "_tied_weights_keys", None) or []) \
+        if getattr(model.config, "tie_word_embeddings", False) else set()
+    missing = [k for k in missing if not k.startswith("classifier.") and "position_ids" not in k and k not in tied]
     if missing or unexpected:
         raise CompressError(f"{path}: weights do not match the model ({(missing or unexpected)[0]})")
+    if tied:
+        model.tie_weights()
     return model
 
 
@@ -291,65 +295,54 @@ def load_tokenizer(path: Path, trust_remote_code: bool = False):
     return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
 
 
-def encoder_layers(model):
-    """The list of transformer blocks of a BERT-style encoder (model.base_model.encoder.layer)."""
-    try:
-        return model.base_model.encoder.layer
-    except AttributeError:
-        raise StageError(f"{type(model).__name__} has no base_model.encoder.layer: only BERT-style encoders "
-                         "can be distilled by layer or pruned") from None
+def block_layers(model):
+    """The transformer blocks of a BERT-style encoder or a llama-style decoder (compress.blocks)."""
+    from compress.blocks import layout_of
+
+    return layout_of(model).layers()
 
 
-def keep_encoder_layers_(model, keep: list[int]) -> None:
+def keep_layers_(model, keep: list[int]) -> None:
     """Keep only the blocks `keep` (in that order), in place, and keep the config in step:
-    num_hidden_layers, pruned_heads and per-layer FFN widths are re-indexed."""
-    import torch
+    num_hidden_layers, per-layer FFN widths and the layout's own per-layer entries (an
+    encoder's pruned_heads, a decoder's layer_types; its attention layer_idx renumbered)."""
+    from compress.blocks import layout_of
 
-    layers = encoder_layers(model)
+    layout = layout_of(model)
+    layers = layout.layers()
     bad = [i for i in keep if not 0 <= i < len(layers)]
     if bad:
         raise StageError(f"keep_layers {bad} out of range: the teacher has {len(layers)} layers (0..{len(layers) - 1})")
-    model.base_model.encoder.layer = torch.nn.ModuleList([layers[i] for i in keep])
+    layout.set_layers_([layers[i] for i in keep])
     cfg = model.config
     cfg.num_hidden_layers = len(keep)
-    pruned = {int(k): v for k, v in (cfg.pruned_heads or {}).items()}
-    cfg.pruned_heads = {new: pruned[old] for new, old in enumerate(keep) if pruned.get(old)}
-    widths = getattr(cfg, "intermediate_sizes", None)
+    layout.reindex_config_(keep)
+    widths = getattr(cfg, FFN_WIDTHS_KEY, None)
     if widths:
-        cfg.intermediate_sizes = [widths[i] for i in keep]
-
-
-def self_attention(layer):
-    """The module holding a block's heads: `attention.self` in BERT-style encoders,
-    `attention.attn` in MPNet."""
-    attention = layer.attention
-    return attention.self if hasattr(attention, "self") else attention.attn
+        setattr(cfg, FFN_WIDTHS_KEY, [widths[i] for i in keep])
 
 
 def heads_output_projection(layer):
-    """The Linear whose input is the concatenation of the heads' contexts (gated per head
-    for importance): BERT's attention.output.dense, MPNet's attention.attn.o."""
-    attention = layer.attention
-    return attention.output.dense if hasattr(attention, "output") else attention.attn.o
+    """An encoder block's attention output projection (its input: the heads' contexts)."""
+    from compress.blocks import EncoderLayout
+
+    return EncoderLayout(None).heads_projection(layer)
 
 
 def heads_prunable(model) -> bool:
-    """MPNet computes one relative position bias for all heads of all layers: removing heads
-    from one layer would no longer match it, so its heads stay (FFN neurons and layers can go)."""
-    return not hasattr(model.base_model.encoder, "relative_attention_bias")
+    """Whether the model's heads (a decoder's: KV groups) can be removed (compress.blocks says why not)."""
+    from compress.blocks import layout_of
+
+    return layout_of(model).heads_refusal() is None
 
 
 def model_structure(model) -> dict | None:
-    """Layers, attention heads and FFN width per layer of a BERT-style encoder (None otherwise)."""
-    layers = getattr(getattr(getattr(model, "base_model", None), "encoder", None), "layer", None)
-    if layers is None:
-        return None
-    return {
-        "layers": len(layers),
-        "hidden_size": model.config.hidden_size,
-        "heads_per_layer": [self_attention(layer).num_attention_heads for layer in layers],
-        "ffn_per_layer": [layer.intermediate.dense.out_features for layer in layers],
-    }
+    """Layers, attention heads (and a decoder's KV heads) and FFN width per layer, or None for a
+    model that is neither a BERT-style encoder nor a llama-style decoder."""
+    from compress.blocks import find_layout
+
+    layout = find_layout(model)
+    return layout.structure() if layout is not None else None
 
 
 def count_parameters(model) -> dict:

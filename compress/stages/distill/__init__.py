@@ -32,14 +32,20 @@ class StudentSpec(BaseModel):
     num_layers: int | None = Field(None, ge=1, le=256)
     num_heads: int | None = Field(None, ge=1, le=256)
     intermediate_size: int | None = Field(None, ge=1, le=65536)
+    num_kv_heads: int | None = Field(None, ge=1, le=256, description="A decoder with grouped-query attention: "
+                                     "key/value heads (num_heads must be a multiple); default the teacher's.")
 
     @model_validator(mode="after")
     def _consistent(self):
         if not any(v is not None for v in self.model_dump().values()):
-            raise ValueError("student: set at least one of hidden_size, num_layers, num_heads, intermediate_size")
+            raise ValueError("student: set at least one of hidden_size, num_layers, num_heads, intermediate_size, "
+                             "num_kv_heads")
         if self.hidden_size and self.num_heads and self.hidden_size % self.num_heads:
             raise ValueError(f"student.hidden_size {self.hidden_size} must be a multiple of "
                              f"student.num_heads {self.num_heads}")
+        if self.num_heads and self.num_kv_heads and self.num_heads % self.num_kv_heads:
+            raise ValueError(f"student.num_heads {self.num_heads} must be a multiple of "
+                             f"student.num_kv_heads {self.num_kv_heads}")
         return self
 
 
@@ -146,24 +152,24 @@ class DistillStage(StageConfig, TrainingSchedule):
 
     def build_student(self, incoming, teacher_layers: int, same_teacher: bool):
         """(student, layer_map): layer_map[j] = the teacher layer that student layer j imitates."""
-        from compress.models import encoder_layers
+        from compress.models import block_layers
         from compress.stages.distill.student import (
             spread_layers,
             student_from_config,
             student_from_layers,
         )
 
-        n_in = len(encoder_layers(incoming))
+        n_in = len(block_layers(incoming))
         if self.student is not None:
             s = self.student
             student, in_map = student_from_config(incoming, s.hidden_size, s.num_layers, s.num_heads,
-                                                  s.intermediate_size)
+                                                  s.intermediate_size, s.num_kv_heads)
         else:
             keep = self.keep_layers or (list(range(self.every - 1, n_in, self.every)) if self.every else None)
             if keep is not None and not keep:
                 raise StageError(f"every: {self.every} keeps no layer of a {n_in}-layer model")
             student, in_map = (student_from_layers(incoming, keep), keep) if keep else (incoming, list(range(n_in)))
-        n_student = len(encoder_layers(student))
+        n_student = len(block_layers(student))
         return student, in_map if same_teacher else spread_layers(teacher_layers, n_student)
 
     def run(self, model: Artifact, ctx) -> TorchModel:
@@ -175,7 +181,7 @@ class DistillStage(StageConfig, TrainingSchedule):
             with_teacher_logits,
         )
         from compress.hub import snapshot_of
-        from compress.models import encoder_layers, model_structure
+        from compress.models import block_layers, model_structure
         from compress.training import (
             TaskEval,
             make_accelerator,
@@ -198,7 +204,11 @@ class DistillStage(StageConfig, TrainingSchedule):
         incoming = ctx.task.load_model(model.path, labels, ctx.recipe.trust_remote_code)
         teacher = incoming if self.teacher is None else ctx.task.load_model(teacher_path, labels,
                                                                             ctx.recipe.trust_remote_code)
-        student, layer_map = self.build_student(incoming, len(encoder_layers(teacher)), self.teacher is None)
+        student, layer_map = self.build_student(incoming, len(block_layers(teacher)), self.teacher is None)
+        if self.distillation.hidden_weight > 0:
+            _check_last_hidden_state(teacher, layer_map)
+        if self.distillation.attention_weight > 0:
+            _eager_attention_(student, teacher)
 
         tokenizer, collate, train, validation = tokenized_train_split(model.path, ctx, self, seed)
         collate = with_teacher_logits(collate)
@@ -232,6 +242,29 @@ class DistillStage(StageConfig, TrainingSchedule):
             training=result.record(self.batch_size, self.gradient_accumulation_steps, seed),
         )
         return out
+
+
+def _check_last_hidden_state(teacher, layer_map: list[int]) -> None:
+    """transformers gives a decoder's last hidden state after the final norm and the others
+    before it: the student's last layer can only be compared with the teacher's last one."""
+    from compress.blocks import layout_of
+
+    last = len(layout_of(teacher).layers()) - 1
+    if layout_of(teacher).kind == "decoder" and layer_map[-1] != last:
+        raise StageError(f"distillation.hidden_weight: the student's last layer would imitate teacher layer "
+                         f"{layer_map[-1]}, but a decoder's last hidden state is taken after its final norm: keep "
+                         f"the teacher's last layer ({last}) in keep_layers")
+
+
+def _eager_attention_(*models) -> None:
+    """Attention maps come only from the eager attention: a decoder (SDPA by default in
+    transformers) switches to it for training; an encoder returns its maps as it is."""
+    from compress.blocks import find_layout
+
+    for model in models:
+        layout = find_layout(model)
+        if layout is not None and layout.kind == "decoder":
+            model.set_attn_implementation("eager")
 
 
 def _mean_tail(parts: list[dict], n: int = 20) -> dict:

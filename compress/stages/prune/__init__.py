@@ -106,8 +106,9 @@ class PruneStage(StageConfig, TrainingSchedule):
     def _structured(self, net, examples, validation, collate, ctx, seed, artifact):
         import copy
 
+        from compress.blocks import layout_of
         from compress.distributed import launch, shard_of
-        from compress.models import heads_prunable, model_structure
+        from compress.models import model_structure
         from compress.stages.prune.importance import (
             plan_budget,
             plan_fractions,
@@ -115,9 +116,10 @@ class PruneStage(StageConfig, TrainingSchedule):
         )
         from compress.stages.prune.surgery import apply_plan_
 
-        if self.heads and not heads_prunable(net):
-            raise StageError(f"prune.heads: {type(net).__name__} shares one relative position bias across all "
-                             "its heads, so heads cannot be removed; prune ffn and layers (or use max_parameters)")
+        layout = layout_of(net)  # a StageError for a model that is neither encoder nor llama-style decoder
+        refusal = layout.heads_refusal()
+        if self.heads and refusal:
+            raise StageError(f"prune.heads: {type(net).__name__} {refusal}")
         order = _seeded_order(len(examples), seed)
         n = min(len(examples), self.importance_batches * self.batch_size)
         batches = [collate([examples[i] for i in order[s : s + self.batch_size]]) for s in range(0, n, self.batch_size)]
@@ -125,8 +127,10 @@ class PruneStage(StageConfig, TrainingSchedule):
         imp = taylor_importance(net, shard_of(batches, job))  # each rank scores its share of the batches
         if job.multi:
             imp = imp.summed_over_ranks()
-        plan = (plan_budget(net, imp, self.max_parameters, heads=heads_prunable(net)) if self.max_parameters
-                else plan_fractions(imp, self.heads, self.ffn, self.layers, self.scope))
+        # a decoder's KV groups go uniformly across layers, not unit by unit: its budget removes FFN neurons
+        budget_heads = refusal is None and not layout.uniform_heads
+        plan = (plan_budget(net, imp, self.max_parameters, heads=budget_heads) if self.max_parameters
+                else plan_fractions(imp, self.heads, self.ffn, self.layers, self.scope, layout.uniform_heads))
         teacher = copy.deepcopy(net) if self.recover and self.distillation.needs_teacher else None
         apply_plan_(net, plan)
         ctx.record(

@@ -1,7 +1,9 @@
-"""Removing what the plan says from a BERT-style encoder, and unstructured masks.
+"""Removing what the plan says from a BERT-style encoder or a llama-style decoder, and
+unstructured masks.
 
-Structured: transformers' prune_heads for heads, prune_linear_layer for FFN neurons, and the
-layer list for whole layers; the model is physically smaller. Per-layer FFN widths go into
+Structured: whole layers from the layer list, then heads (an encoder's through transformers'
+prune_heads, a decoder's KV groups row by row) and FFN neurons (prune_linear_layer), as
+compress.blocks lays them out; the model is physically smaller. Per-layer FFN widths go into
 config.json (FFN_WIDTHS_KEY) so that compress.models can rebuild the shapes.
 
 Unstructured: gradual magnitude pruning (Zhu & Gupta's cubic schedule) of the encoder's
@@ -14,11 +16,8 @@ import logging
 
 import torch
 
-from compress.models import (
-    FFN_WIDTHS_KEY,
-    encoder_layers,
-    keep_encoder_layers_,
-)
+from compress.blocks import layout_of
+from compress.models import FFN_WIDTHS_KEY, block_layers, keep_layers_
 from compress.stages.prune.importance import PrunePlan
 
 log = logging.getLogger(__name__)
@@ -28,37 +27,32 @@ log = logging.getLogger(__name__)
 
 
 def apply_plan_(model, plan: PrunePlan) -> None:
-    """Remove what the plan names, in place: heads and FFN neurons first (indices refer to the
-    input model), then whole layers; config.json records the resulting shapes."""
-    from transformers.pytorch_utils import prune_linear_layer
-
-    layers = encoder_layers(model)
-    n_heads = model.config.num_attention_heads
-    heads_by_original = {}
-    for i, current in plan.heads.items():
-        if i in plan.layers:
-            continue
-        remaining = sorted(set(range(n_heads)) - set(layers[i].attention.pruned_heads))
-        heads_by_original[i] = [remaining[h] for h in current]  # prune_heads takes original head ids
-    if heads_by_original:
-        model.prune_heads(heads_by_original)
-    for i, neurons in plan.ffn.items():
-        if i in plan.layers or not neurons:
-            continue
-        layer = layers[i]
-        width = layer.intermediate.dense.out_features
-        keep = torch.tensor([j for j in range(width) if j not in set(neurons)], dtype=torch.long)
-        layer.intermediate.dense = prune_linear_layer(layer.intermediate.dense, keep, dim=0)
-        layer.output.dense = prune_linear_layer(layer.output.dense, keep, dim=1)
+    """Remove what the plan names, in place (indices refer to the input model): whole layers
+    first, then heads and FFN neurons of the layers kept; config.json records the shapes."""
+    layout = layout_of(model)
+    kept = [i for i in range(len(layout.layers())) if i not in set(plan.layers)]
     if plan.layers:
-        keep_encoder_layers_(model, [i for i in range(len(layers)) if i not in plan.layers])
+        keep_layers_(model, kept)
+    now = {old: new for new, old in enumerate(kept)}  # input index → index after the layers went
+    heads = {now[i]: v for i, v in plan.heads.items() if i in now and v}
+    if heads:
+        layout.remove_heads_(heads)
+    layers = layout.layers()
+    for i, neurons in plan.ffn.items():
+        if i not in now or not neurons:
+            continue
+        layer = layers[now[i]]
+        drop = set(neurons)
+        keep = torch.tensor([j for j in range(layout.ffn_width(layer)) if j not in drop], dtype=torch.long)
+        layout.resize_ffn_(layer, keep)
     record_ffn_widths_(model)
 
 
 def record_ffn_widths_(model) -> None:
     """Uniform FFN widths go into intermediate_size (a plain transformers checkpoint);
     non-uniform ones into FFN_WIDTHS_KEY, which compress.models reads back."""
-    widths = [layer.intermediate.dense.out_features for layer in encoder_layers(model)]
+    layout = layout_of(model)
+    widths = [layout.ffn_width(layer) for layer in layout.layers()]
     if len(set(widths)) == 1:
         model.config.intermediate_size = widths[0]
         if hasattr(model.config, FFN_WIDTHS_KEY):
@@ -79,8 +73,8 @@ def cubic_sparsity(step: int, total: int, target: float, start: float = 0.0, end
 
 
 def prunable_linears(model) -> list[tuple[torch.nn.Module, str]]:
-    """The encoder's Linear weights (attention and FFN): embeddings and the classifier stay dense."""
-    return [(m, "weight") for layer in encoder_layers(model) for m in layer.modules()
+    """The blocks' Linear weights (attention and FFN): embeddings and the head stay dense."""
+    return [(m, "weight") for layer in block_layers(model) for m in layer.modules()
             if isinstance(m, torch.nn.Linear)]
 
 
