@@ -85,6 +85,6 @@ def test_validate_warns_on_hqq_weights_for_cpu():
     result = CliRunner().invoke(app, ["validate", str(path)])
     assert result.exit_code == 0, result.output
     warning = [line for line in result.output.splitlines() if line.startswith("warning:")]
-    assert len(warning) == 1 and "stages[1].method: hqq" in warning[0] and "4.8 tokens/s" in warning[0], result.output
+    assert len(warning) == 1 and "stages[1].method: hqq" in warning[0] and "5.3 tokens/s" in warning[0], result.output
     shipped = CliRunner().invoke(app, ["validate", str(path.parents[2] / "recipes" / "causal-lm.yaml")])
     assert shipped.exit_code == 0 and "warning:" not in shipped.output, shipped.output

@@ -110,7 +110,7 @@ def test_heads_of_a_single_kv_head_decoder_are_refused_in_one_line(llama_one_kv_
 
 def test_the_shipped_causal_lm_distill_recipe_runs_in_tiny_form(tiny_llama_dir, tmp_path):
     """recipes/causal-lm-distill.yaml on the tiny llama and a .txt corpus: half the layers, a
-    trained student, a validated package."""
+    trained student, fused and weight-compressed, a validated package."""
     from tests.conftest import make_paragraphs
     from tests.helpers import run_shipped_recipe
 
@@ -120,7 +120,8 @@ def test_the_shipped_causal_lm_distill_recipe_runs_in_tiny_form(tiny_llama_dir, 
     record = stage_json(run, "01-distill")
     assert record["student"]["layer_map"] == [1] and record["training"]["steps"] == 2
     assert record["perplexity"] > 0 and record["input"]["perplexity"] > 0
-    _validated_package(run, "03-package", layers=1, kv_heads=2)
+    assert stage_json(run, "03-optimize_onnx")["fused_ops"]["Attention"] == 1
+    _validated_package(run, "05-package", layers=1, kv_heads=2)
 
 
 def test_a_smaller_config_student_learns_from_cached_per_token_teacher_logits(tiny_llama_dir, tmp_path):
