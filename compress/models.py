@@ -322,20 +322,6 @@ def keep_layers_(model, keep: list[int]) -> None:
         setattr(cfg, FFN_WIDTHS_KEY, [widths[i] for i in keep])
 
 
-def heads_output_projection(layer):
-    """An encoder block's attention output projection (its input: the heads' contexts)."""
-    from compress.blocks import EncoderLayout
-
-    return EncoderLayout(None).heads_projection(layer)
-
-
-def heads_prunable(model) -> bool:
-    """Whether the model's heads (a decoder's: KV groups) can be removed (compress.blocks says why not)."""
-    from compress.blocks import layout_of
-
-    return layout_of(model).heads_refusal() is None
-
-
 def model_structure(model) -> dict | None:
     """Layers, attention heads (and a decoder's KV heads) and FFN width per layer, or None for a
     model that is neither a BERT-style encoder nor a llama-style decoder."""

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from compress.blocks import layout_of
 from compress.errors import StageError
 from compress.models import (
     FFN_WIDTHS_KEY,
-    heads_output_projection,
     load_model,
     model_structure,
 )
@@ -59,7 +59,7 @@ def _silence_(model, heads: dict[int, list[int]], neurons: dict[int, list[int]])
     with torch.no_grad():
         for i, hs in heads.items():
             for h in hs:
-                heads_output_projection(model.base_model.encoder.layer[i]).weight[:, h * HEAD_DIM:(h + 1) * HEAD_DIM] = 0
+                layout_of(model).heads_projection(model.base_model.encoder.layer[i]).weight[:, h * HEAD_DIM:(h + 1) * HEAD_DIM] = 0
         for i, ns in neurons.items():
             model.base_model.encoder.layer[i].output.dense.weight[:, ns] = 0
 
@@ -92,18 +92,17 @@ def test_pruning_zero_importance_units_leaves_outputs_unchanged(scope):
 def test_mpnet_ffn_and_layer_pruning_keeps_outputs_and_round_trips(tmp_path):
     """MPNet (the headline teacher's architecture): zero-importance FFN neurons and a do-nothing
     layer go without changing the logits; the non-uniform widths reload exactly. Its heads
-    share one relative position bias, so head pruning is refused (heads_prunable)."""
-    from compress.models import heads_prunable
+    share one relative position bias, so head pruning is refused (the layout's heads_refusal)."""
 
     model = _model(layers=3, arch="mpnet")
     silent_neurons = {0: [3, 7, 11, 20], 2: [0, 1, 40, 63]}
     _silence_(model, {}, silent_neurons)
     with torch.no_grad():  # layer 1 adds nothing to the residual stream
         layer = model.base_model.encoder.layer[1]
-        for linear in (heads_output_projection(layer), layer.output.dense):
+        for linear in (layout_of(model).heads_projection(layer), layer.output.dense):
             linear.weight.zero_()
             linear.bias.zero_()
-    assert not heads_prunable(model) and heads_prunable(_model())
+    assert layout_of(model).heads_refusal() is not None and layout_of(_model()).heads_refusal() is None
     imp = taylor_importance(model, _batches())
     plan = plan_fractions(imp, heads=0, ffn=4 / 64, n_layers=1, scope="per_layer")
     assert plan.layers == [1] and {i: v for i, v in plan.ffn.items() if i != 1} == silent_neurons
