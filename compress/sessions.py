@@ -12,7 +12,7 @@ import numpy as np
 from compress.artifacts import Artifact, ONNXModel, TorchModel, TRTEngine
 from compress.errors import CompressError
 from compress.generation import (
-    LOGITS_TO_KEEP,
+    FIRST_CALL_INPUTS,
     PAST_PREFIX,
     PRESENT_PREFIX,
     first_call_feed,
@@ -101,7 +101,7 @@ def _first_call_inputs(graph_inputs, model: ONNXModel) -> list[tuple[str, list, 
     graph rewrite left them symbolic."""
     out = []
     for i in graph_inputs:
-        if i.name in ("position_ids", LOGITS_TO_KEEP):
+        if i.name in FIRST_CALL_INPUTS:
             out.append((i.name, i.shape, np.int64))
         elif i.name.startswith(PAST_PREFIX):
             _, heads, past, head_dim = i.shape

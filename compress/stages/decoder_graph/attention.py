@@ -203,6 +203,8 @@ def fuse_decoder_attention(model, num_heads: int, kv_heads: int) -> dict[str, in
     Nothing changes when no layer matches; the opset goes to 23 when one does."""
     from onnx import helper
 
+    from compress.stages.decoder_graph.rewrite import write_nodes
+
     graph = model.graph
     nodes = list(graph.node)
     g = _Graph(nodes, graph.initializer)
@@ -230,13 +232,7 @@ def fuse_decoder_attention(model, num_heads: int, kv_heads: int) -> dict[str, in
             packed += 1
         except _NoMatch as e:
             log.debug("attention %s keeps its head transposes: %s", fused.name, e)
-    nodes = _topological(_alive(nodes, removed, {o.name for o in graph.output}))
-    read = {name for n in nodes for name in n.input}
-    initializers = [t for t in graph.initializer if t.name in read]
-    del graph.node[:]
-    graph.node.extend(nodes)
-    del graph.initializer[:]
-    graph.initializer.extend(initializers)
+    write_nodes(graph, _topological(_alive(nodes, removed, {o.name for o in graph.output})))
     for opset in model.opset_import:
         if opset.domain in ("", "ai.onnx"):
             opset.version = max(opset.version, ATTENTION_OPSET)

@@ -34,6 +34,8 @@ def pack_shared_input_matmuls(model) -> list[str]:
     import numpy as np
     from onnx import helper, numpy_helper
 
+    from compress.stages.decoder_graph.rewrite import write_nodes
+
     graph = model.graph
     initializers = {t.name: t for t in graph.initializer}
     readers = defaultdict(list)
@@ -64,10 +66,5 @@ def pack_shared_input_matmuls(model) -> list[str]:
     for node in graph.node:
         if id(node) not in dropped:
             nodes.extend(replaced.get(id(node), [node]))
-    read = {name for n in nodes for name in n.input}
-    kept = [t for t in graph.initializer if t.name in read]
-    del graph.node[:]
-    graph.node.extend(nodes)
-    del graph.initializer[:]
-    graph.initializer.extend([*kept, *added])
+    write_nodes(graph, nodes, added)
     return names

@@ -18,6 +18,7 @@ import numpy as np
 
 from compress.artifacts import ONNXModel
 from compress.errors import StageError
+from compress.generation import LOGITS_TO_KEEP
 
 TRITON_SKIPPED = ("no Triton repository for causal-lm: a decoder with a KV cache needs Triton's python or "
                   "ensemble backend to keep the cache between steps, not a plain onnxruntime model config")
@@ -145,8 +146,8 @@ def reference_greedy(model: ONNXModel, prompts: list[str], new_tokens: int, eos_
                     "attention_mask": np.ones((1, seen + len(feed_ids)), dtype=np.int64), **cache}
             if "position_ids" in graph_inputs:
                 feed["position_ids"] = np.arange(seen, seen + len(feed_ids), dtype=np.int64)[None]
-            if "logits_to_keep" in graph_inputs:  # every position, as exported: the loop reads the last
-                feed["logits_to_keep"] = np.array(0, dtype=np.int64)
+            if LOGITS_TO_KEEP in graph_inputs:  # every position, as exported: the loop reads the last
+                feed[LOGITS_TO_KEEP] = np.array(0, dtype=np.int64)
             result = dict(zip(outputs, session.run(outputs, feed)))
             seen += len(feed_ids)
             token = int(result["logits"][0, -1].argmax())

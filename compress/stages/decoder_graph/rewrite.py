@@ -1,0 +1,17 @@
+"""Writing a rewritten node list back into an ONNX graph, shared by the decoder rewrites."""
+
+from __future__ import annotations
+
+
+def write_nodes(graph, nodes: list, new_initializers: list = ()) -> None:
+    """Make `nodes` (the graph's own node messages and new ones, in order) the graph's nodes,
+    add `new_initializers`, and drop every initializer nothing reads any more. The rewrites
+    build a Python list and write it once: a repeated field copies what it is given. Unread
+    initializers are deleted in place, so the weights the graph keeps are not copied."""
+    del graph.node[:]
+    graph.node.extend(nodes)
+    read = {name for n in nodes for name in n.input}
+    for i in reversed(range(len(graph.initializer))):
+        if graph.initializer[i].name not in read:
+            del graph.initializer[i]
+    graph.initializer.extend(new_initializers)
