@@ -41,6 +41,11 @@ def recipe_warnings(recipe: Recipe) -> list[str]:
             lines.append(f"stages[{i}].activation_type: int8{default} with mode: static makes S8S8 Q/DQ, slow on "
                          f"this recipe's CPU target: {S8S8_REASON}; set activation_type: uint8 (int8 is for "
                          "TensorRT)")
+        if stage.kind == "optimize_onnx" and stage.split_for_cpu and not runs_on_cpu(recipe, i):
+            lines.append(f"stages[{i}].split_for_cpu: {', '.join(stage.split_for_cpu)} are written back as their "
+                         "parts for ONNX Runtime's CPU kernels, but this recipe's model is meant for a GPU (a later "
+                         "build_engine or a select target on CUDA), where the fused kernels are the fast ones; set "
+                         "split_for_cpu: []")
         if stage.kind == "compress_weights" and stage.method == "hqq" and runs_on_cpu(recipe, i):
             lines.append(f"stages[{i}].method: hqq makes a slow model on this recipe's CPU target: {HQQ_REASON}; "
                          "method: rtn with accuracy_level: 4 runs the fast int8 kernels")

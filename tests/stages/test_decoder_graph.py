@@ -123,7 +123,9 @@ def test_packing_is_bit_identical_after_weight_compression(export, tmp_path):
 def test_a_layer_off_the_pattern_stays_as_it_is(export):
     """Layer 1 without its NaN guard (probabilities straight into the value product) does not
     match: only layer 0 is fused, and the graph still runs the same."""
-    from compress.stages.decoder_graph.attention import fuse_decoder_attention
+    from compress.stages.optimize_onnx.decoder_graph.attention import (
+        fuse_decoder_attention,
+    )
 
     graph = onnx.load(str(export.onnx_path))
     softmax = [n for n in graph.graph.node if n.op_type == "Softmax"][1]

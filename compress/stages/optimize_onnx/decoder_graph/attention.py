@@ -203,7 +203,7 @@ def fuse_decoder_attention(model, num_heads: int, kv_heads: int) -> dict[str, in
     Nothing changes when no layer matches; the opset goes to 23 when one does."""
     from onnx import helper
 
-    from compress.stages.decoder_graph.rewrite import write_nodes
+    from compress.stages.optimize_onnx.rewrite import write_nodes
 
     graph = model.graph
     nodes = list(graph.node)

@@ -34,7 +34,7 @@ def pack_shared_input_matmuls(model) -> list[str]:
     import numpy as np
     from onnx import helper, numpy_helper
 
-    from compress.stages.decoder_graph.rewrite import write_nodes
+    from compress.stages.optimize_onnx.rewrite import write_nodes
 
     graph = model.graph
     initializers = {t.name: t for t in graph.initializer}

@@ -1,4 +1,4 @@
-"""Writing a rewritten node list back into an ONNX graph, shared by the decoder rewrites."""
+"""Writing a rewritten node list back into an ONNX graph, shared by the decoder rewrites and the CPU split."""
 
 from __future__ import annotations
 

@@ -9,9 +9,16 @@ from __future__ import annotations
 
 def fuse_decoder(model, config: dict, attention: bool, projections: bool, last_logits: bool) -> dict[str, int]:
     """Rewrite `model` (an onnx.ModelProto) in place; counts of what was rewritten."""
-    from compress.stages.decoder_graph.attention import fuse_decoder_attention
-    from compress.stages.decoder_graph.logits import LOGITS_TO_KEEP, add_logits_to_keep
-    from compress.stages.decoder_graph.projections import pack_shared_input_matmuls
+    from compress.stages.optimize_onnx.decoder_graph.attention import (
+        fuse_decoder_attention,
+    )
+    from compress.stages.optimize_onnx.decoder_graph.logits import (
+        LOGITS_TO_KEEP,
+        add_logits_to_keep,
+    )
+    from compress.stages.optimize_onnx.decoder_graph.projections import (
+        pack_shared_input_matmuls,
+    )
 
     done = {}
     if attention:

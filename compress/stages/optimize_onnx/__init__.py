@@ -1,7 +1,9 @@
 """`optimize_onnx`: ONNX Runtime transformer graph fusion (Attention, SkipLayerNorm,
 EmbedLayerNorm, BiasGelu; RMSNorm and rotary embeddings for decoders), checked against the
 incoming graph on real inputs. A causal LM's attention with its KV cache, which ONNX
-Runtime's rules do not match, becomes ONNX Attention nodes, among other decoder rewrites (stages/decoder_graph/)."""
+Runtime's rules do not match, becomes ONNX Attention nodes, among other decoder rewrites
+(decoder_graph/); fused ops whose CPU kernels are slower than their parts are written back
+as the parts (split_fused.py)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,11 @@ from pydantic import Field
 from compress.artifacts import Artifact, ONNXModel, copy_sidecar_files
 from compress.errors import StageError
 from compress.stages.base import QuantizedParity, StageConfig
+from compress.stages.optimize_onnx.split_fused import (
+    SPLIT_ON_CPU,
+    SPLITTABLE,
+    split_fused_ops,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +52,12 @@ class OptimizeONNXStage(StageConfig, QuantizedParity):
     last_logits: bool = Field(True, description=(
         "Causal LMs: a logits_to_keep input (transformers' name) so a prompt's prefill runs the LM head on its "
         "last position only; evaluation feeds 0 (every position), the packaged runtime 1."))
+    split_for_cpu: list[Literal[SPLITTABLE]] = Field(list(SPLIT_ON_CPU), description=(
+        "Fused ops written back as their parts after fusion, because ONNX Runtime's CPU kernels for them are "
+        "slower than the parts (SkipLayerNormalization 6.2x slower than Sum + LayerNormalization at "
+        "(32, 40, 384), 1 thread, ORT 1.32: benchmarks/results/cpu-kernels/). [] keeps every fusion (for a "
+        "GPU runtime: validate warns when the recipe's model is meant for one). A decoder's "
+        "SkipSimplifiedLayerNormalization only when named: it gains at long prefills, not per decode step."))
 
     accepts = (ONNXModel,)
     produces = ONNXModel
@@ -56,7 +69,8 @@ class OptimizeONNXStage(StageConfig, QuantizedParity):
         optimized, fusions, rules = optimize_onnx(model, ctx.artifact_dir, opt_level=self.opt_level,
                                                   fuse_attention=self.fuse_attention,
                                                   pack_projections=self.pack_projections,
-                                                  last_logits=self.last_logits)
+                                                  last_logits=self.last_logits,
+                                                  split=self.split_for_cpu)
         ctx.record(fused_ops=fusions, fusion_rules=rules)
         ctx.record(parity=check_parity(model, optimized, ctx, samples=self.parity_samples, **criterion))
         return optimized
@@ -83,8 +97,10 @@ def fusion_family(model_type: str | None, config_path: Path) -> tuple[str, str]:
 
 
 def optimize_onnx(model: ONNXModel, out_dir: Path, opt_level: int, fuse_attention: bool = True,
-                  pack_projections: bool = True, last_logits: bool = True) -> tuple[ONNXModel, dict[str, int], dict]:
-    """The fused model, the fused operator counts, and which rules were used."""
+                  pack_projections: bool = True, last_logits: bool = True,
+                  split: list[str] = ()) -> tuple[ONNXModel, dict[str, int], dict]:
+    """The fused model, the fused operator counts, and which rules were used. `split`: fused
+    op types written back as their parts afterwards (split_fused), counted as 'split <op>'."""
     from onnxruntime.transformers.optimizer import optimize_model
 
     from compress.progress import spinner
@@ -112,15 +128,18 @@ def optimize_onnx(model: ONNXModel, out_dir: Path, opt_level: int, fuse_attentio
         )
         decoder = {}
         if _has_past_inputs(optimized.model):
-            from compress.stages.decoder_graph import fuse_decoder
+            from compress.stages.optimize_onnx.decoder_graph import fuse_decoder
 
             bar.describe("optimize_onnx: fusing the decoder's attention, KV cache and projections")
             decoder = fuse_decoder(optimized.model, cfg, fuse_attention, pack_projections, last_logits)
+        # counted before the split, which removes some of the fused ops again
+        fusions = {k: int(v) for k, v in optimized.get_fused_operator_statistics().items() if v}
+        fusions.update(decoder)
+        if split:
+            fusions.update({f"split {op}": n for op, n in split_fused_ops(optimized.model, split).items()})
         bar.describe("optimize_onnx: saving the fused graph")
         optimized.save_model_to_file(str(result.onnx_path))
     copy_sidecar_files(model.path, out_dir)
-    fusions = {k: int(v) for k, v in optimized.get_fused_operator_statistics().items() if v}
-    fusions.update(decoder)
     return result, fusions, {"model_type": cfg.get("model_type"), "rules": family, "from": source}
 
 
