@@ -19,6 +19,7 @@ Kinds (paths relative to the repository root):
   cells RESULTS     every cell: threads, shape, median p50 with its repeats' range and spread, throughput, metric
   generation RESULTS   benchmarks/causal_lm/generation.py's results.jsonl: TTFT, decode tokens/s, memory per cell
   rouge FILE...     benchmarks/causal_lm/rouge_xsum.py's JSON per model: ROUGE-1/2/L and the protocol
+  kernels RESULTS   benchmarks/cpu_kernels/split_fused.py's results.json: each fused op against its parts
 tests/test_readme_tables.py runs --check on every README the repository ships."""
 
 from __future__ import annotations
@@ -177,9 +178,22 @@ def rouge(*files: str) -> str:
     return md_table(["run", "model kind", "ROUGE-1", "ROUGE-2", "ROUGE-L", "documents, decoding"], body) + "\n"
 
 
+def kernels(results: str) -> str:
+    """Each ONNX Runtime fused op against the parts optimize_onnx splits it into, per shape and threads."""
+    import json
+
+    from compress.markdown import md_table
+
+    cases = json.loads((ROOT / results).read_text(encoding="utf-8"))["cases"]
+    body = [[c["op"], "x".join(map(str, c["shape"])), c["stands_for"], str(c["threads"]), f"{c['fused_ms']:.3f} ms",
+             c["parts"], f"{c['parts_ms']:.3f} ms", f"{c['fused_over_parts']:.2f}x"] for c in cases]
+    return md_table(["fused op", "shape", "stands for", "threads", "fused", "parts", "parts time",
+                     "fused / parts"], body) + "\n"
+
+
 KINDS = {"ledger": ledger, "tasks": tasks, "bench": bench, "speedups": speedups, "repeats": repeats,
          "repeats-of": repeats_of, "cells": cells, "steadiness": steadiness,
-         "generation": generation, "rouge": rouge}
+         "generation": generation, "rouge": rouge, "kernels": kernels}
 
 
 def render(command: str) -> str:
