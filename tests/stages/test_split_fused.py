@@ -101,8 +101,10 @@ def test_a_node_whose_mean_output_is_read_stays_fused():
     assert [n.op_type for n in model.graph.node] == ["SkipLayerNormalization"]
 
 
-def test_skip_simplified_layer_norm_splits_to_an_rms_norm():
-    nodes = [helper.make_node("SkipSimplifiedLayerNormalization", ["x", "skip", "gamma"], ["y"],
+@pytest.mark.parametrize("inputs", [["x", "skip", "gamma"], ["x", "skip", "gamma", "bias"]])
+def test_skip_simplified_layer_norm_splits_to_an_rms_norm(inputs):
+    """The simplified op has no beta: its fourth input is the bias, added before the norm."""
+    nodes = [helper.make_node("SkipSimplifiedLayerNormalization", inputs, ["y"],
                               domain="com.microsoft", epsilon=1e-6, name="skip_rms")]
     fused = _graph(nodes, ["y"])
     split = _copy(fused)

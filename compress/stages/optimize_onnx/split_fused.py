@@ -43,10 +43,12 @@ def _split_skip_layer_norm(node, read: set[str], simplified: bool) -> list | Non
     if any(_present(node.output, i) in read for i in (1, 2) if _present(node.output, i)):
         return None
     x, skip, gamma = node.input[0], node.input[1], node.input[2]
-    beta, bias = _present(node.input, 3), _present(node.input, 4)
+    # SkipLayerNormalization: (input, skip, gamma, beta, bias); the simplified op has no beta,
+    # its fourth input is the bias
+    beta, bias = ("", _present(node.input, 3)) if simplified else (_present(node.input, 3), _present(node.input, 4))
     summed = _present(node.output, 3) or f"{node.name}/sum"
     eps = _attribute(node, "epsilon", 1e-12)
-    norm_inputs = [summed, gamma] if simplified or not beta else [summed, gamma, beta]
+    norm_inputs = [summed, gamma, beta] if beta else [summed, gamma]
     return [
         helper.make_node("Sum", [x, skip, *([bias] if bias else [])], [summed], name=f"{node.name}/sum"),
         helper.make_node("SimplifiedLayerNormalization" if simplified else "LayerNormalization", norm_inputs,
