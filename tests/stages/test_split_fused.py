@@ -71,6 +71,21 @@ def test_split_computes_the_same_and_the_session_does_not_refuse_it(tmp_path):
     assert "SkipLayerNormalization" not in session_ops and "LayerNormalization" in session_ops
 
 
+def test_unnamed_nodes_get_distinct_part_names():
+    nodes = [helper.make_node("SkipLayerNormalization", ["x", "skip", "gamma", "beta"], ["h1"], domain="com.microsoft",
+                              epsilon=1e-12),
+             helper.make_node("SkipLayerNormalization", ["h1", "skip", "gamma", "beta"], ["h2"],
+                              domain="com.microsoft", epsilon=1e-12)]
+    fused = _graph(nodes, ["h2"])
+    split = _copy(fused)
+    assert split_fused_ops(split, ["SkipLayerNormalization"]) == {"SkipLayerNormalization": 2}
+    names = [n.name for n in split.graph.node]
+    assert len(set(names)) == len(names) == 4
+    feed = _feed()
+    np.testing.assert_allclose(_session(split).run(None, feed)[0], _session(fused).run(None, feed)[0],
+                               rtol=1e-5, atol=1e-5)
+
+
 def test_only_the_named_ops_are_split():
     model = _encoder_block()
     assert split_fused_ops(model, ["BiasGelu"]) == {"BiasGelu": 1}

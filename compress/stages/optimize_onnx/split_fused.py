@@ -35,6 +35,11 @@ def _present(names, i: int) -> str:
     return names[i] if len(names) > i else ""
 
 
+def _base(node) -> str:
+    """A prefix for the parts' names, unique in the graph even for an unnamed node: output names are."""
+    return node.name or node.output[0]
+
+
 def _split_skip_layer_norm(node, read: set[str], simplified: bool) -> list | None:
     """Sum(input, skip[, bias]) -> (Simplified)LayerNormalization, or None where the node's
     mean / inverse-std outputs are read (the parts do not produce them)."""
@@ -46,13 +51,13 @@ def _split_skip_layer_norm(node, read: set[str], simplified: bool) -> list | Non
     # SkipLayerNormalization: (input, skip, gamma, beta, bias); the simplified op has no beta,
     # its fourth input is the bias
     beta, bias = ("", _present(node.input, 3)) if simplified else (_present(node.input, 3), _present(node.input, 4))
-    summed = _present(node.output, 3) or f"{node.name}/sum"
+    summed = _present(node.output, 3) or f"{_base(node)}/sum"
     eps = _attribute(node, "epsilon", 1e-12)
     norm_inputs = [summed, gamma, beta] if beta else [summed, gamma]
     return [
-        helper.make_node("Sum", [x, skip, *([bias] if bias else [])], [summed], name=f"{node.name}/sum"),
+        helper.make_node("Sum", [x, skip, *([bias] if bias else [])], [summed], name=f"{_base(node)}/sum"),
         helper.make_node("SimplifiedLayerNormalization" if simplified else "LayerNormalization", norm_inputs,
-                         [node.output[0]], name=f"{node.name}/norm", axis=-1, epsilon=eps),
+                         [node.output[0]], name=f"{_base(node)}/norm", axis=-1, epsilon=eps),
     ]
 
 
@@ -60,10 +65,10 @@ def _split_bias_gelu(node) -> list:
     """Add(input, bias) -> Gelu: a dynamic-INT8 session folds the Add into the MatMul before it."""
     from onnx import helper
 
-    biased = f"{node.name}/biased"
+    biased = f"{_base(node)}/biased"
     return [
-        helper.make_node("Add", [node.input[0], node.input[1]], [biased], name=f"{node.name}/bias"),
-        helper.make_node("Gelu", [biased], [node.output[0]], name=f"{node.name}/gelu", domain=MS_DOMAIN),
+        helper.make_node("Add", [node.input[0], node.input[1]], [biased], name=f"{_base(node)}/bias"),
+        helper.make_node("Gelu", [biased], [node.output[0]], name=f"{_base(node)}/gelu", domain=MS_DOMAIN),
     ]
 
 
