@@ -33,6 +33,17 @@ def manifest(run_dir: Path) -> dict:
     return json.loads((run_dir / "manifest.json").read_text())
 
 
+def validate_warnings(path: Path) -> list[str]:
+    """`compress validate PATH` (which must pass): the lines it prints as warnings."""
+    from typer.testing import CliRunner
+
+    from compress.cli import app
+
+    result = CliRunner().invoke(app, ["validate", str(path)])
+    assert result.exit_code == 0, result.output
+    return [line for line in result.output.splitlines() if line.startswith("warning:")]
+
+
 def recipe_error(recipe_dir: Path, text: str) -> str:
     """Load `text` as recipe.yaml, expecting the loader to refuse it; the message is one line."""
     path = recipe_dir / "recipe.yaml"
