@@ -61,7 +61,7 @@ def fused_graph(op: str, shape: tuple[int, ...]):
 
 
 def variants(op: str, shape: tuple[int, ...]) -> dict:
-    """name -> (model bytes, the op types the session runs)."""
+    """The fused graph and its parts, serialized: {op or parts name: model bytes}."""
     import onnx
 
     from compress.stages.optimize_onnx.split_fused import split_fused_ops

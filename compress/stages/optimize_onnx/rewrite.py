@@ -1,4 +1,5 @@
-"""Writing a rewritten node list back into an ONNX graph, shared by the decoder rewrites and the CPU split."""
+"""What optimize_onnx's own graph rewrites share (the decoder rewrites, the CPU split): reading a
+node's attribute and writing a rewritten node list back into the graph."""
 
 from __future__ import annotations
 
@@ -15,3 +16,13 @@ def write_nodes(graph, nodes: list, new_initializers: list = ()) -> None:
         if graph.initializer[i].name not in read:
             del graph.initializer[i]
     graph.initializer.extend(new_initializers)
+
+
+def node_attribute(node, name: str, default=None):
+    """The value of a node's attribute `name`, or `default` where the node has none."""
+    from onnx import helper
+
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+from compress.stages.optimize_onnx.rewrite import node_attribute, write_nodes
+
 SPLITTABLE = ("SkipLayerNormalization", "SkipSimplifiedLayerNormalization", "BiasGelu")
 # What optimize_onnx splits by default. SkipLayerNormalization's parts were faster at every shape
 # measured (1.9-6.2x); BiasGelu's at batch 32 (1.8-2.1x) and within 3 us at batch 1. A decoder's
@@ -20,15 +22,6 @@ SPLITTABLE = ("SkipLayerNormalization", "SkipSimplifiedLayerNormalization", "Bia
 # ran equal (0.007 ms); only a 512-token prefill gains (2.9x at 1 thread).
 SPLIT_ON_CPU = ("SkipLayerNormalization", "BiasGelu")
 MS_DOMAIN = "com.microsoft"
-
-
-def _attribute(node, name: str, default):
-    from onnx import helper
-
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
 
 
 def _present(names, i: int) -> str:
@@ -45,14 +38,14 @@ def _split_skip_layer_norm(node, read: set[str], simplified: bool) -> list | Non
     mean / inverse-std outputs are read (the parts do not produce them)."""
     from onnx import helper
 
-    if any(_present(node.output, i) in read for i in (1, 2) if _present(node.output, i)):
+    if any(name in read for name in node.output[1:3] if name):
         return None
     x, skip, gamma = node.input[0], node.input[1], node.input[2]
     # SkipLayerNormalization: (input, skip, gamma, beta, bias); the simplified op has no beta,
     # its fourth input is the bias
     beta, bias = ("", _present(node.input, 3)) if simplified else (_present(node.input, 3), _present(node.input, 4))
     summed = _present(node.output, 3) or f"{_base(node)}/sum"
-    eps = _attribute(node, "epsilon", 1e-12)
+    eps = node_attribute(node, "epsilon", 1e-12)
     norm_inputs = [summed, gamma, beta] if beta else [summed, gamma]
     return [
         helper.make_node("Sum", [x, skip, *([bias] if bias else [])], [summed], name=f"{_base(node)}/sum"),
@@ -75,8 +68,6 @@ def _split_bias_gelu(node) -> list:
 def split_fused_ops(model, op_types: list[str]) -> dict[str, int]:
     """Rewrite the graph's `op_types` nodes (of SPLITTABLE) into their parts, in place; the
     count split per op type. The result computes the same function (float rounding aside)."""
-    from compress.stages.optimize_onnx.rewrite import write_nodes
-
     graph = model.graph
     wanted = set(op_types)
     read = {name for n in graph.node for name in n.input} | {o.name for o in graph.output}
@@ -93,14 +84,6 @@ def split_fused_ops(model, op_types: list[str]) -> dict[str, int]:
         else:
             nodes.extend(parts)
             split[node.op_type] += 1
-    if split:
+    if split:  # the parts' com.microsoft Gelu needs no new opset import: the fused op had one
         write_nodes(graph, nodes)
-        _ensure_ms_opset(model)
     return dict(split)
-
-
-def _ensure_ms_opset(model) -> None:
-    from onnx import helper
-
-    if not any(o.domain == MS_DOMAIN for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))

@@ -24,6 +24,8 @@ from collections import defaultdict
 
 import numpy as np
 
+from compress.stages.optimize_onnx.rewrite import node_attribute, write_nodes
+
 log = logging.getLogger(__name__)
 
 ATTENTION_OPSET = 23  # the first ONNX opset with the Attention operator
@@ -70,15 +72,6 @@ class _Graph:
         raise _NoMatch(f"{name} is not a constant")
 
 
-def _attribute(node, name: str, default=None):
-    from onnx import helper
-
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
-
-
 def _cache_concat(g: _Graph, expanded: str):
     """The Concat(past, new) behind the grouped-query repeat of a key or value:
     Reshape ← Expand ← Unsqueeze ← Concat."""
@@ -86,7 +79,7 @@ def _cache_concat(g: _Graph, expanded: str):
     expand = g.made_by(reshape.input[0], "Expand")
     unsqueeze = g.made_by(expand.input[0], "Unsqueeze")
     concat = g.made_by(unsqueeze.input[0], "Concat")
-    if len(concat.input) != 2 or _attribute(concat, "axis") not in (2, -2):
+    if len(concat.input) != 2 or node_attribute(concat, "axis") not in (2, -2):
         raise _NoMatch(f"{concat.name} is not a past/new concatenation on the sequence axis")
     return concat
 
@@ -133,7 +126,7 @@ def _match_layer(g: _Graph, softmax) -> dict:
 def _heads_packed(g: _Graph, name: str) -> str:
     """The (batch, seq, hidden) tensor that Reshape → Transpose(0,2,1,3) turned into heads."""
     transpose = g.made_by(name, "Transpose")
-    if list(_attribute(transpose, "perm", [])) != BNSH_TO_BSNH:
+    if list(node_attribute(transpose, "perm", [])) != BNSH_TO_BSNH:
         raise _NoMatch(f"{transpose.name} is not a heads transpose")
     return g.made_by(transpose.input[0], "Reshape").input[0]
 
@@ -147,7 +140,7 @@ def _unpack_heads(g: _Graph, fused, num_heads: int, kv_heads: int) -> list:
     q, k, v = (_heads_packed(g, q_rot.input[0]), _heads_packed(g, k_rot.input[0]), _heads_packed(g, fused.input[2]))
     out_t = g.only_consumer(fused.output[0], "Transpose")
     out_r = g.only_consumer(out_t.output[0], "Reshape")
-    if list(_attribute(out_t, "perm", [])) != BNSH_TO_BSNH:
+    if list(node_attribute(out_t, "perm", [])) != BNSH_TO_BSNH:
         raise _NoMatch(f"{out_t.name} is not a heads transpose")
     q_rot.input[0], k_rot.input[0], fused.input[2] = q, k, v
     q_rot.attribute.append(helper.make_attribute("num_heads", num_heads))
@@ -202,9 +195,6 @@ def fuse_decoder_attention(model, num_heads: int, kv_heads: int) -> dict[str, in
     ({"Attention": layers, "Attention (batch, seq, hidden)": layers without head transposes}).
     Nothing changes when no layer matches; the opset goes to 23 when one does."""
     from onnx import helper
-
-    from compress.stages.optimize_onnx.rewrite import write_nodes
-
     graph = model.graph
     nodes = list(graph.node)
     g = _Graph(nodes, graph.initializer)
