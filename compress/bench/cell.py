@@ -62,26 +62,61 @@ def load_eval(job: dict, artifact) -> tuple[list[dict], object] | None:
     return task.encode(load_tokenizer(artifact.path), ds, spec.max_length), ds
 
 
+def cell_batches(job: dict, session, artifact, evalset) -> tuple[list[dict], list[int]]:
+    """The cell's inputs (real eval lengths, or one synthetic batch of the fixed shape) and the
+    examples in each."""
+    from compress.models import load_tokenizer
+
+    if job["seq_len"] is None:
+        return real_batches(session, evalset[0], job["batch_size"])
+    batches = fixed_batches(session, load_tokenizer(artifact.path), job["batch_size"], job["seq_len"])
+    return batches, [len(b["input_ids"]) for b in batches]
+
+
+PAIRED_BLOCK_SECONDS = 0.1  # long enough to re-warm caches after the other model's block, short next to the drift
+
+
+def paired_speedup(job: dict, target, session, batches: list[dict], model_p50_ms: float) -> dict:
+    """Time the cell's model against its ORT fp32 reference in alternating blocks (timing.time_paired)
+    on the same inputs; the median block ratio and how many blocks it is the median of."""
+    import statistics
+
+    from compress.bench.plan import reopen_artifact
+    from compress.bench.timing import time_paired
+    from compress.sessions import open_session
+
+    reference = reopen_artifact(job["paired_with"])
+    ref_session = open_session(reference, job["threads"], target)
+    ref_eval = load_eval(job, reference) if job["seq_len"] is None else None
+    ref_batches, _ = cell_batches(job, ref_session, reference, ref_eval)
+    if len(ref_batches) != len(batches):
+        raise RuntimeError(f"paired: {job['paired_with']['name']} makes {len(ref_batches)} batches of the eval "
+                           f"set, {job['model']['name']} {len(batches)}: not the same inputs")
+    for i in range(job["warmup"]):
+        ref_session.run(ref_batches[i % len(ref_batches)])
+    per_block = max(1, round(PAIRED_BLOCK_SECONDS * 1000 / model_p50_ms))
+    ratios = time_paired(lambda i: session.run(batches[i % len(batches)]),
+                         lambda i: ref_session.run(ref_batches[i % len(ref_batches)]),
+                         per_block, job["min_iterations"], job["min_seconds"], job["max_seconds"])
+    return {"paired_speedup": round(statistics.median(ratios), 4), "paired_blocks": len(ratios),
+            "paired_calls_per_block": per_block}
+
+
 def measure_cell(job: dict) -> dict:
     from compress.bench.plan import reopen_artifact
     from compress.bench.targets import TARGETS
     from compress.bench.timing import summarize, time_calls
     from compress.evaluate import evaluate_task
-    from compress.models import load_tokenizer
     from compress.sessions import open_session
 
     target = TARGETS[job["target"]]
     artifact = reopen_artifact(job["model"])
-    threads, batch_size, seq_len = job["threads"], job["batch_size"], job["seq_len"]
+    threads, seq_len = job["threads"], job["seq_len"]
     started = time.perf_counter()
     session = open_session(artifact, threads, target)
     load_s = time.perf_counter() - started
     evalset = load_eval(job, artifact) if (job["accuracy"] or seq_len is None) else None
-    if seq_len is None:
-        batches, examples_per_batch = real_batches(session, evalset[0], batch_size)
-    else:
-        batches = fixed_batches(session, load_tokenizer(artifact.path), batch_size, seq_len)
-        examples_per_batch = [len(b["input_ids"]) for b in batches]
+    batches, examples_per_batch = cell_batches(job, session, artifact, evalset)
 
     sync, on_start, gpu = None, None, {}
     if target.device == "cuda":  # gated: only on a GPU target, where torch sees CUDA
@@ -119,6 +154,8 @@ def measure_cell(job: dict) -> dict:
         "mean_real_tokens_per_item": round(sum(tokens) / sum(len(b["input_ids"]) for b in batches), 2),
         "runtime_threads": _runtime_threads(target),
     }
+    if job.get("paired_with"):  # after the cell's own timing, which it leaves as it was
+        result.update(paired_speedup(job, target, session, batches, result["p50_ms"]))
     if job["accuracy"] and evalset is not None:
         from compress.tasks import get_task
 

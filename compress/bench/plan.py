@@ -89,6 +89,7 @@ class Cell:
     threads: int | None
     accuracy: bool = False  # measure eval accuracy in this cell (once per model and target)
     skipped: str | None = None  # why the target cannot run here
+    paired_with: BenchModel | None = None  # settings.paired: the ORT fp32 reference timed in the same process
 
 
 @dataclass
@@ -227,6 +228,14 @@ def resolve_models(spec: BenchSpec, where: str = "spec") -> list[BenchModel]:
     return assign_references(models, ort_name)
 
 
+def paired_reference(model: BenchModel, target: str, models: list[BenchModel]) -> BenchModel | None:
+    """The model's ONNX Runtime fp32 reference, on an ONNX Runtime target, when it has one
+    other than itself (the reference is not paired with itself)."""
+    if not target.startswith("ort-") or model.ort_ref is None or model.ort_ref == model.name:
+        return None
+    return next((m for m in models if m.name == model.ort_ref), None)
+
+
 def assign_references(models: list[BenchModel], ort_name: str | None) -> list[BenchModel]:
     """Name each model's two references. The torch one: its run's fine-tuned model, or the
     spec's baseline (or the only baseline there is). The ONNX Runtime fp32 one: the spec's
@@ -303,10 +312,11 @@ def build_plan(models: list[BenchModel], settings: BenchSettings, where: str = "
                 cells.append(Cell(model, target, None, None, None, skipped=reason))
                 continue
             first = True
+            pair = paired_reference(model, target, models) if settings.paired else None
             for threads in settings.threads:
                 for batch, seq in settings.shape_cells:
                     acc = first and settings.accuracy and bool(model.data)
-                    cells.append(Cell(model, target, batch, seq, threads, accuracy=acc))
+                    cells.append(Cell(model, target, batch, seq, threads, accuracy=acc, paired_with=pair))
                     first = False
     if not cells:
         raise BenchSpecError(f"{where}: nothing to measure ({'; '.join(notes)})")

@@ -15,7 +15,7 @@ CSV_COLUMNS = [
     "model", "group", "role", "kind", "target", "shape", "batch_size", "seq_len", "threads", "status", "reason",
     "p50_ms", "p90_ms", "p99_ms", "mean_ms", "cv", "throughput", "iterations", "metric", "metric_value", "examples",
     "size_bytes", "peak_rss_mb", "speedup_vs_baseline", "baseline_reference", "speedup_vs_ort_fp32",
-    "ort_fp32_reference", "artifact_sha256", "cpu", "instruction_sets", "git_commit", "git_dirty", "command", "run_id",
+    "ort_fp32_reference", "paired_speedup", "artifact_sha256", "cpu", "instruction_sets", "git_commit", "git_dirty", "command", "run_id",
 ]
 REFERENCES = ((BASELINE, "torch-cpu", "speedup_vs_baseline", "baseline_reference"),
               (ORT_FP32, "ort-cpu", "speedup_vs_ort_fp32", "ort_fp32_reference"))
@@ -118,6 +118,8 @@ def _fmt_cell(r: dict | None, acc: dict | None) -> str:
     parts.append(f"{r['size_bytes'] / 1e6:.1f} MB")
     sp = [f"{r[k]:.2f}x {label}" for k, label in (("speedup_vs_baseline", "torch"), ("speedup_vs_ort_fp32", "ort"))
           if r.get(k) is not None]
+    if r.get("paired_speedup") is not None:  # timed against the ORT reference in the same process
+        sp.append(f"{r['paired_speedup']:.2f}x ort paired")
     if sp:
         parts.append(", ".join(sp))
     return " · ".join(parts)

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 RESULTS_JSONL = "results.jsonl"
 REPEATS_JSONL = "repeats.jsonl"  # every repeat of every cell, when repeats > 1
-REPEATED_STATS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "cv", "throughput")
+REPEATED_STATS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "cv", "throughput", "paired_speedup")
 
 
 def fingerprint() -> dict:
@@ -75,6 +75,7 @@ def cell_job(cell: Cell, settings: BenchSettings) -> dict:
         "warmup": settings.warmup, "min_iterations": settings.min_iterations, "min_seconds": settings.min_seconds,
         "max_seconds": settings.max_seconds, "eval_batch_size": settings.eval_batch_size,
         "max_eval_samples": settings.max_eval_samples,
+        "paired_with": cell.paired_with.job() if cell.paired_with else None,
     }
 
 
@@ -170,6 +171,10 @@ def combine_repeats(results: list[dict]) -> dict:
     p50s = [r["p50_ms"] for r in ok]
     row["repeats"] = {"n": len(results), "failed": len(results) - len(ok), "p50_ms": p50s,
                       "spread": round((max(p50s) - min(p50s)) / statistics.median(p50s), 4)}
+    paired = [r["paired_speedup"] for r in ok if r.get("paired_speedup") is not None]
+    if paired:
+        row["repeats"] |= {"paired_speedup": paired,
+                           "paired_spread": round((max(paired) - min(paired)) / statistics.median(paired), 4)}
     return row
 
 

@@ -68,6 +68,11 @@ class BenchSettings(_Spec):
     repeats: int = Field(1, ge=1, le=100, description=(
         "Measure every cell this many times, each in a fresh process, in interleaved rounds (every cell once, "
         "then every cell again): a load change hits all models alike. Rows report the median of the repeats."))
+    paired: bool = Field(False, description=(
+        "Also time each ONNX Runtime cell against its ONNX Runtime fp32 reference in the same process, in "
+        "alternating blocks of ~0.1 s on the same inputs; rows add paired_speedup, the median over block pairs "
+        "of reference time / model time. A shared machine's speed drifts within seconds (README: steady "
+        "numbers): this ratio repeats where separately timed cells do not. Costs the reference's time again."))
 
     @field_validator("targets", "threads")
     @classmethod

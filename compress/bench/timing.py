@@ -85,3 +85,27 @@ def time_calls(
         if i >= min_iterations and ((elapsed >= min_seconds and i % cycle == 0) or elapsed >= max_seconds):
             break
     return samples, items
+
+
+def time_paired(call_model: Callable[[int], int], call_reference: Callable[[int], int], calls_per_block: int,
+                min_blocks: int, min_seconds: float, max_seconds: float,
+                clock: Callable[[], float] = time.perf_counter) -> list[float]:
+    """Reference time / model time per block pair: a block of calls_per_block model calls, then
+    the reference on the same inputs (the same call indices), repeated until min_blocks pairs
+    ran and min_seconds passed (max_seconds caps it once min_blocks ran). Adjacent blocks see
+    the same machine, so each ratio is free of the drift that moves separately timed cells."""
+    ratios: list[float] = []
+    started = clock()
+    i = 0
+    while True:
+        spent = []
+        for call in (call_model, call_reference):
+            t0 = clock()
+            for j in range(calls_per_block):
+                call(i + j)
+            spent.append(clock() - t0)
+        ratios.append(spent[1] / spent[0] if spent[0] > 0 else float("nan"))
+        i += calls_per_block
+        elapsed = clock() - started
+        if len(ratios) >= min_blocks and (elapsed >= min_seconds or elapsed >= max_seconds):
+            return ratios

@@ -30,6 +30,13 @@ def test_combine_takes_medians_and_records_each_repeat():
     assert row["repeats"] == {"n": 3, "failed": 0, "p50_ms": [3.0, 2.0, 10.0], "spread": round(8 / 3, 4)}
 
 
+def test_combine_takes_the_median_paired_speedup_and_its_spread():
+    row = combine_repeats([ok(3.0, paired_speedup=2.0), ok(2.0, paired_speedup=2.2), ok(10.0, paired_speedup=2.1)])
+    assert row["paired_speedup"] == 2.1
+    assert row["repeats"]["paired_speedup"] == [2.0, 2.2, 2.1]
+    assert row["repeats"]["paired_spread"] == round(0.2 / 2.1, 4)
+
+
 def test_combine_skips_failed_repeats_and_keeps_a_lone_failure():
     failed = {"status": "failed", "reason": "cell timed out after 5 s"}
     row = combine_repeats([failed, ok(2.0), ok(4.0)])

@@ -161,6 +161,37 @@ min_seconds: 0
     assert (spec.parent / rows[1]["path"]).resolve() == (bench_run / "03-ptq").resolve()
 
 
+def test_paired_cells_time_each_model_against_the_ort_reference_in_one_process(bench_run, tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"""
+name: paired
+models:
+  - {bench_run / '03-ptq'}
+ort_baseline: {bench_run / '02-export_onnx'}
+data:
+  train: {bench_run.parent.parent / 'reviews.csv'}
+  eval_fraction: 0.25
+  seed: 7
+  max_length: 32
+targets: [ort-cpu]
+shapes: {{batch_sizes: [4], real: true}}
+threads: [1]
+warmup: 1
+min_iterations: 3
+min_seconds: 0
+accuracy: false
+paired: true
+""")
+    result = runner.invoke(app, ["bench", str(spec), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    rows = {r["model"]: r for r in rows_of(tmp_path / "out" / "results.jsonl")}
+    ptq, reference = rows["03-ptq"], rows["02-export_onnx"]
+    assert reference["role"] == "ort_fp32" and "paired_speedup" not in reference  # not paired with itself
+    assert ptq["paired_blocks"] >= 3 and ptq["paired_calls_per_block"] >= 1
+    assert 0.05 < ptq["paired_speedup"] < 20  # a ratio of two real timings of the same inputs
+    assert "x ort paired" in (tmp_path / "out" / "results.md").read_text()
+
+
 def test_run_from_a_fine_tuned_model_benchmarks_that_model_as_baseline(tmp_path, tiny_classifier_dir):
     """No finetune stage (PTQ only, as in the headline recipe): the input classifier is the
     uncompressed baseline on torch-cpu, with accuracy on the run's eval split."""

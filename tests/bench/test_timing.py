@@ -10,6 +10,7 @@ from compress.bench.timing import (
     percentile,
     summarize,
     time_calls,
+    time_paired,
 )
 
 
@@ -156,3 +157,37 @@ def test_the_cuda_cell_passes_its_start_event_as_the_hook():
     source = inspect.getsource(cell.measure_cell)
     assert "on_start = start_evt.record" in source and "on_start=on_start" in source
     assert "start_evt.record()" not in source  # never recorded before the warm-up again
+
+
+def test_time_paired_ratios_adjacent_blocks_on_the_same_inputs():
+    """The machine slows down 3x halfway: separately timed cells would differ 3x, each block
+    ratio stays the reference/model cost ratio (2x) because both blocks of a pair see one speed."""
+    clock = FakeClock(0.0)
+    seen = {"model": [], "reference": []}
+
+    def timed(name, cost):
+        def call(i):
+            seen[name].append(i)
+            clock.now += cost * (3 if clock.now > 1.0 else 1)
+            return 1
+        return call
+
+    ratios = time_paired(timed("model", 0.01), timed("reference", 0.02), calls_per_block=4,
+                         min_blocks=5, min_seconds=2.0, max_seconds=60.0, clock=clock)
+    assert len(ratios) >= 5 and clock.now >= 2.0
+    off = [r for r in ratios if r != pytest.approx(2.0)]
+    assert len(off) <= 1  # only the pair that straddles the slow-down
+    assert np.median(ratios) == pytest.approx(2.0)
+    assert seen["model"] == seen["reference"]  # the same inputs, in the same order
+    assert seen["model"][:8] == list(range(8))
+
+
+def test_time_paired_stops_at_max_seconds_once_min_blocks_ran():
+    clock = FakeClock(0.0)
+
+    def call(i):
+        clock.now += 1.0
+        return 1
+
+    ratios = time_paired(call, call, calls_per_block=1, min_blocks=2, min_seconds=100.0, max_seconds=5.0, clock=clock)
+    assert len(ratios) == 3 and ratios == [1.0, 1.0, 1.0]  # 6 s after the 3rd pair: past max_seconds
