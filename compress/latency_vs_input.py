@@ -31,7 +31,9 @@ def compare_latency(latency: dict | None, input_latency: dict | None, input_name
 
 def describe_slower(stage: str, artifact: str, comparison: dict) -> str:
     """One line for the log and the ledger's notes."""
-    return (f"{stage}: its {artifact} artifact is slower than its input {comparison['input']} at batch-1 p50 "
+    # the first stage's input is the recipe's model, which the run records under the name "input"
+    source = "the recipe's input model" if comparison["input"] == "input" else f"its input {comparison['input']}"
+    return (f"{stage}: its {artifact} artifact is slower than {source} at batch-1 p50 "
             f"({comparison['p50_ms']:.2f} vs {comparison['input_p50_ms']:.2f} ms, {comparison['change']:+.0%}, "
             f"margin {comparison['margin']:.0%}); confirm with `compress bench` (repeats: 3) before shipping it")
 

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from compress.cli import app
-from compress.latency_vs_input import SLOWER_MARGIN, compare_latency, vs_input_cell
+from compress.latency_vs_input import SLOWER_MARGIN, compare_latency, describe_slower, vs_input_cell
 from compress.report import ledger_warnings, md_table, summary_table
 from tests.conftest import tiny_recipe_text
 from tests.helpers import validate_warnings
@@ -31,6 +31,14 @@ def test_slower_only_beyond_the_margin():
     same = compare_latency(lat(30.0), lat(20.8), "04-ptq", same_model=True)
     assert same["same_model"] and not same["slower"]
     assert compare_latency(None, lat(20.8), "x") is None and compare_latency(lat(1.0), {}, "input") is None
+
+
+def test_the_first_stage_is_compared_with_the_recipes_input_model_by_that_name():
+    lat = lambda ms: {"p50_ms": ms}  # noqa: E731
+    first = describe_slower("01-export_onnx", "onnx", compare_latency(lat(79.9), lat(57.63), "input"))
+    assert "slower than the recipe's input model at batch-1 p50 (79.90 vs 57.63 ms, +39%" in first
+    later = describe_slower("04-ptq", "onnx", compare_latency(lat(23.3), lat(20.8), "03-optimize_onnx"))
+    assert "slower than its input 03-optimize_onnx at" in later
 
 
 def test_ledger_marks_the_slower_stage():
