@@ -16,6 +16,9 @@ Kinds (paths relative to the repository root):
   repeats DIR...    the same cell measured twice per run (a quickstart-repeat.yaml results.jsonl per DIR)
   repeats-of RESULTS   each cell's p50 in every repeat of one results.jsonl (repeats: N), and their spread
   steadiness SUMMARY   benchmarks/steadiness/thread_modes.py's summary.json: p50 and spread per thread setting
+  paired RESULTS    each paired cell (paired: true): its speedup over the ORT fp32 reference timed in the same
+                    process against the ratio of separately timed p50s, each with its spread between repeats
+  drift SUMMARY     benchmarks/steadiness/drift.py's drift.json: spread within and between processes per setting
   cells RESULTS     every cell: threads, shape, median p50 with its repeats' range and spread, throughput, metric
   generation RESULTS   benchmarks/causal_lm/generation.py's results.jsonl: TTFT, decode tokens/s, memory per cell
   rouge FILE...     benchmarks/causal_lm/rouge_xsum.py's JSON per model: ROUGE-1/2/L and the protocol
@@ -141,6 +144,30 @@ def cells(results: str) -> str:
                      "throughput", metric], body) + "\n"
 
 
+def paired(results: str) -> str:
+    """Each cell timed against its ONNX Runtime fp32 reference in the same process (bench
+    `paired: true`): the paired speedup's median and spread over repeats, next to the speedup
+    from the two cells' separately timed p50s and those p50s' spreads."""
+    from compress.bench.report import read_rows, with_speedups
+    from compress.report import md_table
+
+    rows = read_rows(ROOT / results)
+    body = []
+    for r in with_speedups(rows):
+        if r.get("status") != "ok" or r.get("paired_speedup") is None:
+            continue
+        reps = r.get("repeats") or {}
+        ratios = reps.get("paired_speedup") or [r["paired_speedup"]]
+        ref = next(x for x in rows if x["model"] == r["ort_fp32_reference"] and x["target"] == r["target"]
+                   and x["shape"] == r["shape"] and x["threads"] == r["threads"])
+        p50_spreads = " / ".join(f"{(row.get('repeats') or {}).get('spread', 0):.0%}" for row in (r, ref))
+        body.append([r["model"], str(r["threads"]), r["shape"], f"{r['paired_speedup']:.2f}x",
+                     f"{min(ratios):.2f}-{max(ratios):.2f}", f"{reps.get('paired_spread', 0):.0%}",
+                     f"{r['speedup_vs_ort_fp32']:.2f}x", p50_spreads])
+    return md_table(["model", "threads", "shape", "paired speedup (median)", "repeats' range", "spread",
+                     "speedup from separate p50s", "spread of the two p50s"], body) + "\n"
+
+
 def steadiness(summary: str) -> str:
     """benchmarks/steadiness/thread_modes.py's summary.json: per thread setting, the median of
     the processes' p50s and their spread, with the range of the processes."""
@@ -152,6 +179,20 @@ def steadiness(summary: str) -> str:
     body = [[name, f"{v['median_ms']:.2f} ms", f"{v['spread']:.1%}", f"{min(v['p50_ms']):.2f}-{max(v['p50_ms']):.2f} ms"]
             for name, v in settings.items()]
     return md_table(["setting", "median p50", "spread between processes", "processes' p50 range"], body) + "\n"
+
+
+def drift(summary: str) -> str:
+    """benchmarks/steadiness/drift.py's drift.json: per setting, what is measured, the median of
+    the processes, their spread, and the widest spread of windows inside one process."""
+    import json
+
+    from compress.report import md_table
+
+    settings = json.loads((ROOT / summary).read_text())["settings"]
+    body = [[name, v["measure"], f"{v['median']:.3f}", f"{v['spread_between_processes']:.1%}",
+             f"{max(v['spread_within_process']):.1%}"] for name, v in settings.items()]
+    return md_table(["setting", "measure", "median of processes", "spread between processes",
+                     "widest spread inside a process"], body) + "\n"
 
 
 def generation(results: str) -> str:
@@ -192,7 +233,7 @@ def kernels(results: str) -> str:
 
 
 KINDS = {"ledger": ledger, "tasks": tasks, "bench": bench, "speedups": speedups, "repeats": repeats,
-         "repeats-of": repeats_of, "cells": cells, "steadiness": steadiness,
+         "repeats-of": repeats_of, "cells": cells, "steadiness": steadiness, "drift": drift, "paired": paired,
          "generation": generation, "rouge": rouge, "kernels": kernels}
 
 
