@@ -8,7 +8,12 @@ import pytest
 from typer.testing import CliRunner
 
 from compress.cli import app
-from compress.latency_vs_input import SLOWER_MARGIN, compare_latency, describe_slower, vs_input_cell
+from compress.latency_vs_input import (
+    SLOWER_MARGIN,
+    compare_latency,
+    describe_slower,
+    vs_input_cell,
+)
 from compress.report import ledger_warnings, md_table, summary_table
 from tests.conftest import tiny_recipe_text
 from tests.helpers import validate_warnings
