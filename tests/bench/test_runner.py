@@ -128,6 +128,12 @@ def test_table_rerenders_the_same_files(bench_run, tmp_path):
     assert "| model | torch-cpu | ort-cpu |" in result.output
 
 
+def eval_data(bench_run) -> str:
+    """A spec's data block: the tiny run's CSV, a quarter held out."""
+    return (f"data:\n  train: {bench_run.parent.parent / 'reviews.csv'}\n  eval_fraction: 0.25\n"
+            "  seed: 7\n  max_length: 32\n")
+
+
 def test_bench_command_on_single_artifacts(bench_run, tmp_path):
     spec = tmp_path / "spec.yaml"
     spec.write_text(f"""
@@ -135,12 +141,7 @@ name: single
 models:
   - {bench_run / '03-ptq' / 'model.onnx'}
 baseline: {bench_run / '01-finetune'}
-data:
-  train: {bench_run.parent.parent / 'reviews.csv'}
-  eval_fraction: 0.25
-  seed: 7
-  max_length: 32
-targets: [ort-cpu]
+{eval_data(bench_run)}targets: [ort-cpu]
 shapes: {{batch_sizes: [2], seq_lens: [16], real: false}}
 threads: [1]
 warmup: 0
@@ -168,12 +169,7 @@ name: paired
 models:
   - {bench_run / '03-ptq'}
 ort_baseline: {bench_run / '02-export_onnx'}
-data:
-  train: {bench_run.parent.parent / 'reviews.csv'}
-  eval_fraction: 0.25
-  seed: 7
-  max_length: 32
-targets: [ort-cpu]
+{eval_data(bench_run)}targets: [ort-cpu]
 shapes: {{batch_sizes: [4], real: true}}
 threads: [1]
 warmup: 1
