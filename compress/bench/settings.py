@@ -72,7 +72,8 @@ class BenchSettings(_Spec):
         "Also time each ONNX Runtime cell against its ONNX Runtime fp32 reference in the same process, in "
         "alternating blocks of ~0.1 s on the same inputs; rows add paired_speedup, the median over block pairs "
         "of reference time / model time. A shared machine's speed drifts within seconds (README: steady "
-        "numbers): this ratio repeats where separately timed cells do not. Costs the reference's time again."))
+        "numbers): this ratio repeats where separately timed cells do not. It is the speedup under alternation, "
+        "which can sit below the ratio of separately timed p50s. Costs the reference's time again."))
 
     @field_validator("targets", "threads")
     @classmethod
