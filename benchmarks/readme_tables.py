@@ -148,7 +148,7 @@ def paired(results: str) -> str:
     """Each cell timed against its ONNX Runtime fp32 reference in the same process (bench
     `paired: true`): the paired speedup's median and spread over repeats, next to the speedup
     from the two cells' separately timed p50s and those p50s' spreads."""
-    from compress.bench.report import read_rows, with_speedups
+    from compress.bench.report import named_reference, read_rows, with_speedups
     from compress.report import md_table
 
     rows = read_rows(ROOT / results)
@@ -158,8 +158,7 @@ def paired(results: str) -> str:
             continue
         reps = r.get("repeats") or {}
         ratios = reps.get("paired_speedup") or [r["paired_speedup"]]
-        ref = next(x for x in rows if x["model"] == r["ort_fp32_reference"] and x["target"] == r["target"]
-                   and x["shape"] == r["shape"] and x["threads"] == r["threads"])
+        ref = named_reference(rows, r, r["ort_fp32_reference"], r["target"])
         p50_spreads = " / ".join(f"{(row.get('repeats') or {}).get('spread', 0):.0%}" for row in (r, ref))
         body.append([r["model"], str(r["threads"]), r["shape"], f"{r['paired_speedup']:.2f}x",
                      f"{min(ratios):.2f}-{max(ratios):.2f}", f"{reps.get('paired_spread', 0):.0%}",

@@ -47,8 +47,9 @@ def real_batches(session, encoded: list[dict], batch_size: int) -> tuple[list[di
             [len(span) for span in spans])
 
 
-def load_eval(job: dict, artifact) -> tuple[list[dict], object] | None:
-    """The eval split encoded with the artifact's tokenizer, and the split itself."""
+def load_eval(job: dict, artifact, split=None) -> tuple[list[dict], object] | None:
+    """The eval split encoded with the artifact's tokenizer, and the split itself (`split`:
+    one already loaded for this job, so a second artifact only encodes it)."""
     if not job.get("data"):
         return None
     from compress.data import DataSpec, load_splits
@@ -56,10 +57,11 @@ def load_eval(job: dict, artifact) -> tuple[list[dict], object] | None:
     from compress.tasks import get_task
 
     spec, task = DataSpec.model_validate(job["data"]), get_task(job["model"].get("task", "text-classification"))
-    ds = load_splits(spec, task.name).eval
-    if job.get("max_eval_samples"):
-        ds = ds.subset(list(range(min(job["max_eval_samples"], len(ds)))))
-    return task.encode(load_tokenizer(artifact.path), ds, spec.max_length), ds
+    if split is None:
+        split = load_splits(spec, task.name).eval
+        if job.get("max_eval_samples"):
+            split = split.subset(list(range(min(job["max_eval_samples"], len(split)))))
+    return task.encode(load_tokenizer(artifact.path), split, spec.max_length), split
 
 
 def cell_batches(job: dict, session, artifact, evalset) -> tuple[list[dict], list[int]]:
@@ -76,7 +78,7 @@ def cell_batches(job: dict, session, artifact, evalset) -> tuple[list[dict], lis
 PAIRED_BLOCK_SECONDS = 0.1  # long enough to re-warm caches after the other model's block, short next to the drift
 
 
-def paired_speedup(job: dict, target, session, batches: list[dict], model_p50_ms: float) -> dict:
+def paired_speedup(job: dict, target, session, batches: list[dict], evalset, model_p50_ms: float) -> dict:
     """Time the cell's model against its ORT fp32 reference in alternating blocks (timing.time_paired)
     on the same inputs; the median block ratio and how many blocks it is the median of."""
     import statistics
@@ -87,7 +89,7 @@ def paired_speedup(job: dict, target, session, batches: list[dict], model_p50_ms
 
     reference = reopen_artifact(job["paired_with"])
     ref_session = open_session(reference, job["threads"], target)
-    ref_eval = load_eval(job, reference) if job["seq_len"] is None else None
+    ref_eval = load_eval(job, reference, split=evalset[1]) if job["seq_len"] is None else None
     ref_batches, _ = cell_batches(job, ref_session, reference, ref_eval)
     if len(ref_batches) != len(batches):
         raise RuntimeError(f"paired: {job['paired_with']['name']} makes {len(ref_batches)} batches of the eval "
@@ -155,7 +157,7 @@ def measure_cell(job: dict) -> dict:
         "runtime_threads": _runtime_threads(target),
     }
     if job.get("paired_with"):  # after the cell's own timing, which it leaves as it was
-        result.update(paired_speedup(job, target, session, batches, result["p50_ms"]))
+        result.update(paired_speedup(job, target, session, batches, evalset, result["p50_ms"]))
     if job["accuracy"] and evalset is not None:
         from compress.tasks import get_task
 

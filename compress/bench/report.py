@@ -15,7 +15,8 @@ CSV_COLUMNS = [
     "model", "group", "role", "kind", "target", "shape", "batch_size", "seq_len", "threads", "status", "reason",
     "p50_ms", "p90_ms", "p99_ms", "mean_ms", "cv", "throughput", "iterations", "metric", "metric_value", "examples",
     "size_bytes", "peak_rss_mb", "speedup_vs_baseline", "baseline_reference", "speedup_vs_ort_fp32",
-    "ort_fp32_reference", "paired_speedup", "artifact_sha256", "cpu", "instruction_sets", "git_commit", "git_dirty", "command", "run_id",
+    "ort_fp32_reference", "paired_speedup", "artifact_sha256", "cpu", "instruction_sets", "git_commit", "git_dirty",
+    "command", "run_id",
 ]
 REFERENCES = ((BASELINE, "torch-cpu", "speedup_vs_baseline", "baseline_reference"),
               (ORT_FP32, "ort-cpu", "speedup_vs_ort_fp32", "ort_fp32_reference"))
@@ -44,7 +45,7 @@ def _reference(rows: list[dict], row: dict, role: str, target: str) -> dict | No
     return (same or [r for r in cands if r.get("group") is None] or cands or [None])[0]
 
 
-def _named(rows: list[dict], row: dict, name: str | None, target: str) -> dict | None:
+def named_reference(rows: list[dict], row: dict, name: str | None, target: str) -> dict | None:
     """The same-shape, same-threads measurement of the reference a row names."""
     return next((r for r in _ok(rows) if r["model"] == name and r["target"] == target
                  and r["shape"] == row["shape"] and r["threads"] == row["threads"]), None)
@@ -59,7 +60,7 @@ def with_speedups(rows: list[dict]) -> list[dict]:
         r = dict(r)
         if r.get("status") == "ok":
             for role, target, key, named in REFERENCES:
-                ref = _named(rows, r, r[named], target) if named in r else _reference(rows, r, role, target)
+                ref = named_reference(rows, r, r[named], target) if named in r else _reference(rows, r, role, target)
                 r[key] = round(ref["p50_ms"] / r["p50_ms"], 3) if ref and r.get("p50_ms") else None
                 if named not in r and ref is not None:
                     r[named] = ref["model"]

@@ -169,13 +169,16 @@ def combine_repeats(results: list[dict]) -> dict:
             row[key] = round(statistics.median(values), 4)
     row["iterations"] = sum(r.get("iterations", 0) for r in ok)
     p50s = [r["p50_ms"] for r in ok]
-    row["repeats"] = {"n": len(results), "failed": len(results) - len(ok), "p50_ms": p50s,
-                      "spread": round((max(p50s) - min(p50s)) / statistics.median(p50s), 4)}
+    row["repeats"] = {"n": len(results), "failed": len(results) - len(ok), "p50_ms": p50s, "spread": _spread(p50s)}
     paired = [r["paired_speedup"] for r in ok if r.get("paired_speedup") is not None]
     if paired:
-        row["repeats"] |= {"paired_speedup": paired,
-                           "paired_spread": round((max(paired) - min(paired)) / statistics.median(paired), 4)}
+        row["repeats"] |= {"paired_speedup": paired, "paired_spread": _spread(paired)}
     return row
+
+
+def _spread(values: list[float]) -> float:
+    """(max - min) / median: how far a cell's repeats disagree."""
+    return round((max(values) - min(values)) / statistics.median(values), 4)
 
 
 def run_benchmark(models, settings: BenchSettings, out_dir: Path, where: str = "spec",
