@@ -24,28 +24,10 @@ import sys
 import time
 from pathlib import Path
 
+# thread_modes.py sits in this directory: the same sessions and inputs as its processes
+from thread_modes import open_session, random_feeds
+
 SETTINGS = ("1 thread", "2 threads", "2 threads, paired")
-
-
-def _session(model: str, threads: int):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-
-
-def _feeds(session) -> list[dict]:
-    import numpy as np
-
-    names = {i.name for i in session.get_inputs()}
-    rng = np.random.default_rng(0)
-    feeds = []
-    for length in rng.integers(12, 40, size=50):  # the quickstart eval set's range of lengths
-        ids = rng.integers(1000, 20000, size=(1, int(length))).astype(np.int64)
-        feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
-        feeds.append({k: v for k, v in feed.items() if k in names})
-    return feeds
 
 
 def _window(session, feeds) -> tuple[float, float]:
@@ -60,9 +42,9 @@ def _window(session, feeds) -> tuple[float, float]:
 
 def child(setting: str, model: str, reference: str, seconds: float) -> dict:
     threads = 1 if setting == "1 thread" else 2
-    session = _session(model, threads)
-    feeds = _feeds(session)
-    ref = _session(reference, threads) if setting.endswith("paired") else None
+    session = open_session(model, threads)
+    feeds = random_feeds(session)
+    ref = open_session(reference, threads) if setting.endswith("paired") else None
     for s in (session, ref):
         if s is not None:
             _window(s, feeds[:10])

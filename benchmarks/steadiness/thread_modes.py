@@ -24,15 +24,20 @@ from pathlib import Path
 SETTINGS = {"1 thread": (1, "1"), "2 threads, spinning": (2, "1"), "2 threads, no spinning": (2, "0")}
 
 
-def measure(model: str, threads: int, spin: str) -> float:
-    """One process's batch-1 p50 in ms (runs in the child)."""
-    import numpy as np
+def open_session(model: str, threads: int, spin: str = "1"):
+    """An ONNX Runtime CPU session with `threads` intra-op threads; spin "0" turns spinning off."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     options.add_session_config_entry("session.intra_op.allow_spinning", spin)
-    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+def random_feeds(session) -> list[dict]:
+    """50 fixed random token sequences of 12-39 tokens (the quickstart eval set's range), batch 1."""
+    import numpy as np
+
     names = {i.name for i in session.get_inputs()}
     rng = np.random.default_rng(0)
     feeds = []
@@ -40,6 +45,13 @@ def measure(model: str, threads: int, spin: str) -> float:
         ids = rng.integers(1000, 20000, size=(1, int(length))).astype(np.int64)
         feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
         feeds.append({k: v for k, v in feed.items() if k in names})
+    return feeds
+
+
+def measure(model: str, threads: int, spin: str) -> float:
+    """One process's batch-1 p50 in ms (runs in the child)."""
+    session = open_session(model, threads, spin)
+    feeds = random_feeds(session)
     for feed in feeds[:10]:
         session.run(None, feed)
     times = []
