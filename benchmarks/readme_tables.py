@@ -23,6 +23,8 @@ Kinds (paths relative to the repository root):
   generation RESULTS   benchmarks/causal_lm/generation.py's results.jsonl: TTFT, decode tokens/s, memory per cell
   rouge FILE...     benchmarks/causal_lm/rouge_xsum.py's JSON per model: ROUGE-1/2/L and the protocol
   kernels RESULTS   benchmarks/cpu_kernels/split_fused.py's results.json: each fused op against its parts
+  gpu-distill REPORT...   benchmarks/headline/gpu_distill/distill_gpu.py's report.json per run: per student its
+                    layers, FFN width, training steps and time, held-out accuracy before and after
 tests/test_readme_tables.py runs --check on every README the repository ships."""
 
 from __future__ import annotations
@@ -231,9 +233,28 @@ def kernels(results: str) -> str:
                      "fused / parts"], body) + "\n"
 
 
+def gpu_distill(*reports: str) -> str:
+    """One row per student that distill_gpu.py trained: where it started, how long it trained
+    and its held-out accuracy at the start and at the end (no checkpoint chosen on it)."""
+    import json
+
+    from compress.markdown import md_table
+
+    body = []
+    for f in reports:
+        report = json.loads((ROOT / f).read_text(encoding="utf-8"))
+        for s in report["students"]:
+            body.append([s["student"], ", ".join(map(str, s["teacher_layers"])), str(s["ffn"]),
+                         f"{s['steps']} ({len(s['epochs'])} epochs)", f"{s['seconds']:.0f} s",
+                         f"{s['eval_accuracy_start']:.4f}", f"{s['eval_accuracy_final']:.4f}", report["device"]])
+    return md_table(["student", "teacher layers", "FFN", "steps", "training", "accuracy at start",
+                     "accuracy at end", "device"], body) + "\n"
+
+
 KINDS = {"ledger": ledger, "tasks": tasks, "bench": bench, "speedups": speedups, "repeats": repeats,
          "repeats-of": repeats_of, "cells": cells, "steadiness": steadiness, "drift": drift, "paired": paired,
-         "generation": generation, "rouge": rouge, "kernels": kernels}
+         "generation": generation, "rouge": rouge, "kernels": kernels,
+         "gpu-distill": gpu_distill}
 
 
 def render(command: str) -> str:

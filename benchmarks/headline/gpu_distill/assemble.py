@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from pack import unpack_state
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[2]
@@ -36,8 +37,9 @@ def main() -> None:
     state = {}
     for f in sorted(args.source.glob(f"{args.name}.[0-9]*.pt")):
         state.update({k: v.float() for k, v in torch.load(f, weights_only=True).items()})
-    embedding = torch.load(args.parts / "teacher_part1.pt", weights_only=True)["mpnet.embeddings.word_embeddings.weight"]
-    state[f"{student.base_model_prefix}.embeddings.word_embeddings.weight"] = embedding["q"].float() * embedding["scale"]
+    teacher_part = unpack_state(torch.load(args.parts / "teacher_part1.pt", weights_only=True))
+    state[f"{student.base_model_prefix}.embeddings.word_embeddings.weight"] = \
+        teacher_part["mpnet.embeddings.word_embeddings.weight"]
     student.load_state_dict(state, strict=True)
     args.out.mkdir(parents=True, exist_ok=True)
     student.save_pretrained(args.out)

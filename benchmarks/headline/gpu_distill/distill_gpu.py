@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pack import unpack_state  # beside this script
 
 STUDENTS = {  # name: (teacher layers the student's layers start from and imitate, FFN neurons per layer)
     "bert4-ffn1536": ([2, 5, 8, 11], 1536),
@@ -42,8 +43,7 @@ def load_teacher(parts: Path, device):
     teacher = MPNetForSequenceClassification(config)
     state = {}
     for part in (1, 2):
-        for name, p in torch.load(parts / f"teacher_part{part}.pt", weights_only=True).items():
-            state[name] = p["raw"] if "raw" in p else p["q"].float() * p["scale"]
+        state.update(unpack_state(torch.load(parts / f"teacher_part{part}.pt", weights_only=True)))
     teacher.load_state_dict(state, strict=True)
     return teacher.to(device).eval().requires_grad_(False), meta
 
@@ -93,8 +93,8 @@ def ffn_importance(teacher, train_ids, pad_id, layers, device, batches: int = 20
     hooks = [teacher.mpnet.encoder.layer[t].intermediate.register_forward_hook(
         lambda _m, _i, out, t=t: acts[t].add_(out.abs().float().sum((0, 1)))) for t in layers]
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        for b in range(batches):
-            ids, mask = pad(train_ids[b * batch_size : (b + 1) * batch_size], pad_id, device)
+        for start in range(0, min(len(train_ids), batches * batch_size), batch_size):
+            ids, mask = pad(train_ids[start : start + batch_size], pad_id, device)
             teacher(input_ids=ids, attention_mask=mask)
     for h in hooks:
         h.remove()
