@@ -33,7 +33,8 @@ def bert_config_of(mpnet_config):
         vocab_size=c.vocab_size, hidden_size=c.hidden_size, num_hidden_layers=c.num_hidden_layers,
         num_attention_heads=c.num_attention_heads, intermediate_size=c.intermediate_size, hidden_act=c.hidden_act,
         hidden_dropout_prob=c.hidden_dropout_prob, attention_probs_dropout_prob=c.attention_probs_dropout_prob,
-        max_position_embeddings=c.max_position_embeddings - offset, type_vocab_size=1, layer_norm_eps=c.layer_norm_eps,
+        max_position_embeddings=c.max_position_embeddings - offset, layer_norm_eps=c.layer_norm_eps,
+        type_vocab_size=2,  # MPNet has no token types; optimum's export feeds types 0 and 1 to the table
         pad_token_id=c.pad_token_id, bos_token_id=c.bos_token_id, eos_token_id=c.eos_token_id,
         id2label=dict(c.id2label), label2id=dict(c.label2id), problem_type=c.problem_type,
         architectures=["BertForSequenceClassification"],
@@ -55,7 +56,7 @@ def mpnet_as_bert(model):
     target = {
         "bert.embeddings.word_embeddings.weight": source["mpnet.embeddings.word_embeddings.weight"],
         "bert.embeddings.position_embeddings.weight": source["mpnet.embeddings.position_embeddings.weight"][offset:],
-        "bert.embeddings.token_type_embeddings.weight": torch.zeros(1, config.hidden_size),
+        "bert.embeddings.token_type_embeddings.weight": torch.zeros(2, config.hidden_size),
     }
     for name, value in source.items():
         for mpnet_part, bert_part in (("mpnet.embeddings.LayerNorm", "bert.embeddings.LayerNorm"),

@@ -59,3 +59,16 @@ def test_only_mpnet_classifiers():
                                                     num_attention_heads=2, intermediate_size=20))
     with pytest.raises(ValueError, match="not BertForSequenceClassification"):
         mpnet_as_bert(bert)
+
+
+def test_the_bert_rewrite_exports_to_onnx(tmp_path):
+    """optimum's exporter feeds token types 0 and 1: the rewrite keeps a (zero) second type."""
+    from compress.artifacts import TorchModel
+    from compress.bert_student import mpnet_as_bert
+    from compress.stages.export_onnx import export_to_onnx
+
+    bert = mpnet_as_bert(_mpnet())
+    assert bert.config.type_vocab_size == 2 and not bert.bert.embeddings.token_type_embeddings.weight.any()
+    bert.save_pretrained(tmp_path / "bert")
+    exported = export_to_onnx(TorchModel(tmp_path / "bert"), tmp_path / "onnx", opset=17)
+    assert exported.onnx_path.is_file()

@@ -33,10 +33,16 @@ def main() -> None:
 
     fields = json.loads((args.source / f"{args.name}.config.json").read_text())
     config = AutoConfig.for_model(fields.pop("model_type"), **fields)
-    student = AutoModelForSequenceClassification.from_config(config)
     state = {}
     for f in sorted(args.source.glob(f"{args.name}.[0-9]*.pt")):
         state.update({k: v.float() for k, v in torch.load(f, weights_only=True).items()})
+    if config.model_type == "bert" and config.type_vocab_size == 1:
+        # students trained before compress.bert_student gave BERT a second token type: optimum's
+        # ONNX export feeds types 0 and 1, so add the (never used, zero) second row
+        config.type_vocab_size = 2
+        types = state["bert.embeddings.token_type_embeddings.weight"]
+        state["bert.embeddings.token_type_embeddings.weight"] = torch.cat([types, torch.zeros_like(types)])
+    student = AutoModelForSequenceClassification.from_config(config)
     teacher_part = unpack_state(torch.load(args.parts / "teacher_part1.pt", weights_only=True))
     state[f"{student.base_model_prefix}.embeddings.word_embeddings.weight"] = \
         teacher_part["mpnet.embeddings.word_embeddings.weight"]
