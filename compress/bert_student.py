@@ -22,13 +22,18 @@ _LAYER_NAMES = {  # MPNet layer tensor → BERT layer tensor
 }
 
 
+# MPNet numbers real tokens from its embeddings' padding_idx + 1, and transformers fixes that
+# padding_idx at 1 whatever the config's pad_token_id: rows 0 and 1 of its position table are
+# never a real token's, and BERT's position p is MPNet's row p + 2.
+_MPNET_POSITION_OFFSET = 2
+
+
 def bert_config_of(mpnet_config):
-    """The BERT configuration with MPNet's shape. MPNet numbers real tokens from
-    pad_token_id + 1, so its position table has pad_token_id + 1 rows that BERT never uses."""
+    """The BERT configuration with MPNet's shape (its position table less the unused rows)."""
     from transformers import BertConfig
 
     c = mpnet_config
-    offset = c.pad_token_id + 1
+    offset = _MPNET_POSITION_OFFSET
     return BertConfig(
         vocab_size=c.vocab_size, hidden_size=c.hidden_size, num_hidden_layers=c.num_hidden_layers,
         num_attention_heads=c.num_attention_heads, intermediate_size=c.intermediate_size, hidden_act=c.hidden_act,
@@ -52,7 +57,7 @@ def mpnet_as_bert(model):
     config = bert_config_of(model.config)
     bert = BertForSequenceClassification(config)
     source = model.state_dict()
-    offset = model.config.pad_token_id + 1
+    offset = _MPNET_POSITION_OFFSET
     target = {
         "bert.embeddings.word_embeddings.weight": source["mpnet.embeddings.word_embeddings.weight"],
         "bert.embeddings.position_embeddings.weight": source["mpnet.embeddings.position_embeddings.weight"][offset:],

@@ -206,3 +206,45 @@ def test_a_changed_teacher_checkpoint_reruns_the_stage(tmp_path, tiny_classifier
     teacher.save_pretrained(tmp_path / "teacher")
     run_tiny(tmp_path, tiny_classifier_dir, stages)
     assert manifest(run_dir)["stages"][0]["status"] == "completed"  # not reused: the teacher changed
+
+
+@pytest.fixture(scope="module")
+def tiny_mpnet_classifier_dir(tmp_path_factory, minilm_tokenizer_dir):
+    import torch
+    from transformers import MPNetConfig, MPNetForSequenceClassification, MPNetTokenizerFast
+
+    path = tmp_path_factory.mktemp("tiny-mpnet-clf")
+    tokenizer = MPNetTokenizerFast(vocab_file=str(minilm_tokenizer_dir / "vocab.txt"))
+    torch.manual_seed(0)
+    config = MPNetConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=130, pad_token_id=tokenizer.pad_token_id,
+                         num_labels=2, id2label={0: "neg", 1: "pos"}, label2id={"neg": 0, "pos": 1})
+    MPNetForSequenceClassification(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_an_mpnet_student_rewritten_as_bert_distils_and_exports(tmp_path, tiny_mpnet_classifier_dir):
+    stages = """
+  - kind: distill
+    every: 2
+    student_architecture: bert
+    distillation: {hidden_weight: 1.0, attention_weight: 1.0}
+""" + TRAIN + """
+  - kind: export_onnx
+"""
+    run_dir = run_tiny(tmp_path, tiny_mpnet_classifier_dir, stages)
+    record = stage_json(run_dir, "01-distill")
+    assert record["student"]["layer_map"] == [1, 3]
+    assert set(record["distillation_loss"]["parts_final"]) == {"soft_target", "label", "hidden", "attention"}
+    student = load_model(run_dir / "01-distill")
+    assert type(student).__name__ == "BertForSequenceClassification" and student.config.num_hidden_layers == 2
+    assert (run_dir / "02-export_onnx" / "model.onnx").is_file()
+
+
+def test_the_bert_rewrite_needs_an_mpnet_model(tmp_path, tiny_classifier_dir):
+    from compress.errors import CompressError
+
+    with pytest.raises(CompressError, match="student_architecture: bert: .*MPNetForSequenceClassification"):
+        run_tiny(tmp_path, tiny_classifier_dir, "\n  - kind: distill\n    every: 2\n    student_architecture: bert\n"
+                 + TRAIN)
