@@ -211,7 +211,11 @@ def test_a_changed_teacher_checkpoint_reruns_the_stage(tmp_path, tiny_classifier
 @pytest.fixture(scope="module")
 def tiny_mpnet_classifier_dir(tmp_path_factory, minilm_tokenizer_dir):
     import torch
-    from transformers import MPNetConfig, MPNetForSequenceClassification, MPNetTokenizerFast
+    from transformers import (
+        MPNetConfig,
+        MPNetForSequenceClassification,
+        MPNetTokenizerFast,
+    )
 
     path = tmp_path_factory.mktemp("tiny-mpnet-clf")
     tokenizer = MPNetTokenizerFast(vocab_file=str(minilm_tokenizer_dir / "vocab.txt"))

@@ -22,7 +22,11 @@ PARTS = ROOT / "benchmarks/.cache/gpu_distill"
 
 
 def main() -> None:
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import (
+        AutoConfig,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("source", type=Path, help="the folder distill_gpu.py wrote the student's files to")
