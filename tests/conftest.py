@@ -211,3 +211,26 @@ def _tiny_llama(path: Path) -> Path:
 def tiny_llama_dir(tmp_path_factory) -> Path:
     """A randomly initialised 2-layer llama causal LM (GQA 4/2 heads) with its own small tokenizer."""
     return _tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_mpnet_dir(tmp_path_factory, minilm_tokenizer_dir) -> Path:
+    """A randomly initialised 4-layer MPNetForSequenceClassification; its tokenizer is an
+    MPNet tokenizer over the packaged MiniLM WordPiece vocabulary."""
+    import torch
+    from transformers import (
+        MPNetConfig,
+        MPNetForSequenceClassification,
+        MPNetTokenizerFast,
+    )
+
+    path = tmp_path_factory.mktemp("tiny-mpnet")
+    tokenizer = MPNetTokenizerFast(vocab_file=str(minilm_tokenizer_dir / "vocab.txt"))
+    torch.manual_seed(0)
+    config = MPNetConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=130, pad_token_id=tokenizer.pad_token_id,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         num_labels=2, id2label={0: "neg", 1: "pos"}, label2id={"neg": 0, "pos": 1})
+    MPNetForSequenceClassification(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

@@ -208,27 +208,7 @@ def test_a_changed_teacher_checkpoint_reruns_the_stage(tmp_path, tiny_classifier
     assert manifest(run_dir)["stages"][0]["status"] == "completed"  # not reused: the teacher changed
 
 
-@pytest.fixture(scope="module")
-def tiny_mpnet_classifier_dir(tmp_path_factory, minilm_tokenizer_dir):
-    import torch
-    from transformers import (
-        MPNetConfig,
-        MPNetForSequenceClassification,
-        MPNetTokenizerFast,
-    )
-
-    path = tmp_path_factory.mktemp("tiny-mpnet-clf")
-    tokenizer = MPNetTokenizerFast(vocab_file=str(minilm_tokenizer_dir / "vocab.txt"))
-    torch.manual_seed(0)
-    config = MPNetConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
-                         intermediate_size=64, max_position_embeddings=130, pad_token_id=tokenizer.pad_token_id,
-                         num_labels=2, id2label={0: "neg", 1: "pos"}, label2id={"neg": 0, "pos": 1})
-    MPNetForSequenceClassification(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
-def test_an_mpnet_student_rewritten_as_bert_distils_and_exports(tmp_path, tiny_mpnet_classifier_dir):
+def test_an_mpnet_student_rewritten_as_bert_distils_and_exports(tmp_path, tiny_mpnet_dir):
     stages = """
   - kind: distill
     every: 2
@@ -237,7 +217,7 @@ def test_an_mpnet_student_rewritten_as_bert_distils_and_exports(tmp_path, tiny_m
 """ + TRAIN + """
   - kind: export_onnx
 """
-    run_dir = run_tiny(tmp_path, tiny_mpnet_classifier_dir, stages)
+    run_dir = run_tiny(tmp_path, tiny_mpnet_dir, stages)
     record = stage_json(run_dir, "01-distill")
     assert record["student"]["layer_map"] == [1, 3]
     assert set(record["distillation_loss"]["parts_final"]) == {"soft_target", "label", "hidden", "attention"}
