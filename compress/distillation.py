@@ -15,6 +15,7 @@ from compress.stages.base import DistillationObjective
 log = logging.getLogger(__name__)
 # collate extras that are not model inputs: every task's loss targets, cached teacher outputs
 NON_MODEL_KEYS = ("labels", "start_positions", "end_positions", "teacher_logits")
+IGNORED = -100  # a target the loss skips (torch's cross_entropy ignore_index): augmented copies' labels
 
 
 # ---------------------------------------------------------------------------- losses
@@ -92,7 +93,9 @@ class DistillationModule(torch.nn.Module):
         internals = {"output_hidden_states": True} if w.hidden_weight > 0 else {}
         if w.attention_weight > 0:
             internals["output_attentions"] = True
-        targets = {k: batch[k] for k in self.task.target_keys} if w.label_weight > 0 else {}
+        # a batch of augmented copies only has no target to learn from: its label part is 0, not NaN
+        labelled = w.label_weight > 0 and any(bool((batch[k] != IGNORED).any()) for k in self.task.target_keys)
+        targets = {k: batch[k] for k in self.task.target_keys} if labelled else {}
         out = self.student(**model_inputs(batch), **targets, **internals)
         parts = {}
         if w.soft_target_weight > 0:
@@ -101,8 +104,8 @@ class DistillationModule(torch.nn.Module):
             axis = self.task.distribution_axis if self.task.distribution_axis < 0 else self.task.distribution_axis + 1
             parts["soft_target"] = soft_target_kl(logits, teacher_logits, w.temperature,
                                                   _padding_mask(batch) if per_token else None, axis)
-        if w.label_weight > 0:
-            parts["label"] = out.loss  # the task's own loss on its targets (labels, answer positions)
+        if w.label_weight > 0:  # the task's own loss on its targets (labels, answer positions)
+            parts["label"] = out.loss if labelled else torch.zeros((), device=batch["input_ids"].device)
         mask = _padding_mask(batch) if w.needs_teacher_internals else None
         if w.hidden_weight > 0:
             terms = []

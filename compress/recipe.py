@@ -108,6 +108,16 @@ class Recipe(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _stages_fit_the_task(self):
+        task = get_task(self.task)
+        for i, stage in enumerate(self.stages):
+            try:
+                stage.check_task(task)
+            except ValueError as e:
+                raise ValueError(f"stages[{i}] ({stage.kind}).{e}") from None
+        return self
+
+    @model_validator(mode="after")
     def _select_fits_the_stages(self):
         if self.select is not None:
             try:

@@ -39,6 +39,7 @@ NER_STAGES = f"""
     {TRAIN}
   - kind: distill
     keep_layers: [1]
+    augment: {{copies: 1}}
     {TRAIN}
   - kind: prune
     heads: 0.5
@@ -67,6 +68,8 @@ def test_token_classification_through_every_stage(tmp_path, tiny_base_dir):
     assert stage_json(run_dir, "04-export_onnx")["parity"]["tag_agreement"] == 1.0
     distilled = json.loads((run_dir / "02-distill" / "config.json").read_text())
     assert distilled["num_hidden_layers"] == 1 and distilled["architectures"] == ["BertForTokenClassification"]
+    augmented = stage_json(run_dir, "02-distill")["augmentation"]  # tag-free copies the teacher labels
+    assert augmented["transfer_set"] == 2 * augmented["original_examples"]
 
     predictor = Predictor.load(run_dir / "07-package")
     (result,) = predictor.predict(["alice went to paris"])

@@ -58,6 +58,10 @@ class StageConfig(BaseModel):
         """Checks that need the other stages (e.g. a reference to an earlier stage's output);
         raise ValueError with a message naming the field."""
 
+    def check_task(self, task) -> None:
+        """Checks that need the recipe's task (a compress.tasks module); raise ValueError with a
+        message naming the field."""
+
     def check_inputs(self, recipe_path: Path) -> None:
         """Cheap checks, when a recipe is loaded, of models or files the stage names (e.g. a
         teacher); raise CompressError with a message that starts with the field's name."""

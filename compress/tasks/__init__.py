@@ -68,6 +68,9 @@ class Task(Protocol):
     def references(self, dataset) -> list:
         """What the metrics compare outputs against, one per example."""
 
+    # Optional: unlabelled(feature) -> the feature with its targets set to be ignored by the
+    # loss; a task with it can distill on augmented text (compress.augmentation).
+
     # --- outputs: one numpy array per feature: (labels,) for a sequence, (tokens, labels) per
     # token, (tokens, 2) for start/end logits; token-level outputs are trimmed to the feature's tokens
     def metrics(self, outputs: list[np.ndarray], features: list[dict], references: list) -> dict:

@@ -115,6 +115,10 @@ class TextClassification:
 
         return collate
 
+    def unlabelled(self, feature: dict) -> dict:
+        """An augmented copy's feature: no label (-100: the label loss skips it), the teacher's only."""
+        return {**feature, "label": -100}
+
     def references(self, dataset) -> list[int]:
         return list(dataset.labels)
 

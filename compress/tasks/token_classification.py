@@ -206,6 +206,10 @@ class TokenClassification:
 
         return collate
 
+    def unlabelled(self, feature: dict) -> dict:
+        """An augmented copy's feature: no tags (the label loss skips them), the teacher's only."""
+        return {**feature, "labels": [IGNORED] * len(feature["input_ids"])}
+
     def references(self, dataset: TokenDataset) -> list[dict]:
         """Per sentence: every word's gold tag (words cut off by max_length included: the
         model predicts O for them) and the tag names."""

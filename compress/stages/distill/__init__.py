@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from compress.artifacts import Artifact, TorchModel
+from compress.augmentation import AugmentSpec
 from compress.errors import CompressError, StageError
 from compress.stages.base import (
     STAGE_REF,
@@ -71,6 +72,9 @@ class DistillStage(StageConfig, TrainingSchedule):
         DistillationObjective(), description="The loss: soft targets, labels, hidden states, attention maps.")
     cache_teacher: bool = Field(False, description="Compute the teacher's logits once, not every epoch (logits "
                                                    "only: not with distillation.hidden_weight/attention_weight).")
+    augment: AugmentSpec | None = Field(
+        None, description="A larger transfer set: altered, unlabelled copies of the training text that the teacher "
+                          "labels (TinyBERT's augmentation; compress.augmentation). Text and token classification.")
     probe_examples: int = Field(64, ge=1, description="Train examples on which the distillation loss is "
                                                       "recorded before and after training.")
 
@@ -104,7 +108,14 @@ class DistillStage(StageConfig, TrainingSchedule):
         if self.cache_teacher and self.distillation.needs_teacher_internals:
             raise ValueError("distill: cache_teacher caches logits only; distillation.hidden_weight and "
                              "attention_weight need the teacher's forward pass every step")
+        if self.augment is not None and not self.distillation.needs_teacher:
+            raise ValueError("distill: augment makes text without labels, which only the teacher can label: set "
+                             "distillation.soft_target_weight (or hidden_weight / attention_weight) above 0")
         return self
+
+    def check_task(self, task) -> None:
+        if self.augment is not None and not hasattr(task, "unlabelled"):
+            raise ValueError(f"augment: not for {task.name} (text and token classification only)")
 
     def check_in_recipe(self, index: int, stages: list) -> None:
         if self.teacher and self.teacher.startswith(STAGE_REF):
@@ -218,6 +229,9 @@ class DistillStage(StageConfig, TrainingSchedule):
             _eager_attention_(student, teacher)
 
         tokenizer, collate, train, validation = tokenized_train_split(model.path, ctx, self, seed)
+        originals = len(train)
+        if self.augment is not None:
+            train = _augmented(train, self.augment, tokenizer, ctx, seed)
         collate = with_teacher_logits(collate)
         accelerator = make_accelerator(self)
         teacher.to(accelerator.device).eval().requires_grad_(False)
@@ -225,7 +239,7 @@ class DistillStage(StageConfig, TrainingSchedule):
             train = cache_teacher_logits(teacher, train, collate, ctx.task)
         module = DistillationModule(student.train(), self.distillation, ctx.task, layer_map,
                                     teacher.config.hidden_size)
-        probe = train[: self.probe_examples]
+        probe = train[: min(self.probe_examples, originals)]  # the original text: augmented copies follow it
         loss_before = mean_objective_loss(module, teacher, probe, collate)
         parts: list[dict] = []
         result = train_loop(
@@ -249,6 +263,15 @@ class DistillStage(StageConfig, TrainingSchedule):
             training=result.record(self.batch_size, self.gradient_accumulation_steps, seed),
         )
         return out
+
+
+def _augmented(train: list[dict], spec: AugmentSpec, tokenizer, ctx, seed: int) -> list[dict]:
+    from compress.augmentation import augmented_features
+
+    out = augmented_features(train, spec, set(tokenizer.all_special_ids), tokenizer.mask_token_id,
+                             ctx.task.unlabelled, seed)
+    ctx.record(augmentation={**spec.model_dump(), "original_examples": len(train), "transfer_set": len(out)})
+    return out
 
 
 def _as_bert(student, attention_maps: bool):
