@@ -25,6 +25,8 @@ Kinds (paths relative to the repository root):
   kernels RESULTS   benchmarks/cpu_kernels/split_fused.py's results.json: each fused op against its parts
   gpu-distill REPORT...   benchmarks/headline/gpu_distill/distill_gpu.py's report.json per run: per student its
                     layers, FFN width, training steps and time, held-out accuracy before and after
+  distill-runs RUN...   one row per committed distill run record: transfer set (augment), steps, time,
+                    held-out accuracy of the teacher and of the student
 tests/test_readme_tables.py runs --check on every README the repository ships."""
 
 from __future__ import annotations
@@ -251,10 +253,31 @@ def gpu_distill(*reports: str) -> str:
                      "accuracy at end", "device"], body) + "\n"
 
 
+def distill_runs(*runs: str) -> str:
+    """One row per distill run record (RUN/01-distill/stage.json): its transfer set (augment),
+    training steps and time, and held-out accuracy against its input (the teacher): a
+    classification run's."""
+    import json
+
+    from compress.markdown import md_table
+
+    body = []
+    for run in runs:
+        record = json.loads((ROOT / run / "01-distill" / "stage.json").read_text(encoding="utf-8"))
+        training, aug = record["training"], record.get("augmentation")
+        teacher, student = record["input"]["accuracy"], record["accuracy"]
+        body.append([Path(run).name, f"{aug['copies']} copies" if aug else "none",
+                     str(aug["transfer_set"] if aug else training["train_examples"]),
+                     f"{training['steps']} ({training['epochs']:g} epochs)", f"{training['seconds']:.0f} s",
+                     f"{teacher:.4f}", f"{student:.4f}", f"{(student - teacher) * 100:+.2f}"])
+    return md_table(["run", "augment", "transfer set", "steps", "training", "teacher", "student",
+                     "Δ pts"], body) + "\n"
+
+
 KINDS = {"ledger": ledger, "tasks": tasks, "bench": bench, "speedups": speedups, "repeats": repeats,
          "repeats-of": repeats_of, "cells": cells, "steadiness": steadiness, "drift": drift, "paired": paired,
          "generation": generation, "rouge": rouge, "kernels": kernels,
-         "gpu-distill": gpu_distill}
+         "gpu-distill": gpu_distill, "distill-runs": distill_runs}
 
 
 def render(command: str) -> str:
