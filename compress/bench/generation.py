@@ -235,11 +235,11 @@ def run_generation_bench(cells: list[GenerationCell], out_dir: Path, timeout: fl
 
     from compress.bench.runner import append_row, fingerprint
 
+    env = fingerprint() | ({"command": command} if command else {})  # before results.jsonl is rewritten
     out_dir.mkdir(parents=True, exist_ok=True)
     jsonl = out_dir / "results.jsonl"
     jsonl.write_text("", encoding="utf-8")
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    env = fingerprint() | ({"command": command} if command else {})
     repository = repository_root(out_dir)
     rows = []
     with tempfile.TemporaryDirectory(prefix="compress-genbench-") as tmp:

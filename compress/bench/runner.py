@@ -113,13 +113,14 @@ def run_plan(plan: Plan, settings: BenchSettings, out_dir: Path,
     """Measure every cell `settings.repeats` times in interleaved rounds; a cell's row is
     appended to results.jsonl as soon as its last repeat finishes. Artifact paths in the rows
     are relative to `paths_from` (default: out_dir)."""
+    # before the results files are rewritten: committed results being replaced are no uncommitted code
+    env = fingerprint()
     out_dir.mkdir(parents=True, exist_ok=True)
     jsonl = out_dir / RESULTS_JSONL
     jsonl.write_text("", encoding="utf-8")  # a new benchmark starts a new results file
     repeats_jsonl = out_dir / REPEATS_JSONL
     repeats_jsonl.unlink(missing_ok=True)
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    env = fingerprint()
     measured: list[list[dict]] = [[] for _ in plan.cells]
     rows = []
     runs = sum(not cell.skipped for cell in plan.cells) * settings.repeats  # skipped cells take no time

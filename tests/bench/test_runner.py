@@ -206,3 +206,30 @@ def test_run_from_a_fine_tuned_model_benchmarks_that_model_as_baseline(tmp_path,
     md = (ctx.run_dir / "bench" / "results.md").read_text()
     baseline_row = [ln for ln in md.splitlines() if ln.startswith("| model |")][1]  # [0] is the header
     assert "1.00x torch" in baseline_row
+
+
+@pytest.mark.parametrize("bench", ["plan", "generation"])
+def test_the_fingerprint_is_taken_before_committed_results_are_rewritten(tmp_path, monkeypatch, bench):
+    """Rerunning a bench into its committed results directory rewrites tracked files: a git
+    state taken after that would call every rerun 'dirty'. The fingerprint comes first."""
+    import compress.bench.runner as runner
+    from compress.bench.generation import run_generation_bench
+    from compress.bench.plan import Plan
+    from compress.bench.settings import BenchSettings
+
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "results.jsonl").write_text('{"committed": true}\n')
+    seen = []
+
+    def fingerprint():
+        seen.append((out / "results.jsonl").read_text())
+        return {"git_commit": "abc", "git_dirty": False}
+
+    monkeypatch.setattr(runner, "fingerprint", fingerprint)
+    if bench == "plan":
+        runner.run_plan(Plan(cells=[], models=[]), BenchSettings(), out)
+    else:
+        run_generation_bench([], out)
+    assert seen == ['{"committed": true}\n']
+    assert (out / "results.jsonl").read_text() == ""  # then the new run starts its own file
