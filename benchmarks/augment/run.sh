@@ -3,12 +3,12 @@
 # a 4-layer student from 2,000 snippets, plain and augmented at equal steps).
 # Each run's record goes to benchmarks/results/augment/RUN/ and the README's table is rebuilt.
 #   bash benchmarks/headline/prepare_teacher.sh    # the teacher, cached in benchmarks/.cache/
-#   bash benchmarks/augment/run.sh [VARIANT...]    # default all five, ~60 minutes on 2 cores
+#   bash benchmarks/augment/run.sh [VARIANT...]    # default all three, ~25 minutes on 2 cores
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=${BIN:-.venv/bin}
 variants=("$@")
-[ ${#variants[@]} -gt 0 ] || variants=(plain-1ep plain-3ep augment2-1ep plain-6ep augment2-2ep)
+[ ${#variants[@]} -gt 0 ] || variants=(plain-1ep plain-3ep augment2-1ep)
 for variant in "${variants[@]}"; do
     "$BIN/compress" run "benchmarks/augment/$variant.yaml" --out benchmarks/.cache/runs
     run=benchmarks/.cache/runs/augment-$variant
