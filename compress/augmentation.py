@@ -36,8 +36,8 @@ def augmented_features(features: list[dict], spec: AugmentSpec, special_ids: set
     every feature, then copy c + 1). Deterministic in seed, so every process of a
     distributed run builds the same set."""
     rng = np.random.default_rng([seed, 0xA06])
-    vocab, weights = _unigram(features, special_ids)
-    special = np.fromiter(special_ids, dtype=np.int64) if special_ids else np.empty(0, dtype=np.int64)
+    special = np.fromiter(special_ids, dtype=np.int64, count=len(special_ids))
+    vocab, weights = _unigram(features, special)
     out = list(features)
     for _ in range(spec.copies):
         for feature in features:
@@ -45,9 +45,9 @@ def augmented_features(features: list[dict], spec: AugmentSpec, special_ids: set
     return out
 
 
-def _unigram(features: list[dict], special_ids: set[int]) -> tuple[np.ndarray, np.ndarray]:
+def _unigram(features: list[dict], special: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     ids = np.concatenate([np.asarray(f["input_ids"], dtype=np.int64) for f in features])
-    vocab, counts = np.unique(ids[~np.isin(ids, list(special_ids))], return_counts=True)
+    vocab, counts = np.unique(ids[~np.isin(ids, special)], return_counts=True)
     return vocab, counts / max(1, counts.sum())
 
 
@@ -71,7 +71,8 @@ def _altered(feature: dict, spec: AugmentSpec, special: np.ndarray, mask_id: int
         if not len(chosen):  # every copy differs from its original in at least one token
             chosen = rng.choice(content, size=1)
         masked = rng.random(len(chosen)) < 0.5 if mask_id is not None else np.zeros(len(chosen), dtype=bool)
-        new_ids[chosen[masked]] = mask_id if mask_id is not None else 0
+        if mask_id is not None:
+            new_ids[chosen[masked]] = mask_id
         new_ids[chosen[~masked]] = rng.choice(vocab, size=int((~masked).sum()), p=weights)
     new["input_ids"] = [int(i) for i in new_ids]
     for k in per_token:

@@ -11,11 +11,11 @@ import torch
 
 from compress.errors import StageError
 from compress.stages.base import DistillationObjective
+from compress.tasks import IGNORED
 
 log = logging.getLogger(__name__)
 # collate extras that are not model inputs: every task's loss targets, cached teacher outputs
 NON_MODEL_KEYS = ("labels", "start_positions", "end_positions", "teacher_logits")
-IGNORED = -100  # a target the loss skips (torch's cross_entropy ignore_index): augmented copies' labels
 
 
 # ---------------------------------------------------------------------------- losses

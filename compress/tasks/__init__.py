@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     import numpy as np
 
+IGNORED = -100  # a target the loss skips (torch's cross_entropy ignore_index): padding, sub-tokens, augmented text
+
 
 class Task(Protocol):
     name: str  # the recipe's `task:` value, e.g. "text-classification"

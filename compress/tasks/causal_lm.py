@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from compress.data_formats import at
+from compress.tasks import IGNORED
 
 GENERATE = "causal-lm predictions are generated text: use Predictor.generate"
 
@@ -159,7 +160,7 @@ class CausalLM:
             arrays = pad_batch(batch, ["input_ids", "attention_mask"], pad_id)
             tensors = {k: torch.from_numpy(v) for k, v in arrays.items()}
             labels = tensors["input_ids"].clone()
-            labels[tensors["attention_mask"] == 0] = -100  # padding predicts nothing
+            labels[tensors["attention_mask"] == 0] = IGNORED  # padding predicts nothing
             tensors["labels"] = labels
             return tensors
 

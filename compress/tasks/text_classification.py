@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from compress.data_formats import at
+from compress.tasks import IGNORED
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -116,8 +117,8 @@ class TextClassification:
         return collate
 
     def unlabelled(self, feature: dict) -> dict:
-        """An augmented copy's feature: no label (-100: the label loss skips it), the teacher's only."""
-        return {**feature, "label": -100}
+        """An augmented copy's feature: no label (the label loss skips it), the teacher's only."""
+        return {**feature, "label": IGNORED}
 
     def references(self, dataset) -> list[int]:
         return list(dataset.labels)

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from compress.data_formats import at
+from compress.tasks import IGNORED  # the label of sub-tokens and special tokens
 from compress.tasks.text_classification import softmax
 
-IGNORED = -100  # the label of sub-tokens and special tokens: torch's cross_entropy skips it
 _TAG = re.compile(r"^(O|[BI]-\S+)$")
 
 
