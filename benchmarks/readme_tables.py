@@ -274,10 +274,25 @@ def distill_runs(*runs: str) -> str:
                      "Δ pts"], body) + "\n"
 
 
+def fidelity(results: str) -> str:
+    """One row per dynamic INT8 variant of benchmarks/ptq_fidelity: accuracy, label agreement with
+    the fp32 export and the logit error."""
+    import json
+
+    from compress.markdown import md_table
+
+    rows = json.loads((ROOT / results).read_text(encoding="utf-8"))["rows"]
+    body = [[f"`{r['variant']}`".replace("|", "\\|"), str(r.get("nodes", "")), f"{r['accuracy']:.4f}"]
+            + ([f"{r['agreement']:.4f}", f"{r['mean_abs_logit_diff']:.4f}", f"{r['p99_abs_logit_diff']:.4f}"]
+               if "agreement" in r else ["(reference)", "", ""]) for r in rows]
+    return md_table(["variant", "nodes", "accuracy", "agreement with fp32", "mean abs logit diff", "p99"],
+                    body) + "\n"
+
+
 KINDS = {"ledger": ledger, "tasks": tasks, "bench": bench, "speedups": speedups, "repeats": repeats,
          "repeats-of": repeats_of, "cells": cells, "steadiness": steadiness, "drift": drift, "paired": paired,
          "generation": generation, "rouge": rouge, "kernels": kernels,
-         "gpu-distill": gpu_distill, "distill-runs": distill_runs}
+         "gpu-distill": gpu_distill, "distill-runs": distill_runs, "fidelity": fidelity}
 
 
 def render(command: str) -> str:
