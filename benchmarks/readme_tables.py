@@ -27,6 +27,9 @@ Kinds (paths relative to the repository root):
                     layers, FFN width, training steps and time, held-out accuracy before and after
   distill-runs RUN...   one row per committed distill run record: transfer set (augment), steps, time,
                     held-out accuracy of the teacher and of the student
+  fidelity RESULTS  benchmarks/ptq_fidelity/fidelity.py's results.json: per INT8 variant accuracy, agreement, logit error
+  agreement RESULTS per model with predictions in a results.jsonl: label agreement with its fp32 reference,
+                    the examples only one of them gets right, McNemar's exact p (compress.bench.compare)
 tests/test_readme_tables.py runs --check on every README the repository ships."""
 
 from __future__ import annotations
@@ -289,10 +292,19 @@ def fidelity(results: str) -> str:
                     body) + "\n"
 
 
+def agreement(results: str) -> str:
+    """Each model's predictions against its fp32 reference's, example by example."""
+    from compress.bench.compare import comparison_table
+    from compress.bench.report import read_rows, with_speedups
+
+    return comparison_table(with_speedups(read_rows(ROOT / results))) + "\n"
+
+
 KINDS = {"ledger": ledger, "tasks": tasks, "bench": bench, "speedups": speedups, "repeats": repeats,
          "repeats-of": repeats_of, "cells": cells, "steadiness": steadiness, "drift": drift, "paired": paired,
          "generation": generation, "rouge": rouge, "kernels": kernels,
-         "gpu-distill": gpu_distill, "distill-runs": distill_runs, "fidelity": fidelity}
+         "gpu-distill": gpu_distill, "distill-runs": distill_runs, "fidelity": fidelity,
+         "agreement": agreement}
 
 
 def render(command: str) -> str:

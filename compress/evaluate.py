@@ -51,11 +51,18 @@ def predict_outputs(session: Session, encoded: list[dict], batch_size: int, desc
     return out
 
 
-def evaluate_task(session: Session, encoded: list[dict], references: list, task, batch_size: int) -> dict:
-    """The task's metrics of the session's outputs, rounded for the record."""
+def evaluate_task(session: Session, encoded: list[dict], references: list, task, batch_size: int,
+                  keep_predictions: bool = False) -> dict:
+    """The task's metrics of the session's outputs, rounded for the record. keep_predictions:
+    also each example's prediction and reference (`predictions`, `references`), where the task
+    scores examples one by one (example_predictions), so two models compare example by example."""
     from compress.tasks import rounded
 
-    return rounded(task.metrics(predict_outputs(session, encoded, batch_size, task=task), encoded, references))
+    outputs = predict_outputs(session, encoded, batch_size, task=task)
+    result = rounded(task.metrics(outputs, encoded, references))
+    if keep_predictions and hasattr(task, "example_predictions"):
+        result |= {"predictions": task.example_predictions(outputs, encoded), "references": list(references)}
+    return result
 
 
 class EvalSet:

@@ -8,6 +8,7 @@ import csv
 import json
 from pathlib import Path
 
+from compress.bench.compare import comparison_table
 from compress.bench.plan import BASELINE, ORT_FP32
 from compress.report import md_table
 
@@ -155,6 +156,12 @@ def markdown_table(rows: list[dict]) -> str:
     skipped = _unique((r["target"], r["reason"]) for r in rows if r["status"] == "skipped")
     if skipped:
         lines += ["", "Skipped targets (not measured):", *(f"- {t}: {reason}" for t, reason in skipped)]
+    compared = comparison_table(rows)
+    if compared:
+        lines += ["", "### Predictions against the fp32 reference", "",
+                  "Example by example on the same eval examples: how often the labels agree, how many examples "
+                  "only one of the two gets right, and McNemar's exact p for 'equally accurate' (a small p: the "
+                  "accuracy difference is more than chance).", "", compared]
     failed = [r for r in rows if r["status"] == "failed"]
     if failed:
         lines += ["", "Failed cells:", *(f"- {r['model']} on {r['target']} {r['shape']}: {r['reason']}" for r in failed)]

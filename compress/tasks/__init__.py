@@ -83,6 +83,10 @@ class Task(Protocol):
     # each batch right after the session returns it (see per_example_outputs); metrics() then
     # takes those arrays. causal-lm reduces (tokens, vocab) logits to per-token NLL this way.
 
+    # Optional: example_predictions(outputs, features) -> each example's predicted class, where
+    # an example is simply right or wrong (classification): the benchmark then compares two
+    # models example by example (agreement, McNemar's test: compress.bench.compare).
+
     def agreement(self, reference: list[np.ndarray], candidate: list[np.ndarray], features: list[dict]) -> dict:
         """How often two models' task outputs (not raw numbers) are the same (keys end in _agreement)."""
 

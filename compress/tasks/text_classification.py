@@ -145,6 +145,9 @@ class TextClassification:
             "confusion_matrix": confusion.tolist(),
         }
 
+    def example_predictions(self, outputs: list[np.ndarray], features: list[dict]) -> list[int]:
+        return [int(i) for i in np.stack(outputs).argmax(-1)]
+
     def agreement(self, reference: list[np.ndarray], candidate: list[np.ndarray], features: list[dict]) -> dict:
         return {"label_agreement": float((np.stack(reference).argmax(-1) == np.stack(candidate).argmax(-1)).mean())}
 

@@ -96,6 +96,25 @@ def test_cells_measured_in_subprocesses_with_numbers_and_fingerprint(bench_run):
         assert env["git_dirty"] in (True, False, None) and manifest["environment"]["git_commit"] == env["git_commit"]
 
 
+def test_accuracy_cells_keep_predictions_and_results_md_compares_them(bench_run):
+    """Each accuracy cell records every eval example's prediction with its label, so results.md
+    compares each model with its fp32 reference example by example."""
+    from compress.bench.compare import compare_predictions
+
+    rows = {r["model"].split("/")[-1]: r for r in rows_of(bench_run / "bench" / "results.jsonl") if "accuracy" in r}
+    for r in rows.values():
+        assert len(r["predictions"]) == len(r["references"]) == 20
+        assert sum(p == t for p, t in zip(r["predictions"], r["references"])) / 20 == pytest.approx(r["accuracy"])
+    # the export computes the fine-tuned model's function: the same label on every example
+    assert compare_predictions(rows["01-finetune"], rows["02-export_onnx"])["agreement"] == 1.0
+    md = (bench_run / "bench" / "results.md").read_text()
+    assert "### Predictions against the fp32 reference" in md
+    section = md.split("### Predictions against the fp32 reference")[1]
+    compared = {ln.split(" | ")[0].split("/")[-1]: ln for ln in section.splitlines() if ln.startswith("| tiny/0")}
+    assert set(compared) == {"02-export_onnx", "03-ptq"}
+    assert "| tiny/01-finetune | 1.0000 | +0 | 0 / 0 | 1.000 |" in compared["02-export_onnx"]
+
+
 def test_unavailable_target_is_a_skipped_row_with_reason(bench_run):
     from compress.bench.targets import unavailable_reason
 
