@@ -28,8 +28,8 @@ Kinds (paths relative to the repository root):
   distill-runs RUN...   one row per committed distill run record: transfer set (augment), steps, time,
                     held-out accuracy of the teacher and of the student
   fidelity RESULTS  benchmarks/ptq_fidelity/fidelity.py's results.json: per INT8 variant accuracy, agreement, logit error
-  agreement RESULTS per model with predictions in a results.jsonl: label agreement with its fp32 reference,
-                    the examples only one of them gets right, McNemar's exact p (compress.bench.compare)
+  agreement RESULTS [MODEL]   per model with predictions in a results.jsonl: label agreement with its fp32
+                    reference (or with MODEL), the examples only one of the two gets right, McNemar's exact p
 tests/test_readme_tables.py runs --check on every README the repository ships."""
 
 from __future__ import annotations
@@ -292,12 +292,12 @@ def fidelity(results: str) -> str:
                     body) + "\n"
 
 
-def agreement(results: str) -> str:
-    """Each model's predictions against its fp32 reference's, example by example."""
+def agreement(results: str, against: str | None = None) -> str:
+    """Each model's predictions against its fp32 reference's (or the model named `against`), example by example."""
     from compress.bench.compare import comparison_table
     from compress.bench.report import read_rows, with_speedups
 
-    return comparison_table(with_speedups(read_rows(ROOT / results))) + "\n"
+    return comparison_table(with_speedups(read_rows(ROOT / results)), against) + "\n"
 
 
 KINDS = {"ledger": ledger, "tasks": tasks, "bench": bench, "speedups": speedups, "repeats": repeats,

@@ -45,25 +45,31 @@ def reference_of(rows: list[dict], row: dict) -> dict | None:
     return None
 
 
-def comparison_rows(rows: list[dict]) -> list[dict]:
+def comparison_rows(rows: list[dict], against: str | None = None) -> list[dict]:
     """One entry per (model, target) with predictions: the model against its fp32 reference
-    (the torch baseline is every other model's reference, not compared itself)."""
+    (the torch baseline is every other model's reference, not compared itself), or against the
+    model named `against` on the same target."""
     out = []
     for row in rows:
-        ref = reference_of(rows, row) if row.get("predictions") and row.get("role") != BASELINE else None
+        if against is not None:
+            ref = next((r for r in rows if r["model"] == against and r["target"] == row["target"]
+                        and r.get("predictions") and row["model"] != against), None)
+        else:
+            ref = reference_of(rows, row) if row.get("role") != BASELINE else None
+        ref = ref if row.get("predictions") else None
         found = compare_predictions(ref, row) if ref else None
         if found:
             out.append({"model": row["model"], "target": row["target"], "reference": ref["model"], **found})
     return out
 
 
-def comparison_table(rows: list[dict]) -> str:
+def comparison_table(rows: list[dict], against: str | None = None) -> str:
     """The comparisons as a Markdown table ('' when no row has predictions to compare)."""
-    found = comparison_rows(rows)
+    found = comparison_rows(rows, against)
     if not found:
         return ""
     body = [[c["model"], c["target"], c["reference"], f"{c['agreement']:.4f}",
              f"{c['only_model_right'] - c['only_reference_right']:+d}",
              f"{c['only_model_right']} / {c['only_reference_right']}", f"{c['mcnemar_p']:.3f}"] for c in found]
-    return md_table(["model", "target", "fp32 reference", "agreement", "net examples vs reference",
+    return md_table(["model", "target", "reference" if against else "fp32 reference", "agreement", "net examples vs reference",
                      "only model right / only reference right", "McNemar p"], body)

@@ -55,3 +55,11 @@ def test_table_compares_each_model_with_its_named_reference_and_the_export_with_
     assert lines[2] == "| export | ort-cpu | torch | 1.0000 | +0 | 0 / 0 | 1.000 |"
     assert lines[3] == "| int8 | ort-cpu | export | 0.7000 | -3 | 0 / 3 | 0.250 |"
     assert comparison_table([row("torch", [1], [1])]) == ""
+
+
+def test_table_against_a_named_model():
+    truth = [1] * 10
+    rows = [row("peer", [0] * 2 + [1] * 8, truth), row("ours", [0] * 3 + [1] * 7, truth)]
+    lines = comparison_table(rows, against="peer").splitlines()
+    assert lines[0].startswith("| model | target | reference | agreement")
+    assert lines[2:] == ["| ours | ort-cpu | peer | 0.9000 | -1 | 0 / 1 | 1.000 |"]
