@@ -144,7 +144,9 @@ def count_artifact_parameters(artifact) -> dict:
 
 def measure_artifact(artifact, eval_set: EvalSet, measure) -> dict:
     """What the pipeline records about every stage's artifact: size, parameters, the task's
-    metrics on the eval split and batch-1 latency, all with the same thread count."""
+    metrics on the eval split (with each example's label, where the task has them, so a stage
+    is compared with its input example by example) and batch-1 latency, all with the same
+    thread count."""
     from compress.artifacts import artifact_kind
     from compress.sessions import open_session
 
@@ -154,8 +156,10 @@ def measure_artifact(artifact, eval_set: EvalSet, measure) -> dict:
         "artifact": artifact_kind(artifact),
         "size_bytes": artifact.size_bytes(),
         **count_artifact_parameters(artifact),
-        **evaluate_task(session, encoded, eval_set.references, eval_set.task, measure.eval_batch_size),
+        **evaluate_task(session, encoded, eval_set.references, eval_set.task, measure.eval_batch_size,
+                        keep_predictions=True),
     }
+    record.pop("references", None)  # the eval split's, the same for every stage (EvalSet.references)
     if measure.latency_iterations:
         record["latency"] = measure_latency(session, encoded, measure.latency_iterations, measure.warmup, measure.threads)
     return record

@@ -19,6 +19,7 @@ from compress.distributed import Launch, share
 from compress.errors import CompressError, SelectionError
 from compress.evaluate import measure_artifact
 from compress.hub import snapshot_of
+from compress.label_agreement import compare_labels
 from compress.latency_vs_input import compare_latency, describe_slower
 from compress.models import resolve_model_dir
 from compress.recipe import Recipe
@@ -149,6 +150,9 @@ def _run_stages(recipe: Recipe, ctx: RunContext, redo_from: int, job: Launch = L
                                              model_name, same_model=stage.keeps_model)
                 if comparison:
                     sctx.record(latency_vs_input=comparison)
+                if (model_record or {}).get("predictions") and sctx.info.get("predictions"):
+                    sctx.record(labels_vs_input=compare_labels(model_record["predictions"], sctx.info["predictions"],
+                                                               ctx.eval_set.references))
             record = sctx.info
             if comparison and comparison["slower"]:  # never ship a slower artifact silently
                 log.warning(describe_slower(name, record["artifact"], comparison))

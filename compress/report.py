@@ -59,12 +59,13 @@ def summary_table(rows: list[dict], metric: str = "accuracy", relative: bool = F
     header = ["stage", "artifact", metric, f"Δ {short} ({'%' if relative else 'pts'})", "size", "params",
               "p50 ms (b1)", "speedup"]
     vs_input = any(r.get("latency_vs_input") for r in rows)
+    labels = any(r.get("labels_vs_input") for r in rows)
     base_acc = next((r[metric] for r in rows if metric in r), None)
     base_lat = next((r["latency"]["p50_ms"] for r in rows if r.get("latency")), None)
     body = []
     for r in rows:
         if metric not in r:
-            body.append([r["stage"], r.get("status", "-"), *["-"] * (len(header) - 2 + vs_input)])
+            body.append([r["stage"], r.get("status", "-"), *["-"] * (len(header) - 2 + vs_input + labels)])
             continue
         lat = r.get("latency", {}).get("p50_ms")
         body.append([
@@ -77,8 +78,14 @@ def summary_table(rows: list[dict], metric: str = "accuracy", relative: bool = F
             f"{lat:.2f}" if lat is not None else "-",
             f"{base_lat / lat:.2f}x" if lat and base_lat else "-",
             *([vs_input_cell(r)] if vs_input else []),
+            *([labels_cell(r.get("labels_vs_input"))] if labels else []),
         ])
-    return (header + ["p50 vs input"] if vs_input else header), body
+    return header + ["p50 vs input"] * vs_input + ["labels vs input"] * labels, body
+
+
+def labels_cell(compared: dict | None) -> str:
+    """A stage's labels against its input's: agreement, and McNemar's p for 'as accurate'."""
+    return "-" if not compared else f"{compared['agreement']:.1%}, p {compared['mcnemar_p']:.2f}"
 
 
 def ledger_warnings(rows: list[dict]) -> list[str]:
@@ -95,20 +102,25 @@ def markdown_summary(run_dir: Path) -> str:
     note = f"\n\n{metric.capitalize()} on the eval split; latency: batch 1, real eval lengths, {threads} threads, speedup vs the first row."
     if "p50 vs input" in header:
         note += f" p50 vs input: against the artifact the stage was built from; SLOWER: by more than {SLOWER_MARGIN:.0%}."
+    if "labels vs input" in header:
+        note += (" labels vs input: the eval examples given the same label as the stage's input, and McNemar's exact"
+                 " p for 'as accurate as the input' (small: the accuracy change is more than chance).")
     warnings = "".join(f"\n- {line}" for line in ledger_warnings(rows))
     selection = f"\n\n## Selection\n\n{selection_markdown(manifest.selection)}" if manifest.selection else ""
     return md_table(header, body) + (note if threads else "") + ("\n" + warnings if warnings else "") + selection + "\n"
 
 
 def print_summary(run_dir: Path, console) -> None:
+    from rich import box
     from rich.table import Table
 
     manifest, metric = _metric_of(run_dir)
     rows = ledger_rows(manifest, run_dir)
     header, body = summary_table(rows, metric, _relative(manifest, metric))
-    table = Table(title=f"{run_dir.name}: {metric} ledger", title_justify="left")
-    for i, h in enumerate(header):
-        table.add_column(h, justify="left" if i < 2 else "right")
+    table = Table(title=f"{run_dir.name}: {metric} ledger", title_justify="left", box=box.SIMPLE_HEAD)
+    for i, h in enumerate(header):  # stage names never fold; on a narrow terminal the numbers' columns do
+        table.add_column(h, justify="left" if i < 2 else "right", no_wrap=i == 0,
+                         min_width=7 if h == "labels vs input" else None)  # '100.0%,' never cut
     for row in body:
         table.add_row(*row)
     console.print(table)

@@ -49,8 +49,14 @@ def test_quickstart_in_tiny_form(tmp_path, tiny_base_dir):
     assert rows[3]["size_bytes"] < rows[2]["size_bytes"]
     assert rows[4]["accuracy"] == rows[3]["accuracy"]  # the package ships the INT8 model unchanged
     assert (run_dir / "05-package" / "deploy.json").is_file()
+    # each stage's labels against its input's, example by example (a base model's input is not measured)
+    assert "labels_vs_input" not in rows[0] and all(len(r["predictions"]) == 48 for r in rows)
+    for r in (rows[1], rows[2], rows[4]):  # export, fusion and packaging keep every label
+        assert r["labels_vs_input"] == {"examples": 48, "agreement": 1.0, "only_reference_right": 0,
+                                        "only_model_right": 0, "mcnemar_p": 1.0}
     table = markdown_summary(run_dir)
     assert table.count("\n| 0") == 5 and "p50 ms (b1)" in table
+    assert "labels vs input |" in table and table.count("100.0%, p 1.00") >= 3
 
 
 def test_validate_path_does_not_import_torch():

@@ -1,37 +1,22 @@
-"""Two models' predictions on the same eval examples, compared example by example: how often
-they agree, which examples only one of them gets right, and whether their accuracies differ by
-more than chance would (McNemar's exact test). A difference of a few examples in 1,281 is what
-two INT8 graphs of one model differ by; the test says when it is more than that."""
+"""Benchmark rows compared example by example (compress.label_agreement): each model with its
+fp32 reference, or with a named model, on the same eval examples. A difference of a few
+examples in 1,281 is what two INT8 graphs of one model differ by; McNemar's p says when an
+accuracy difference is more than that."""
 
 from __future__ import annotations
 
-import math
-
 from compress.bench.plan import BASELINE
+from compress.label_agreement import compare_labels
 from compress.markdown import md_table
 
 
-def mcnemar_p(only_a: int, only_b: int) -> float:
-    """Two-sided exact McNemar p-value: under 'equally accurate', each of the n examples that
-    exactly one model gets right is that model's with probability 1/2 (a binomial(n, 1/2) tail)."""
-    n = only_a + only_b
-    if n == 0:
-        return 1.0
-    tail = sum(math.comb(n, i) for i in range(min(only_a, only_b) + 1)) / 2**n
-    return min(1.0, 2 * tail)
-
-
 def compare_predictions(reference: dict, row: dict) -> dict | None:
-    """Agreement and McNemar of a row's predictions against a reference row's, or None where
-    either has none or they were made on different examples (references differ)."""
+    """compare_labels of two bench rows, or None where either has no predictions or they were
+    made on different examples (references differ)."""
     ref_pred, pred = reference.get("predictions"), row.get("predictions")
     if not ref_pred or not pred or reference.get("references") != row.get("references"):
         return None
-    truth = row["references"]
-    only_ref = sum(r == t != p for r, p, t in zip(ref_pred, pred, truth))
-    only_row = sum(p == t != r for r, p, t in zip(ref_pred, pred, truth))
-    return {"examples": len(truth), "agreement": sum(r == p for r, p in zip(ref_pred, pred)) / len(truth),
-            "only_reference_right": only_ref, "only_model_right": only_row, "mcnemar_p": mcnemar_p(only_ref, only_row)}
+    return compare_labels(ref_pred, pred, row["references"])
 
 
 def reference_of(rows: list[dict], row: dict) -> dict | None:

@@ -1,4 +1,4 @@
-"""compress.bench.compare: agreement and McNemar's exact test between two models' predictions."""
+"""compress.label_agreement and compress.bench.compare: agreement and McNemar's exact test between two models' labels."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from compress.bench.compare import compare_predictions, comparison_table, mcnemar_p
+from compress.bench.compare import compare_predictions, comparison_table
+from compress.label_agreement import mcnemar_p
 
 
 @pytest.mark.parametrize("only_a, only_b, expected", [
