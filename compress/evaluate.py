@@ -54,14 +54,14 @@ def predict_outputs(session: Session, encoded: list[dict], batch_size: int, desc
 def evaluate_task(session: Session, encoded: list[dict], references: list, task, batch_size: int,
                   keep_predictions: bool = False) -> dict:
     """The task's metrics of the session's outputs, rounded for the record. keep_predictions:
-    also each example's prediction and reference (`predictions`, `references`), where the task
-    scores examples one by one (example_predictions), so two models compare example by example."""
+    also each example's predicted label (`predictions`), where the task scores examples one by
+    one (example_predictions), so two models compare example by example."""
     from compress.tasks import rounded
 
     outputs = predict_outputs(session, encoded, batch_size, task=task)
     result = rounded(task.metrics(outputs, encoded, references))
     if keep_predictions and hasattr(task, "example_predictions"):
-        result |= {"predictions": task.example_predictions(outputs, encoded), "references": list(references)}
+        result["predictions"] = task.example_predictions(outputs, encoded)
     return result
 
 
@@ -159,7 +159,6 @@ def measure_artifact(artifact, eval_set: EvalSet, measure) -> dict:
         **evaluate_task(session, encoded, eval_set.references, eval_set.task, measure.eval_batch_size,
                         keep_predictions=True),
     }
-    record.pop("references", None)  # the eval split's, the same for every stage (EvalSet.references)
     if measure.latency_iterations:
         record["latency"] = measure_latency(session, encoded, measure.latency_iterations, measure.warmup, measure.threads)
     return record

@@ -163,8 +163,10 @@ def measure_cell(job: dict) -> dict:
 
         encoded, dataset = evalset
         task = get_task(job["model"].get("task", "text-classification"))
-        result.update(evaluate_task(session, encoded, task.references(dataset), task, job["eval_batch_size"],
-                                   keep_predictions=True))
+        references = task.references(dataset)
+        result.update(evaluate_task(session, encoded, references, task, job["eval_batch_size"], keep_predictions=True))
+        if "predictions" in result:  # a row compares with another only on the same examples (compress.bench.compare)
+            result["references"] = list(references)
         result["metric"] = job["model"].get("metric") or task.primary_metric  # the one the tables show
     if evalset is not None:  # a long QA context is several windows, all in its example's call
         result["features_per_example"] = round(len(evalset[0]) / max(1, len(evalset[1])), 4)

@@ -24,8 +24,8 @@ def reference_of(rows: list[dict], row: dict) -> dict | None:
     reference, else its torch baseline (rows from with_speedups name both)."""
     for key in ("ort_fp32_reference", "baseline_reference"):
         name = row.get(key)
-        ref = next((r for r in rows if r["model"] == name and r.get("predictions")), None)
-        if ref is not None and name != row["model"]:
+        ref = next((r for r in rows if r["model"] == name and r.get("predictions")), None) if name != row["model"] else None
+        if ref is not None:
             return ref
     return None
 
@@ -36,12 +36,13 @@ def comparison_rows(rows: list[dict], against: str | None = None) -> list[dict]:
     model named `against` on the same target."""
     out = []
     for row in rows:
+        if not row.get("predictions") or row["model"] == against or (against is None and row.get("role") == BASELINE):
+            continue
         if against is not None:
             ref = next((r for r in rows if r["model"] == against and r["target"] == row["target"]
-                        and r.get("predictions") and row["model"] != against), None)
+                        and r.get("predictions")), None)
         else:
-            ref = reference_of(rows, row) if row.get("role") != BASELINE else None
-        ref = ref if row.get("predictions") else None
+            ref = reference_of(rows, row)
         found = compare_predictions(ref, row) if ref else None
         if found:
             out.append({"model": row["model"], "target": row["target"], "reference": ref["model"], **found})

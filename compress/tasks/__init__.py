@@ -85,7 +85,8 @@ class Task(Protocol):
 
     # Optional: example_predictions(outputs, features) -> each example's predicted class, where
     # an example is simply right or wrong (classification): the benchmark then compares two
-    # models example by example (agreement, McNemar's test: compress.bench.compare).
+    # models example by example (agreement, McNemar's test: compress.label_agreement), the
+    # ledger each stage with its input, the benchmark each model with its fp32 reference.
 
     def agreement(self, reference: list[np.ndarray], candidate: list[np.ndarray], features: list[dict]) -> dict:
         """How often two models' task outputs (not raw numbers) are the same (keys end in _agreement)."""
