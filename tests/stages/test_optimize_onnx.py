@@ -42,3 +42,36 @@ def test_unknown_model_type_is_one_clear_line(model_type, tmp_path):
     message = str(info.value)
     assert "\n" not in message and str(tmp_path / "config.json") in message and repr(model_type) in message
     assert "remove the optimize_onnx stage" in message
+
+
+def test_mpnet_qkv_projections_are_packed_and_int8_computes_the_same(tmp_path, tiny_mpnet_dir):
+    """ORT has no attention rule for MPNet, so its q/k/v stay three MatMuls on one input: packed
+    into one MatMul + bias Add + Split, dynamic INT8 quantizes the activation once, and with
+    per-channel weight scales the packed graph computes what the separate projections do."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from compress.artifacts import ONNXModel
+    from compress.stages.optimize_onnx import optimize_onnx
+
+    run_dir = run_tiny(tmp_path, tiny_mpnet_dir, "\n  - kind: export_onnx\n  - kind: optimize_onnx\n")
+    record = stage_json(run_dir, "02-optimize_onnx")
+    assert record["fused_ops"]["MatMul (packed projections)"] == 4 and "Attention" not in record["fused_ops"]
+    assert record["parity"]["passed"] and record["parity"]["label_agreement"] == 1.0
+    graph = onnx.load(run_dir / "02-optimize_onnx" / "model.onnx").graph
+    packed = [n.name for n in graph.node if n.op_type == "MatMul" and "q+k+v" in n.name]
+    assert packed == [f"/mpnet/encoder/layer.{i}/attention/attn/q+k+v/MatMul" for i in range(4)]
+
+    export = ONNXModel(run_dir / "01-export_onnx")
+    feed = {"input_ids": np.array([[0, 7, 8, 9, 10, 2]] * 2, np.int64),
+            "attention_mask": np.array([[1] * 6, [1] * 4 + [0] * 2], np.int64)}
+    logits = {}
+    for pack in (True, False):
+        fused, _, _ = optimize_onnx(export, tmp_path / f"fused-{pack}", opt_level=0, pack_projections=pack)
+        quantize_dynamic(fused.onnx_path, tmp_path / f"int8-{pack}.onnx", per_channel=True,
+                         weight_type=QuantType.QInt8, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+        session = ort.InferenceSession(tmp_path / f"int8-{pack}.onnx", providers=["CPUExecutionProvider"])
+        logits[pack] = session.run(None, {i.name: feed[i.name] for i in session.get_inputs()})[0]
+    np.testing.assert_allclose(logits[True], logits[False], rtol=0, atol=1e-6)

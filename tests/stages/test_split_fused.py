@@ -170,3 +170,38 @@ def test_validate_warns_when_the_split_is_for_a_gpu(later, select_target, warned
     if warned:
         assert warning[0].startswith(f"warning: {path}: stages[1].split_for_cpu: SkipLayerNormalization, BiasGelu")
         assert "split_for_cpu: []" in warning[0]
+
+
+def test_the_bias_goes_to_the_matmul_branch_where_dynamic_int8_folds_it(tmp_path):
+    """A three-input Sum with the bias broadcast is slow on CPU; the bias Add straight after the
+    MatMul that produced the residual branch becomes the INT8 MatMul's own bias."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    fused = _graph([
+        helper.make_node("MatMul", ["x", "w_out"], ["branch"], name="out_proj"),
+        helper.make_node("SkipLayerNormalization", ["branch", "skip", "gamma", "beta", "bias"], ["y"],
+                         domain="com.microsoft", epsilon=1e-12, name="skip_ln"),
+    ], ["y"])
+    w_out = np.random.default_rng(2).standard_normal((HIDDEN, HIDDEN)).astype(np.float32)
+    fused.graph.initializer.append(numpy_helper.from_array(w_out, "w_out"))
+    split = _copy(fused)
+    split_fused_ops(split, ["SkipLayerNormalization"])
+    assert [(n.op_type, list(n.input)) for n in split.graph.node][:3] == [
+        ("MatMul", ["x", "w_out"]), ("Add", ["branch", "bias"]), ("Sum", ["skip_ln/biased", "skip"])]
+    feed = _feed()
+    np.testing.assert_allclose(_session(split).run(None, feed)[0], _session(fused).run(None, feed)[0],
+                               rtol=1e-5, atol=1e-5)
+    onnx.save(split, tmp_path / "split.onnx")
+    quantize_dynamic(tmp_path / "split.onnx", tmp_path / "int8.onnx", per_channel=True, weight_type=QuantType.QInt8)
+    _session(onnx.load(tmp_path / "int8.onnx"), tmp_path / "session.onnx")
+    session_nodes = onnx.load(tmp_path / "session.onnx").graph.node
+    assert [n.op_type for n in session_nodes if n.op_type in ("Add", "Sum", "DynamicQuantizeMatMul")] == [
+        "DynamicQuantizeMatMul", "Sum"]
+    matmul = next(n for n in session_nodes if n.op_type == "DynamicQuantizeMatMul")
+    assert len(matmul.input) == 5 and matmul.input[4]  # the bias input, set
+
+
+def test_a_bias_with_no_matmul_branch_stays_in_the_sum():
+    model = _encoder_block()
+    split_fused_ops(model, ["SkipLayerNormalization"])
+    assert list(model.graph.node[0].input) == ["x", "skip", "bias"]

@@ -47,8 +47,11 @@ class OptimizeONNXStage(StageConfig, QuantizedParity):
         "with activation_matmuls: true runs attention in INT8 too (faster at large batches on CPU); the other "
         "fusions (SkipLayerNorm, BiasGelu, EmbedLayerNorm, RMSNorm, rotary) apply either way."))
     pack_projections: bool = Field(True, description=(
-        "Causal LMs: the projections that read the same input (q/k/v, gate/up) become one MatMul and a Split, "
-        "fewer and larger matrix products per generated token (bit-identical after compress_weights)."))
+        "The projections that read the same input become one MatMul (and one bias Add) and a Split: a causal "
+        "LM's q/k/v and gate/up, fewer and larger matrix products per generated token (bit-identical after "
+        "compress_weights); an encoder's q/k/v where attention is not fused (MPNet has no ORT attention rule, "
+        "or fuse_attention: false), one activation quantization instead of three after dynamic INT8 (the same "
+        "numbers with per-channel scales)."))
     last_logits: bool = Field(True, description=(
         "Causal LMs: a logits_to_keep input (transformers' name) so a prompt's prefill runs the LM head on its "
         "last position only; evaluation feeds 0 (every position), the packaged runtime 1."))
@@ -126,15 +129,22 @@ def optimize_onnx(model: ONNXModel, out_dir: Path, opt_level: int, fuse_attentio
             use_gpu=False,
             optimization_options=options,
         )
-        decoder = {}
+        rewritten = {}
         if _has_past_inputs(optimized.model):
             from compress.stages.optimize_onnx.decoder_graph import fuse_decoder
 
             bar.describe("optimize_onnx: fusing the decoder's attention, KV cache and projections")
-            decoder = fuse_decoder(optimized.model, cfg, fuse_attention, pack_projections, last_logits)
+            rewritten = fuse_decoder(optimized.model, cfg, fuse_attention, pack_projections, last_logits)
+        elif pack_projections:  # a fused Attention holds its q/k/v packed already: nothing left to group
+            from compress.stages.optimize_onnx.projections import (
+                pack_shared_input_matmuls,
+            )
+
+            packed = pack_shared_input_matmuls(optimized.model)
+            rewritten = {"MatMul (packed projections)": len(packed)} if packed else {}
         # counted before the split, which removes some of the fused ops again
         fusions = {k: int(v) for k, v in optimized.get_fused_operator_statistics().items() if v}
-        fusions.update(decoder)
+        fusions.update(rewritten)
         if split:
             fusions.update({f"split {op}": n for op, n in split_fused_ops(optimized.model, split).items()})
         bar.describe("optimize_onnx: saving the fused graph")

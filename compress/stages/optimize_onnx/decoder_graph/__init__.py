@@ -1,6 +1,6 @@
 """A causal LM's own graph rewrites, which ONNX Runtime's transformer rules leave undone:
 attention with its KV cache into ONNX Attention (attention.py), projections that read the
-same input packed into one MatMul (projections.py), and a `logits_to_keep` input so a
+same input packed into one MatMul (../projections.py), and a `logits_to_keep` input so a
 prefill computes the head for the last position only (logits.py). optimize_onnx runs them
 on any graph with past key/values."""
 
@@ -16,7 +16,7 @@ def fuse_decoder(model, config: dict, attention: bool, projections: bool, last_l
         LOGITS_TO_KEEP,
         add_logits_to_keep,
     )
-    from compress.stages.optimize_onnx.decoder_graph.projections import (
+    from compress.stages.optimize_onnx.projections import (
         pack_shared_input_matmuls,
     )
 
