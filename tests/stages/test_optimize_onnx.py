@@ -46,7 +46,7 @@ def test_unknown_model_type_is_one_clear_line(model_type, tmp_path):
 
 def test_mpnet_qkv_projections_are_packed_and_int8_computes_the_same(tmp_path, tiny_mpnet_dir):
     """ORT has no attention rule for MPNet, so its q/k/v stay three MatMuls on one input: packed
-    into one MatMul + bias Add + Split, dynamic INT8 quantizes the activation once, and with
+    into one MatMul + bias Add + Split, dynamic INT8 runs one kernel instead of three, and with
     per-channel weight scales the packed graph computes what the separate projections do."""
     import numpy as np
     import onnx

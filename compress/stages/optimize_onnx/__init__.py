@@ -50,8 +50,8 @@ class OptimizeONNXStage(StageConfig, QuantizedParity):
         "The projections that read the same input become one MatMul (and one bias Add) and a Split: a causal "
         "LM's q/k/v and gate/up, fewer and larger matrix products per generated token (bit-identical after "
         "compress_weights); an encoder's q/k/v where attention is not fused (MPNet has no ORT attention rule, "
-        "or fuse_attention: false), one activation quantization instead of three after dynamic INT8 (the same "
-        "numbers with per-channel scales)."))
+        "or fuse_attention: false), one INT8 kernel instead of three after dynamic INT8 (the same numbers with "
+        "per-channel scales)."))
     last_logits: bool = Field(True, description=(
         "Causal LMs: a logits_to_keep input (transformers' name) so a prompt's prefill runs the LM head on its "
         "last position only; evaluation feeds 0 (every position), the packaged runtime 1."))

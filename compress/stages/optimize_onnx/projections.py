@@ -5,8 +5,8 @@ norm), and an encoder layer's q/k/v where ONNX Runtime has no attention fusion f
 concatenated biases), then a Split back into the original outputs.
 
 Why: each MatMul is a separate pass over the activation and a separate kernel launch. After
-dynamic INT8 the activation is quantized once instead of three times and the bias Add still
-folds into the INT8 MatMul; with per-channel weight scales (one per output column) the packed
+dynamic INT8 the packed product is one DynamicQuantizeMatMul with the bias folded in, where
+the separate ones share one activation quantization feeding three MatMulIntegerToFloat; with per-channel weight scales (one per output column) the packed
 product computes the same numbers as the separate ones. After weight-only quantization the
 packed weight is one MatMulNBits with the same blocks per output column, so the results are
 bit-identical. Float weights only: a graph quantized already is left alone."""
