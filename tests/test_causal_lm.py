@@ -322,6 +322,9 @@ def test_a_node_pattern_that_matches_nothing_is_refused(tiny_export):
     assert excluded_nodes(tiny_export.onnx_path, ["/lm_head/MatMul"]) == ["/lm_head/MatMul"]
     with pytest.raises(StageError, match=r"'\*/no_such/\*' matches no node"):
         excluded_nodes(tiny_export.onnx_path, ["*/no_such/*"])
+    # an exact name is checked too: ONNX Runtime would ignore it and quantize the node meant
+    with pytest.raises(StageError, match=r"'/model/layers.0/mlp/down/MatMul' is not a node of .*model.onnx"):
+        excluded_nodes(tiny_export.onnx_path, ["/lm_head/MatMul", "/model/layers.0/mlp/down/MatMul"])
 
 
 def _write_gguf(model_dir: Path, path: Path) -> None:

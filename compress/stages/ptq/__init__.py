@@ -159,19 +159,23 @@ class PTQStage(StageConfig):
 
 def excluded_nodes(onnx_path, names: list[str]) -> list[str]:
     """nodes_to_exclude with its patterns (names holding * or ?) expanded over the graph's
-    node names, in graph order; StageError for a pattern that matches nothing."""
+    node names, in graph order; StageError for a name or pattern that matches nothing (ONNX
+    Runtime would ignore it, and the node meant would be quantized without a word)."""
     from fnmatch import fnmatchcase
 
     import onnx
 
     from compress.errors import StageError
 
-    if not any(ch in name for name in names for ch in "*?"):
-        return list(names)
+    if not names:
+        return []
     nodes = [n.name for n in onnx.load(str(onnx_path), load_external_data=False).graph.node if n.name]
     out: list[str] = []
     for name in names:
         if not any(ch in name for ch in "*?"):
+            if name not in nodes:
+                raise StageError(f"ptq nodes_to_exclude: {name!r} is not a node of {onnx_path} (names change with "
+                                 "optimize_onnx's fusions; a pattern such as '*/output/dense/*' survives them)")
             out.append(name)
             continue
         matched = [n for n in nodes if fnmatchcase(n, name)]
