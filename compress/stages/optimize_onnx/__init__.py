@@ -133,15 +133,16 @@ def optimize_onnx(model: ONNXModel, out_dir: Path, opt_level: int, fuse_attentio
         if _has_past_inputs(optimized.model):
             from compress.stages.optimize_onnx.decoder_graph import fuse_decoder
 
-            bar.describe("optimize_onnx: fusing the decoder's attention, KV cache and projections")
-            rewritten = fuse_decoder(optimized.model, cfg, fuse_attention, pack_projections, last_logits)
-        elif pack_projections:  # a fused Attention holds its q/k/v packed already: nothing left to group
+            bar.describe("optimize_onnx: fusing the decoder's attention and KV cache")
+            rewritten = fuse_decoder(optimized.model, cfg, fuse_attention, last_logits)
+        if pack_projections:  # an encoder's fused Attention holds its q/k/v packed already: nothing to group
             from compress.stages.optimize_onnx.projections import (
                 pack_shared_input_matmuls,
             )
 
             packed = pack_shared_input_matmuls(optimized.model)
-            rewritten = {"MatMul (packed projections)": len(packed)} if packed else {}
+            if packed:
+                rewritten["MatMul (packed projections)"] = len(packed)
         # counted before the split, which removes some of the fused ops again
         fusions = {k: int(v) for k, v in optimized.get_fused_operator_statistics().items() if v}
         fusions.update(rewritten)

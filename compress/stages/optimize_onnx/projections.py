@@ -6,8 +6,9 @@ concatenated biases), then a Split back into the original outputs.
 
 Why: each MatMul is a separate pass over the activation and a separate kernel launch. After
 dynamic INT8 the packed product is one DynamicQuantizeMatMul with the bias folded in, where
-the separate ones share one activation quantization feeding three MatMulIntegerToFloat; with per-channel weight scales (one per output column) the packed
-product computes the same numbers as the separate ones. After weight-only quantization the
+the separate ones share one activation quantization feeding three MatMulIntegerToFloat; with
+per-channel weight scales (one per output column) the packed product computes the same
+numbers as the separate ones. After weight-only quantization the
 packed weight is one MatMulNBits with the same blocks per output column, so the results are
 bit-identical. Float weights only: a graph quantized already is left alone."""
 
@@ -61,15 +62,12 @@ def pack_shared_input_matmuls(model) -> list[str]:
     import numpy as np
     from onnx import helper, numpy_helper
 
-    from compress.stages.optimize_onnx.rewrite import write_nodes
+    from compress.stages.optimize_onnx.rewrite import consumers_of, write_nodes
 
     graph = model.graph
     initializers = {t.name: t for t in graph.initializer}
     graph_outputs = {o.name for o in graph.output}
-    node_readers = defaultdict(list)
-    for node in graph.node:
-        for name in set(node.input):
-            node_readers[name].append(node)
+    node_readers = consumers_of(graph.node)
     groups = defaultdict(list)
     for node in graph.node:
         weight = _float_weight(node, initializers)

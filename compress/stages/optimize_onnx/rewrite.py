@@ -1,5 +1,6 @@
-"""What optimize_onnx's own graph rewrites share (the decoder rewrites, the CPU split): reading a
-node's attribute and writing a rewritten node list back into the graph."""
+"""What optimize_onnx's own graph rewrites share (the decoder rewrites, the projection packing,
+the CPU split): who reads each tensor, reading a node's attribute, and writing a rewritten node
+list back into the graph."""
 
 from __future__ import annotations
 
@@ -16,6 +17,17 @@ def write_nodes(graph, nodes: list, new_initializers: list = ()) -> None:
         if graph.initializer[i].name not in read:
             del graph.initializer[i]
     graph.initializer.extend(new_initializers)
+
+
+def consumers_of(nodes) -> dict[str, list]:
+    """The nodes reading each tensor name (a node reading a name twice is listed twice)."""
+    from collections import defaultdict
+
+    readers = defaultdict(list)
+    for node in nodes:
+        for name in node.input:
+            readers[name].append(node)
+    return readers
 
 
 def node_attribute(node, name: str, default=None):

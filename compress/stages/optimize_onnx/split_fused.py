@@ -77,16 +77,22 @@ def _split_bias_gelu(node) -> list:
 def split_fused_ops(model, op_types: list[str]) -> dict[str, int]:
     """Rewrite the graph's `op_types` nodes (of SPLITTABLE) into their parts, in place; the
     count split per op type. The result computes the same function (float rounding aside)."""
+    from onnx import helper
+
     graph = model.graph
     wanted = set(op_types)
     read = {name for n in graph.node for name in n.input} | {o.name for o in graph.output}
     matmul_outputs = {n.output[0] for n in graph.node if n.op_type == "MatMul"}
-    nodes, split = [], Counter()
+    elem_types = {t.name: t.data_type for t in graph.initializer}
+    typed = {v.name for v in graph.value_info}
+    nodes, split, gelu_types = [], Counter(), []
     for node in graph.node:
         parts = None
         if node.domain == MS_DOMAIN and node.op_type in wanted:
             if node.op_type == "BiasGelu":
                 parts = _split_bias_gelu(node)
+                if node.input[1] in elem_types and node.output[0] not in typed:
+                    gelu_types.append(helper.make_tensor_value_info(node.output[0], elem_types[node.input[1]], None))
             else:
                 simplified = node.op_type.startswith("SkipSimplified")
                 parts = _split_skip_layer_norm(node, read, matmul_outputs, simplified=simplified)
@@ -97,24 +103,8 @@ def split_fused_ops(model, op_types: list[str]) -> dict[str, int]:
             split[node.op_type] += 1
     if split:  # the parts' com.microsoft Gelu needs no new opset import: the fused op had one
         write_nodes(graph, nodes)
-        _declare_gelu_output_types(graph)
+        # ONNX shape inference does not know com.microsoft Gelu: without its output type (the
+        # bias's), the next layer's tensors are untyped once the residual bias leaves the Sum,
+        # and ORT's quantizer skips the activation x activation MatMuls it cannot type.
+        graph.value_info.extend(gelu_types)
     return dict(split)
-
-
-def _declare_gelu_output_types(graph) -> None:
-    """ONNX shape inference does not know com.microsoft Gelu, so the type of everything after it
-    would be unknown; with the bias folded out of the residual Sum, the next layer's tensors
-    would be too, and ORT's quantizer skips activation x activation MatMuls whose input types
-    it cannot see. A value_info entry per Gelu output (its input's bias type) says it."""
-    from onnx import helper
-
-    known = {v.name for v in graph.value_info}
-    elem_types = {t.name: t.data_type for t in graph.initializer}
-    adds = {n.output[0]: n for n in graph.node if n.op_type == "Add"}
-    for node in graph.node:
-        if node.op_type != "Gelu" or node.domain != MS_DOMAIN or node.output[0] in known:
-            continue
-        add = adds.get(node.input[0])
-        elem = next((elem_types[i] for i in add.input if i in elem_types), None) if add else None
-        if elem is not None:
-            graph.value_info.append(helper.make_tensor_value_info(node.output[0], elem, None))

@@ -24,7 +24,11 @@ from collections import defaultdict
 
 import numpy as np
 
-from compress.stages.optimize_onnx.rewrite import node_attribute, write_nodes
+from compress.stages.optimize_onnx.rewrite import (
+    consumers_of,
+    node_attribute,
+    write_nodes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +48,7 @@ class _Graph:
         from onnx import numpy_helper
 
         self.producer = {out: node for node in nodes for out in node.output}
-        self.consumers = defaultdict(list)
-        for node in nodes:
-            for name in node.input:
-                self.consumers[name].append(node)
+        self.consumers = consumers_of(nodes)
         self.initializers = {t.name: t for t in initializers}
         self._to_array = numpy_helper.to_array
 
