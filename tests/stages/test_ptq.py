@@ -166,3 +166,15 @@ def test_activation_matmuls_quantize_attention_of_an_unfused_graph(tmp_path, tin
     assert _activation_int8_matmuls(without / "03-ptq" / "model.onnx") == 0  # ORT's default: weights only
     on, off = stage_json(with_flag, "03-ptq"), stage_json(without, "03-ptq")
     assert on["int8_coverage"]["int8_matmul_nodes"] == off["int8_coverage"]["int8_matmul_nodes"] + 4
+
+
+@pytest.mark.parametrize("split", ["[]", "[SkipLayerNormalization]"])
+def test_activation_matmuls_stay_int8_whatever_the_split(tmp_path, tiny_classifier_dir, split):
+    """The tensors optimize_onnx's rewrites create (packed q/k/v, the split's bias Adds) carry
+    their types: after a com.microsoft op ONNX shape inference cannot derive them, and ORT's
+    quantizer would leave every later layer's attention products float without a word."""
+    stages = ("\n  - kind: export_onnx\n  - kind: optimize_onnx\n    fuse_attention: false\n"
+              f"    split_for_cpu: {split}\n  - kind: ptq\n    activation_matmuls: true\n")
+    run = run_tiny(tmp_path, tiny_classifier_dir, stages)
+    assert "MatMul (packed projections)" in stage_json(run, "02-optimize_onnx")["fused_ops"]
+    assert _activation_int8_matmuls(run / "03-ptq" / "model.onnx") == 2 * 2  # QK^T and PV, 2 layers

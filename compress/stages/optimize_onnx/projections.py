@@ -73,7 +73,7 @@ def pack_shared_input_matmuls(model) -> list[str]:
         weight = _float_weight(node, initializers)
         if weight is not None:
             groups[node.input[0]].append((node, weight, _bias_add(node, node_readers, initializers, graph_outputs)))
-    replaced, dropped, added, names = {}, set(), [], []
+    replaced, dropped, added, names, typed = {}, set(), [], [], []
     for activation, group in groups.items():
         if len(group) < 2 or len({w.dims[0] for _, w, _ in group}) != 1:
             continue
@@ -98,6 +98,9 @@ def pack_shared_input_matmuls(model) -> list[str]:
             outputs = [add.output[0] for _, _, (add, _) in group]
             dropped.update(id(add) for _, _, (add, _) in group)
         parts.append(helper.make_node("Split", [product, widths.name], outputs, name=f"{name}/Split", axis=-1))
+        # the tensors packing creates say their type: after a com.microsoft op (SkipLayerNormalization)
+        # ONNX shape inference cannot derive it, and ORT's quantizer skips the MatMuls it cannot type
+        typed += [helper.make_tensor_value_info(part.output[0], packed.data_type, None) for part in parts[:-1]]
         replaced[id(nodes[0])] = parts  # where the first of them was: every reader of the outputs comes later
         dropped.update(id(n) for n in nodes[1:])
         names.append(name)
@@ -110,4 +113,5 @@ def pack_shared_input_matmuls(model) -> list[str]:
         elif id(node) not in dropped:
             nodes.append(node)
     write_nodes(graph, nodes, added)
+    graph.value_info.extend(typed)
     return names

@@ -84,15 +84,12 @@ def split_fused_ops(model, op_types: list[str]) -> dict[str, int]:
     read = {name for n in graph.node for name in n.input} | {o.name for o in graph.output}
     matmul_outputs = {n.output[0] for n in graph.node if n.op_type == "MatMul"}
     elem_types = {t.name: t.data_type for t in graph.initializer}
-    typed = {v.name for v in graph.value_info}
-    nodes, split, gelu_types = [], Counter(), []
+    nodes, split, bias_types = [], Counter(), []
     for node in graph.node:
         parts = None
         if node.domain == MS_DOMAIN and node.op_type in wanted:
             if node.op_type == "BiasGelu":
                 parts = _split_bias_gelu(node)
-                if node.input[1] in elem_types and node.output[0] not in typed:
-                    gelu_types.append(helper.make_tensor_value_info(node.output[0], elem_types[node.input[1]], None))
             else:
                 simplified = node.op_type.startswith("SkipSimplified")
                 parts = _split_skip_layer_norm(node, read, matmul_outputs, simplified=simplified)
@@ -101,10 +98,13 @@ def split_fused_ops(model, op_types: list[str]) -> dict[str, int]:
         else:
             nodes.extend(parts)
             split[node.op_type] += 1
+            bias_types += [helper.make_tensor_value_info(p.output[0], elem_types[p.input[1]], None)
+                           for p in parts if p.op_type == "Add" and p.input[1] in elem_types]
     if split:  # the parts' com.microsoft Gelu needs no new opset import: the fused op had one
         write_nodes(graph, nodes)
-        # ONNX shape inference does not know com.microsoft Gelu: without its output type (the
-        # bias's), the next layer's tensors are untyped once the residual bias leaves the Sum,
-        # and ORT's quantizer skips the activation x activation MatMuls it cannot type.
-        graph.value_info.extend(gelu_types)
+        # Each bias Add the split writes says its type (its bias's). ONNX shape inference does
+        # not know com.microsoft ops (Gelu, BiasGelu), so the residual branch after one arrives
+        # untyped; with the bias out of the residual Sum nothing typed it again, and ORT's
+        # quantizer skips the next layer's activation x activation MatMuls it cannot type.
+        graph.value_info.extend(bias_types)
     return dict(split)
