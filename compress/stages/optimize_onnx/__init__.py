@@ -1,9 +1,9 @@
 """`optimize_onnx`: ONNX Runtime transformer graph fusion (Attention, SkipLayerNorm,
 EmbedLayerNorm, BiasGelu; RMSNorm and rotary embeddings for decoders), checked against the
-incoming graph on real inputs. A causal LM's attention with its KV cache, which ONNX
-Runtime's rules do not match, becomes ONNX Attention nodes, among other decoder rewrites
-(decoder_graph/); fused ops whose CPU kernels are slower than their parts are written back
-as the parts (split_fused.py)."""
+incoming graph on real inputs. Attention that ONNX Runtime's rules do not match becomes ONNX
+Attention nodes: an encoder's with additive position biases (MPNet; encoder_attention.py), a
+causal LM's with its KV cache, among other decoder rewrites (decoder_graph/); fused ops whose
+CPU kernels are slower than their parts are written back as the parts (split_fused.py)."""
 
 from __future__ import annotations
 
@@ -42,15 +42,16 @@ class OptimizeONNXStage(StageConfig, QuantizedParity):
         "read from the graph, with min_agreement)."))
     parity_samples: int = Field(128, ge=1)
     fuse_attention: bool = Field(True, description=(
-        "Fuse self-attention into ORT's Attention op (fastest at batch 1, float inside); for a causal LM, into "
-        "ONNX Attention (opset 23) with the KV cache inside. false keeps it as MatMul/Softmax, so a later ptq "
+        "Fuse self-attention into ORT's Attention op (fastest at batch 1, float inside); where ORT's rules do "
+        "not match it (MPNet's position-biased attention), into ONNX Attention (opset 23) with the additive "
+        "terms summed once per forward; for a causal LM, into ONNX Attention with the KV cache inside. false keeps it as MatMul/Softmax, so a later ptq "
         "with activation_matmuls: true runs attention in INT8 too (faster at large batches on CPU); the other "
         "fusions (SkipLayerNorm, BiasGelu, EmbedLayerNorm, RMSNorm, rotary) apply either way."))
     pack_projections: bool = Field(True, description=(
         "The projections that read the same input become one MatMul (and one bias Add) and a Split: a causal "
         "LM's q/k/v and gate/up, fewer and larger matrix products per generated token (bit-identical after "
-        "compress_weights); an encoder's q/k/v where attention is not fused (MPNet has no ORT attention rule, "
-        "or fuse_attention: false), one INT8 kernel instead of three after dynamic INT8 (the same numbers with "
+        "compress_weights); an encoder's q/k/v where ORT's Attention op does not hold them (MPNet's ONNX "
+        "Attention, or fuse_attention: false), one INT8 kernel instead of three after dynamic INT8 (the same numbers with "
         "per-channel scales)."))
     last_logits: bool = Field(True, description=(
         "Causal LMs: a logits_to_keep input (transformers' name) so a prompt's prefill runs the LM head on its "
@@ -135,6 +136,15 @@ def optimize_onnx(model: ONNXModel, out_dir: Path, opt_level: int, fuse_attentio
 
             bar.describe("optimize_onnx: fusing the decoder's attention and KV cache")
             rewritten = fuse_decoder(optimized.model, cfg, fuse_attention, last_logits)
+        elif fuse_attention:  # what ORT's rules left unfused (MPNet's position-biased attention)
+            from compress.stages.optimize_onnx.encoder_attention import (
+                fuse_encoder_attention,
+            )
+
+            bar.describe("optimize_onnx: fusing the attention ORT's rules left")
+            fused = fuse_encoder_attention(optimized.model)
+            if fused:
+                rewritten["Attention"] = fused  # ONNX Attention, as for decoders
         if pack_projections:  # an encoder's fused Attention holds its q/k/v packed already: nothing to group
             from compress.stages.optimize_onnx.projections import (
                 pack_shared_input_matmuls,

@@ -20,60 +20,23 @@ Anything that does not match the pattern exactly is left as it is (0 fusions).""
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
-
-import numpy as np
 
 from compress.stages.optimize_onnx.rewrite import (
-    consumers_of,
+    Graph,
+    NoMatch,
+    alive,
     node_attribute,
+    require_attention_opset,
+    topological,
     write_nodes,
 )
 
 log = logging.getLogger(__name__)
 
-ATTENTION_OPSET = 23  # the first ONNX opset with the Attention operator
 BNSH_TO_BSNH = [0, 2, 1, 3]
 
 
-class _NoMatch(Exception):
-    """The nodes around one Softmax are not the exported attention pattern."""
-
-
-class _Graph:
-    """Producer/consumer lookups over a list of nodes (the graph's own messages: a repeated
-    field copies what it is given, so the graph is written once, at the end), and constants."""
-
-    def __init__(self, nodes: list, initializers):
-        from onnx import numpy_helper
-
-        self.producer = {out: node for node in nodes for out in node.output}
-        self.consumers = consumers_of(nodes)
-        self.initializers = {t.name: t for t in initializers}
-        self._to_array = numpy_helper.to_array
-
-    def made_by(self, name: str, op_type: str):
-        node = self.producer.get(name)
-        if node is None or node.op_type != op_type:
-            raise _NoMatch(f"{name} comes from {node.op_type if node else 'no node'}, not {op_type}")
-        return node
-
-    def only_consumer(self, name: str, op_type: str):
-        users = self.consumers.get(name, [])
-        if len(users) != 1 or users[0].op_type != op_type:
-            raise _NoMatch(f"{name} feeds {[u.op_type for u in users]}, not one {op_type}")
-        return users[0]
-
-    def constant(self, name: str) -> np.ndarray:
-        if name in self.initializers:
-            return self._to_array(self.initializers[name])
-        node = self.producer.get(name)
-        if node is not None and node.op_type == "Constant" and node.attribute:
-            return self._to_array(node.attribute[0].t)
-        raise _NoMatch(f"{name} is not a constant")
-
-
-def _cache_concat(g: _Graph, expanded: str):
+def _cache_concat(g: Graph, expanded: str):
     """The Concat(past, new) behind the grouped-query repeat of a key or value:
     Reshape ← Expand ← Unsqueeze ← Concat."""
     reshape = g.made_by(expanded, "Reshape")
@@ -81,11 +44,11 @@ def _cache_concat(g: _Graph, expanded: str):
     unsqueeze = g.made_by(expand.input[0], "Unsqueeze")
     concat = g.made_by(unsqueeze.input[0], "Concat")
     if len(concat.input) != 2 or node_attribute(concat, "axis") not in (2, -2):
-        raise _NoMatch(f"{concat.name} is not a past/new concatenation on the sequence axis")
+        raise NoMatch(f"{concat.name} is not a past/new concatenation on the sequence axis")
     return concat
 
 
-def _match_layer(g: _Graph, softmax) -> dict:
+def _match_layer(g: Graph, softmax) -> dict:
     """One layer's attention around `softmax`: the nodes it replaces and the fused node's
     inputs, outputs and scale."""
     add = g.made_by(softmax.input[0], "Add")
@@ -97,10 +60,10 @@ def _match_layer(g: _Graph, softmax) -> dict:
     nan_check = [u for u in g.consumers[softmax.output[0]] if u.op_type == "IsNaN"]
     nan_guard = [u for u in g.consumers[softmax.output[0]] if u.op_type == "Where"]
     if len(nan_check) != 1 or len(nan_guard) != 1 or len(g.consumers[softmax.output[0]]) != 2:
-        raise _NoMatch(f"{softmax.name}: no IsNaN/Where guard after it")
+        raise NoMatch(f"{softmax.name}: no IsNaN/Where guard after it")
     context = g.only_consumer(nan_guard[0].output[0], "MatMul")
     if context.input[0] != nan_guard[0].output[0]:
-        raise _NoMatch(f"{context.name}: the probabilities are not its first input")
+        raise NoMatch(f"{context.name}: the probabilities are not its first input")
     value_concat = _cache_concat(g, context.input[1])
     # the mask: Where(Slice(causal and padding, to the key length), 0, a large negative number)
     mask_where = g.made_by(mask, "Where")
@@ -109,10 +72,10 @@ def _match_layer(g: _Graph, softmax) -> dict:
     # wrote zeros there. ONNX Runtime's Attention kernel writes zeros for such a row itself
     # (the left-padded parity test covers it).
     if [int(a) for a in g.constant(mask_slice.input[3]).ravel()] not in ([3], [-1]):
-        raise _NoMatch(f"{mask_slice.name}: the mask is not cut along the key axis")
+        raise NoMatch(f"{mask_slice.name}: the mask is not cut along the key axis")
     factors = [g.constant(scale_q.input[1]), g.constant(scale_k.input[1])]
     if any(f.size != 1 for f in factors):
-        raise _NoMatch(f"{scores.name}: the scores are not scaled by scalars")
+        raise NoMatch(f"{scores.name}: the scores are not scaled by scalars")
     scale = float(factors[0].ravel()[0]) * float(factors[1].ravel()[0])
     return {
         "replaced": [softmax, add, scores, scale_q, scale_k, key_t, key_concat, *nan_check, *nan_guard, context,
@@ -124,17 +87,17 @@ def _match_layer(g: _Graph, softmax) -> dict:
     }
 
 
-def _heads_packed(g: _Graph, name: str) -> str:
+def _heads_packed(g: Graph, name: str) -> str:
     """The (batch, seq, hidden) tensor that Reshape → Transpose(0,2,1,3) turned into heads."""
     transpose = g.made_by(name, "Transpose")
     if list(node_attribute(transpose, "perm", [])) != BNSH_TO_BSNH:
-        raise _NoMatch(f"{transpose.name} is not a heads transpose")
+        raise NoMatch(f"{transpose.name} is not a heads transpose")
     return g.made_by(transpose.input[0], "Reshape").input[0]
 
 
-def _unpack_heads(g: _Graph, fused, num_heads: int, kv_heads: int) -> list:
+def _unpack_heads(g: Graph, fused, num_heads: int, kv_heads: int) -> list:
     """Run rotary and attention on (batch, seq, hidden): the nodes that become dead are
-    returned. Raises _NoMatch (and changes nothing) when the layer is not rotary-fused."""
+    returned. Raises NoMatch (and changes nothing) when the layer is not rotary-fused."""
     from onnx import helper
 
     q_rot, k_rot = g.made_by(fused.input[0], "RotaryEmbedding"), g.made_by(fused.input[1], "RotaryEmbedding")
@@ -142,7 +105,7 @@ def _unpack_heads(g: _Graph, fused, num_heads: int, kv_heads: int) -> list:
     out_t = g.only_consumer(fused.output[0], "Transpose")
     out_r = g.only_consumer(out_t.output[0], "Reshape")
     if list(node_attribute(out_t, "perm", [])) != BNSH_TO_BSNH:
-        raise _NoMatch(f"{out_t.name} is not a heads transpose")
+        raise NoMatch(f"{out_t.name} is not a heads transpose")
     q_rot.input[0], k_rot.input[0], fused.input[2] = q, k, v
     q_rot.attribute.append(helper.make_attribute("num_heads", num_heads))
     k_rot.attribute.append(helper.make_attribute("num_heads", kv_heads))
@@ -152,45 +115,6 @@ def _unpack_heads(g: _Graph, fused, num_heads: int, kv_heads: int) -> list:
     return [out_t, out_r]
 
 
-def _topological(nodes: list) -> list:
-    """`nodes` in an order where every input is made before it is read (the fused node now
-    writes the present key/value that shape nodes placed earlier may read); otherwise the
-    original order (Kahn's algorithm, earliest original position first)."""
-    import heapq
-
-    made_at = {out: i for i, n in enumerate(nodes) for out in n.output}
-    readers, waiting = defaultdict(list), [0] * len(nodes)
-    for i, n in enumerate(nodes):
-        sources = {made_at[name] for name in n.input if name in made_at}
-        waiting[i] = len(sources)
-        for j in sources:
-            readers[j].append(i)
-    ready = [i for i, w in enumerate(waiting) if w == 0]
-    heapq.heapify(ready)
-    ordered = []
-    while ready:
-        i = heapq.heappop(ready)
-        ordered.append(nodes[i])
-        for j in readers[i]:
-            waiting[j] -= 1
-            if waiting[j] == 0:
-                heapq.heappush(ready, j)
-    if len(ordered) != len(nodes):
-        raise ValueError("the fused attention graph has a cycle")
-    return ordered
-
-
-def _alive(nodes: list, removed: set[int], outputs: set[str]) -> list:
-    """`nodes` without the `removed` ones and without every node nothing reads any more."""
-    nodes = [n for n in nodes if id(n) not in removed]
-    while True:
-        read = {name for n in nodes for name in n.input} | outputs
-        alive = [n for n in nodes if any(out in read for out in n.output)]
-        if len(alive) == len(nodes):
-            return nodes
-        nodes = alive
-
-
 def fuse_decoder_attention(model, num_heads: int, kv_heads: int) -> dict[str, int]:
     """Rewrite `model` (an onnx.ModelProto) in place; the counts of what was fused
     ({"Attention": layers, "Attention (batch, seq, hidden)": layers without head transposes}).
@@ -198,12 +122,12 @@ def fuse_decoder_attention(model, num_heads: int, kv_heads: int) -> dict[str, in
     from onnx import helper
     graph = model.graph
     nodes = list(graph.node)
-    g = _Graph(nodes, graph.initializer)
+    g = Graph(nodes, graph.initializer)
     matches = []
     for softmax in [n for n in nodes if n.op_type == "Softmax"]:
         try:
             matches.append(_match_layer(g, softmax))
-        except _NoMatch as e:
+        except NoMatch as e:
             log.debug("decoder attention not fused at %s: %s", softmax.name, e)
     if not matches:
         return {}
@@ -215,19 +139,16 @@ def fuse_decoder_attention(model, num_heads: int, kv_heads: int) -> dict[str, in
                                                  name=m["name"] + "/Attention", scale=m["scale"])
         removed.update(id(n) for n in m["replaced"])
     nodes = [fused_at.get(id(n), n) for n in nodes]  # each where its value product was
-    g = _Graph(nodes, graph.initializer)
+    g = Graph(nodes, graph.initializer)
     packed = 0
     for fused in fused_at.values():
         try:
             removed.update(id(n) for n in _unpack_heads(g, fused, num_heads, kv_heads))
             packed += 1
-        except _NoMatch as e:
+        except NoMatch as e:
             log.debug("attention %s keeps its head transposes: %s", fused.name, e)
-    write_nodes(graph, _topological(_alive(nodes, removed, {o.name for o in graph.output})))
-    for opset in model.opset_import:
-        if opset.domain in ("", "ai.onnx"):
-            opset.version = max(opset.version, ATTENTION_OPSET)
-    model.ir_version = max(model.ir_version, 10)  # opset 23 needs IR version 10
+    write_nodes(graph, topological(alive(nodes, removed, {o.name for o in graph.output})))
+    require_attention_opset(model)
     counts = {"Attention": len(matches)}
     if packed:
         counts["Attention (batch, seq, hidden)"] = packed
