@@ -44,15 +44,15 @@ class OptimizeONNXStage(StageConfig, QuantizedParity):
     fuse_attention: bool = Field(True, description=(
         "Fuse self-attention into ORT's Attention op (fastest at batch 1, float inside); where ORT's rules do "
         "not match it (MPNet's position-biased attention), into ONNX Attention (opset 23) with the additive "
-        "terms summed once per forward; for a causal LM, into ONNX Attention with the KV cache inside. false keeps it as MatMul/Softmax, so a later ptq "
-        "with activation_matmuls: true runs attention in INT8 too (faster at large batches on CPU); the other "
+        "terms summed once per forward; for a causal LM, into ONNX Attention with the KV cache inside. false "
+        "keeps it as MatMul/Softmax, so a later ptq with activation_matmuls: true runs attention in INT8 too (faster at large batches on CPU); the other "
         "fusions (SkipLayerNorm, BiasGelu, EmbedLayerNorm, RMSNorm, rotary) apply either way."))
     pack_projections: bool = Field(True, description=(
         "The projections that read the same input become one MatMul (and one bias Add) and a Split: a causal "
         "LM's q/k/v and gate/up, fewer and larger matrix products per generated token (bit-identical after "
         "compress_weights); an encoder's q/k/v where ORT's Attention op does not hold them (MPNet's ONNX "
-        "Attention, or fuse_attention: false), one INT8 kernel instead of three after dynamic INT8 (the same numbers with "
-        "per-channel scales)."))
+        "Attention, or fuse_attention: false), one INT8 kernel instead of three after dynamic INT8 (the same "
+        "numbers with per-channel scales)."))
     last_logits: bool = Field(True, description=(
         "Causal LMs: a logits_to_keep input (transformers' name) so a prompt's prefill runs the LM head on its "
         "last position only; evaluation feeds 0 (every position), the packaged runtime 1."))
