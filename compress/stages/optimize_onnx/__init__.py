@@ -46,7 +46,8 @@ class OptimizeONNXStage(StageConfig, QuantizedParity):
         "not match it (MPNet's position-biased attention), into ONNX Attention (opset 23) with the additive "
         "terms summed once per forward; for a causal LM, into ONNX Attention with the KV cache inside. false "
         "keeps it as MatMul/Softmax, so a later ptq with activation_matmuls: true runs attention in INT8 too "
-        "(faster at large batches on CPU); the other fusions (SkipLayerNorm, BiasGelu, EmbedLayerNorm, RMSNorm, rotary) apply either way."))
+        "(faster at large batches on CPU); the other fusions (SkipLayerNorm, BiasGelu, EmbedLayerNorm, RMSNorm, "
+        "rotary) apply either way."))
     pack_projections: bool = Field(True, description=(
         "The projections that read the same input become one MatMul (and one bias Add) and a Split: a causal "
         "LM's q/k/v and gate/up, fewer and larger matrix products per generated token (bit-identical after "
