@@ -146,7 +146,7 @@ def optimize_onnx(model: ONNXModel, out_dir: Path, opt_level: int, fuse_attentio
             fused = fuse_encoder_attention(optimized.model)
             if fused:
                 rewritten["Attention"] = fused  # ONNX Attention, as for decoders
-        if pack_projections:  # an encoder's fused Attention holds its q/k/v packed already: nothing to group
+        if pack_projections:  # ORT's own (com.microsoft) Attention holds its q/k/v packed already: nothing to group
             from compress.stages.optimize_onnx.projections import (
                 pack_shared_input_matmuls,
             )

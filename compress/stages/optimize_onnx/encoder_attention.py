@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 
 from compress.stages.optimize_onnx.rewrite import (
+    HEADS_FIRST,
     Graph,
     NoMatch,
     alive,
@@ -29,7 +30,6 @@ from compress.stages.optimize_onnx.rewrite import (
 
 log = logging.getLogger(__name__)
 
-HEADS_FIRST = [0, 2, 1, 3]  # (batch, seq, heads, dim) <-> (batch, heads, seq, dim)
 KEY_TRANSPOSED = [0, 2, 3, 1]  # (batch, seq, heads, dim) -> (batch, heads, dim, seq)
 
 
@@ -72,17 +72,16 @@ def _split_heads(g: Graph, name: str, perm: list[int]) -> tuple[str, int, int, l
     return reshape.input[0], shape[2], shape[3], [reshape, transpose]
 
 
-def _scores(g: Graph, name: str, terms: list[str]) -> tuple:
-    """Walk from Softmax's input back to QK^T: (the QK^T MatMul, scale, nodes); the additive
-    terms are appended to `terms` in the order the graph adds them."""
-    nodes, scale = [], 1.0
+def _scores(g: Graph, name: str) -> tuple:
+    """Walk from Softmax's input back to QK^T: (the QK^T MatMul, scale, the additive terms in
+    the order the graph adds them, the nodes passed)."""
+    nodes, terms, scale = [], [], 1.0
     node = g.producer.get(name)
     while node is not None and node.op_type == "Add":
         # the score side is the one that leads back to QK^T; the other is a term (bias, mask)
         for side in (0, 1):
             inner = g.producer.get(node.input[side])
-            if inner is not None and inner.op_type in ("Add", "Div", "Mul", "MatMul") \
-                    and len(g.consumers[node.input[side]]) == 1 and _leads_to_scores(g, inner):
+            if len(g.consumers[node.input[side]]) == 1 and _leads_to_scores(g, inner):
                 terms.insert(0, node.input[1 - side])
                 nodes.append(node)
                 node = inner
@@ -98,7 +97,7 @@ def _scores(g: Graph, name: str, terms: list[str]) -> tuple:
         node = g.producer.get(node.input[0])
     if node is None or node.op_type != "MatMul":
         raise NoMatch(f"{name}: no QK^T MatMul behind the scaling and additive terms")
-    return node, scale, nodes
+    return node, scale, terms, nodes
 
 
 def _leads_to_scores(g: Graph, node, depth: int = 8) -> bool:
@@ -120,8 +119,7 @@ def _match_layer(g: Graph, softmax) -> dict:
     and output, the heads and scale."""
     if node_attribute(softmax, "axis", -1) not in (-1, 3):
         raise NoMatch(f"{softmax.name} is not over the key axis")
-    terms = []
-    scores, scale, score_nodes = _scores(g, softmax.input[0], terms)
+    scores, scale, terms, score_nodes = _scores(g, softmax.input[0])
     q, heads, head_size, q_nodes = _split_heads(g, scores.input[0], HEADS_FIRST)
     k, k_heads, k_size, k_nodes = _split_heads(g, scores.input[1], KEY_TRANSPOSED)
     context = g.only_consumer(softmax.output[0], "MatMul")

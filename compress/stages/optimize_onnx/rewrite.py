@@ -118,6 +118,7 @@ def alive(nodes: list, removed: set[int], outputs: set[str]) -> list:
 
 
 ATTENTION_OPSET = 23  # the first ONNX opset with the Attention operator
+HEADS_FIRST = [0, 2, 1, 3]  # Transpose perm: (batch, seq, heads, dim) <-> (batch, heads, seq, dim)
 
 
 def require_attention_opset(model) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 
 from compress.stages.optimize_onnx.rewrite import (
+    HEADS_FIRST,
     Graph,
     NoMatch,
     alive,
@@ -32,8 +33,6 @@ from compress.stages.optimize_onnx.rewrite import (
 )
 
 log = logging.getLogger(__name__)
-
-BNSH_TO_BSNH = [0, 2, 1, 3]
 
 
 def _cache_concat(g: Graph, expanded: str):
@@ -90,7 +89,7 @@ def _match_layer(g: Graph, softmax) -> dict:
 def _heads_packed(g: Graph, name: str) -> str:
     """The (batch, seq, hidden) tensor that Reshape → Transpose(0,2,1,3) turned into heads."""
     transpose = g.made_by(name, "Transpose")
-    if list(node_attribute(transpose, "perm", [])) != BNSH_TO_BSNH:
+    if list(node_attribute(transpose, "perm", [])) != HEADS_FIRST:
         raise NoMatch(f"{transpose.name} is not a heads transpose")
     return g.made_by(transpose.input[0], "Reshape").input[0]
 
@@ -104,7 +103,7 @@ def _unpack_heads(g: Graph, fused, num_heads: int, kv_heads: int) -> list:
     q, k, v = (_heads_packed(g, q_rot.input[0]), _heads_packed(g, k_rot.input[0]), _heads_packed(g, fused.input[2]))
     out_t = g.only_consumer(fused.output[0], "Transpose")
     out_r = g.only_consumer(out_t.output[0], "Reshape")
-    if list(node_attribute(out_t, "perm", [])) != BNSH_TO_BSNH:
+    if list(node_attribute(out_t, "perm", [])) != HEADS_FIRST:
         raise NoMatch(f"{out_t.name} is not a heads transpose")
     q_rot.input[0], k_rot.input[0], fused.input[2] = q, k, v
     q_rot.attribute.append(helper.make_attribute("num_heads", num_heads))
