@@ -16,12 +16,13 @@ from compress.stages.finetune import FinetuneStage
 from compress.stages.optimize_onnx import OptimizeONNXStage
 from compress.stages.package import PackageStage
 from compress.stages.prune import PruneStage
+from compress.stages.prune_vocabulary import PruneVocabularyStage
 from compress.stages.ptq import PTQStage
 from compress.stages.qat import QATStage
 
 BUILTIN_STAGE_CLASSES: tuple[type[StageConfig], ...] = (
     FinetuneStage, ExportONNXStage, OptimizeONNXStage, PTQStage, QATStage, BuildEngineStage, PackageStage,
-    DistillStage, PruneStage, CompressWeightsStage,
+    DistillStage, PruneStage, PruneVocabularyStage, CompressWeightsStage,
 )
 
 
@@ -65,5 +66,5 @@ Stage = Annotated[Union[STAGE_CLASSES], Field(discriminator="kind")]  # noqa: UP
 STAGE_KINDS: tuple[str, ...] = tuple(kind_of(cls) for cls in STAGE_CLASSES)
 
 __all__ = ["BUILTIN_STAGE_CLASSES", "STAGE_CLASSES", "STAGE_KINDS", "BuildEngineStage", "CompressWeightsStage",
-           "DistillStage", "ExportONNXStage", "FinetuneStage",
-           "OptimizeONNXStage", "PTQStage", "PackageStage", "PruneStage", "QATStage", "Stage", "StageConfig"]
+           "DistillStage", "ExportONNXStage", "FinetuneStage", "OptimizeONNXStage", "PTQStage", "PackageStage",
+           "PruneStage", "PruneVocabularyStage", "QATStage", "Stage", "StageConfig"]

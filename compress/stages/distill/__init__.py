@@ -222,6 +222,7 @@ class DistillStage(StageConfig, TrainingSchedule):
         incoming = ctx.task.load_model(model.path, labels, ctx.recipe.trust_remote_code)
         teacher = incoming if self.teacher is None else ctx.task.load_model(teacher_path, labels,
                                                                             ctx.recipe.trust_remote_code)
+        _check_same_vocabulary(teacher, incoming)
         student, layer_map = self.build_student(incoming, len(block_layers(teacher)), self.teacher is None)
         if self.distillation.hidden_weight > 0:
             _check_last_hidden_state(teacher, layer_map)
@@ -284,6 +285,14 @@ def _as_bert(student, attention_maps: bool):
     if attention_maps:  # the maps come from the eager attention only
         bert.set_attn_implementation("eager")
     return bert
+
+
+def _check_same_vocabulary(teacher, incoming) -> None:
+    """Teacher and student read the same token ids (one tokenizer encodes the text for both)."""
+    rows = teacher.get_input_embeddings().num_embeddings, incoming.get_input_embeddings().num_embeddings
+    if rows[0] != rows[1]:
+        raise StageError(f"distill.teacher: its vocabulary ({rows[0]} tokens) is not the incoming model's "
+                         f"({rows[1]}): put prune_vocabulary after distill, where one vocabulary serves both")
 
 
 def _check_last_hidden_state(teacher, layer_map: list[int]) -> None:
