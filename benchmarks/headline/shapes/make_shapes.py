@@ -1,0 +1,72 @@
+"""The speed side of the student sweep for the full chain's target (>= 15x the teacher's batch-1
+p50 on torch fp32 eager): students of the headline teacher in several depths and FFN widths,
+untrained (initialised from the teacher's tensors by compress's own student_from_config), each
+through the CPU chain a trained student takes (export, fusion, dynamic INT8 per channel), so
+that one `compress bench` run says which shapes are fast enough before any GPU time is spent
+on training them. Their accuracy means nothing: only their latency does.
+
+    .venv/bin/python benchmarks/headline/shapes/make_shapes.py
+    compress bench benchmarks/headline/shapes/bench.yaml --out benchmarks/results/headline/shapes
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[3]
+sys.path.insert(0, str(ROOT))
+CACHE = ROOT / "benchmarks/.cache"
+TEACHER = CACHE / "runs/teacher-mpnet/01-finetune"
+SHAPES = {  # name: (layers, FFN neurons per layer)
+    "mpnet4-ffn3072": (4, 3072),
+    "mpnet5-ffn3072": (5, 3072),
+    "mpnet6-ffn3072": (6, 3072),
+    "mpnet6-ffn1536": (6, 1536),
+    "mpnet8-ffn1536": (8, 1536),
+}
+CHAIN = """name: shape-{name}
+model: {model}
+task: text-classification
+data:                       # the teacher's split (only its eval side is read: nothing trains)
+  train: builtin:rotten-tomatoes
+  eval_fraction: 0.1
+  seed: 13
+  holdout: shuffled
+  max_train_samples: 6000
+  max_length: 64
+stages:
+  - kind: export_onnx
+    atol: 1.0e-4
+  - kind: optimize_onnx
+  - kind: ptq
+    mode: dynamic
+    per_channel: true
+measure:
+  threads: 2
+  latency_iterations: 30
+"""
+
+
+def main() -> None:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from compress.pipeline import run_recipe
+    from compress.recipe import load_recipe
+    from compress.stages.distill.student import student_from_config
+
+    teacher = AutoModelForSequenceClassification.from_pretrained(TEACHER).eval()
+    tokenizer = AutoTokenizer.from_pretrained(TEACHER)
+    for name, (layers, ffn) in SHAPES.items():
+        model_dir = CACHE / "shapes" / name
+        if not (model_dir / "config.json").is_file():
+            student, _ = student_from_config(teacher, None, layers, None, ffn)
+            student.save_pretrained(model_dir)
+            tokenizer.save_pretrained(model_dir)
+        recipe = CACHE / "shapes" / f"{name}.yaml"
+        recipe.write_text(CHAIN.format(name=name, model=model_dir))
+        run_recipe(load_recipe(recipe), CACHE / "runs", recipe_path=recipe)
+
+
+if __name__ == "__main__":
+    main()
