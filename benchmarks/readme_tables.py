@@ -25,6 +25,8 @@ Kinds (paths relative to the repository root):
   kernels RESULTS   benchmarks/cpu_kernels/split_fused.py's results.json: each fused op against its parts
   gpu-distill REPORT...   benchmarks/headline/gpu_distill/distill_gpu.py's report.json per run: per student its
                     layers, FFN width, training steps and time, held-out accuracy before and after
+  vocabulary RUN...   one row per committed run record with a prune_vocabulary stage: rows kept, eval coverage,
+                    parameters and accuracy before and after, and the size of the run's last artifact
   distill-runs RUN...   one row per committed distill run record: transfer set (augment), steps, time,
                     held-out accuracy of the teacher and of the student
   fidelity RESULTS  benchmarks/ptq_fidelity/fidelity.py's results.json: per INT8 variant accuracy, agreement, logit error
@@ -256,6 +258,29 @@ def gpu_distill(*reports: str) -> str:
                      "accuracy at end", "device"], body) + "\n"
 
 
+def vocabulary(*runs: str) -> str:
+    """Per run record: what its prune_vocabulary stage kept, how much of the eval split's text
+    keeps every token, and what the pruning did to parameters, accuracy and the final size."""
+    import json
+
+    from compress.markdown import md_table
+
+    body = []
+    for run in runs:
+        stages = sorted((ROOT / run).glob("*/stage.json"))
+        pruned = next(json.loads(p.read_text()) for p in stages if p.parent.name.endswith("-prune_vocabulary"))
+        last = json.loads(stages[-1].read_text())
+        v, before = pruned["vocabulary"], pruned["input"]
+        kept = f"{v['rows_after']:,} of {v['rows_before']:,} ({v['kept_seen_in_train']:,} seen in train)"
+        body.append([run.rstrip("/").split("/")[-1], kept, f"{v['eval_coverage']['tokens_kept']:.2%}",
+                     f"{v['eval_coverage']['examples_unchanged']:.2%}",
+                     f"{before['parameters'] / 1e6:.1f}M → {pruned['parameters'] / 1e6:.1f}M",
+                     f"{before['accuracy']:.4f} → {pruned['accuracy']:.4f}",
+                     f"{last['name']}: {last['accuracy']:.4f}, {last['size_bytes'] / 1e6:.1f} MB"])
+    return md_table(["run", "rows kept", "eval tokens kept", "eval examples unchanged", "parameters",
+                     "accuracy (torch)", "last stage"], body) + "\n"
+
+
 def distill_runs(*runs: str) -> str:
     """One row per distill run record (RUN/01-distill/stage.json): its transfer set (augment),
     training steps and time, and held-out accuracy against its input (the teacher): a
@@ -303,7 +328,7 @@ def agreement(results: str, against: str | None = None) -> str:
 KINDS = {"ledger": ledger, "tasks": tasks, "bench": bench, "speedups": speedups, "repeats": repeats,
          "repeats-of": repeats_of, "cells": cells, "steadiness": steadiness, "drift": drift, "paired": paired,
          "generation": generation, "rouge": rouge, "kernels": kernels,
-         "gpu-distill": gpu_distill, "distill-runs": distill_runs, "fidelity": fidelity,
+         "gpu-distill": gpu_distill, "distill-runs": distill_runs, "vocabulary": vocabulary, "fidelity": fidelity,
          "agreement": agreement}
 
 
