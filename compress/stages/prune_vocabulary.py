@@ -67,11 +67,14 @@ class PruneVocabularyStage(StageConfig):
         keep = sorted((seen | special | single) & set(range(rows)))
         new_id = {old: new for new, old in enumerate(keep)}
 
+        coverage = _coverage(ctx.task.encode(tokenizer, ctx.splits.eval, max_length), new_id)
+        log.info("prune_vocabulary: %d of %d embedding rows kept (%d seen in train); the eval split keeps %.1f%% "
+                 "of its tokens, %.1f%% of its examples every token", len(keep), rows, len(seen),
+                 100 * coverage["tokens_kept"], 100 * coverage["examples_unchanged"])
         ctx.record(input=ctx.input_summary(), vocabulary={
             "tokenizer_model": spec["model"]["type"], "rows_before": rows, "rows_after": len(keep),
             "kept_seen_in_train": len(seen), "kept_special": len(special), "kept_one_character": len(single),
-            "min_count": self.min_count,
-            "eval_coverage": _coverage(ctx.task.encode(tokenizer, ctx.splits.eval, max_length), new_id),
+            "min_count": self.min_count, "eval_coverage": coverage,
         })
         _prune_embedding_(net, keep, new_id)
         pruned = _pruned_tokenizer(tokenizer, spec, new_id)
