@@ -59,12 +59,15 @@ class PruneVocabularyStage(StageConfig):
             raise StageError(f"prune_vocabulary: {type(net).__name__} has a head over its vocabulary; only the input "
                              "embedding of an encoder can be pruned")
         rows = net.get_input_embeddings().num_embeddings
+        if len(tokenizer) > rows:  # ids past the table would have no row to keep
+            raise StageError(f"prune_vocabulary: the tokenizer in {model.path} has {len(tokenizer)} tokens but the "
+                             f"model's word embedding only {rows} rows")
         max_length = ctx.recipe.data.max_length
         counts = _id_counts(ctx.task.encode(tokenizer, ctx.splits.train, max_length))
         seen = {i for i, c in counts.items() if c >= self.min_count}
         special = set(tokenizer.all_special_ids) | {t["id"] for t in spec["added_tokens"]}
         single = _one_character_ids(spec) if self.characters else set()
-        keep = sorted((seen | special | single) & set(range(rows)))
+        keep = sorted(seen | special | single)
         new_id = {old: new for new, old in enumerate(keep)}
 
         coverage = _coverage(ctx.task.encode(tokenizer, ctx.splits.eval, max_length), new_id)

@@ -142,3 +142,15 @@ def test_distill_refuses_a_teacher_with_another_vocabulary(tmp_path, tiny_classi
               "    max_steps: 1\n    batch_size: 8\n")
     with pytest.raises(StageError, match=r"distill.teacher: its vocabulary \(30522 tokens\) is not the incoming"):
         run_tiny(tmp_path, tiny_classifier_dir, stages)
+
+
+def test_a_tokenizer_larger_than_the_embedding_is_refused(tmp_path, tiny_classifier_dir):
+    import shutil
+
+    source = tmp_path / "small-table"
+    shutil.copytree(tiny_classifier_dir, source)
+    net = AutoModelForSequenceClassification.from_pretrained(source)
+    net.resize_token_embeddings(30000)
+    net.save_pretrained(source)
+    with pytest.raises(StageError, match="has 30522 tokens but the model's word embedding only 30000 rows"):
+        run_tiny(tmp_path, source, "\n  - kind: prune_vocabulary\n")
