@@ -272,7 +272,7 @@ def vocabulary(*runs: str) -> str:
         last = json.loads(stages[-1].read_text())
         v, before = pruned["vocabulary"], pruned["input"]
         kept = f"{v['rows_after']:,} of {v['rows_before']:,} ({v['kept_seen_in_train']:,} seen in train)"
-        body.append([run.rstrip("/").split("/")[-1], kept, f"{v['eval_coverage']['tokens_kept']:.2%}",
+        body.append([Path(run).name, kept, f"{v['eval_coverage']['tokens_kept']:.2%}",
                      f"{v['eval_coverage']['examples_unchanged']:.2%}",
                      f"{before['parameters'] / 1e6:.1f}M → {pruned['parameters'] / 1e6:.1f}M",
                      f"{before['accuracy']:.4f} → {pruned['accuracy']:.4f}",

@@ -70,7 +70,7 @@ class PruneVocabularyStage(StageConfig):
         keep = sorted(seen | special | single)
         new_id = {old: new for new, old in enumerate(keep)}
 
-        coverage = _coverage(ctx.task.encode(tokenizer, ctx.splits.eval, max_length), new_id)
+        coverage = _coverage(ctx.encoded_eval(model), new_id)  # the eval features the run measures the input on
         log.info("prune_vocabulary: %d of %d embedding rows kept (%d seen in train); the eval split keeps %.1f%% "
                  "of its tokens, %.1f%% of its examples every token", len(keep), rows, len(seen),
                  100 * coverage["tokens_kept"], 100 * coverage["examples_unchanged"])
@@ -128,8 +128,8 @@ def _coverage(features: list[dict], new_id: dict[int, int]) -> dict:
     tokens = sum(len(f["input_ids"]) for f in features)
     kept = sum(i in new_id for f in features for i in f["input_ids"])
     whole = sum(all(i in new_id for i in f["input_ids"]) for f in features)
-    return {"tokens_kept": round(kept / max(tokens, 1), 4), "examples_unchanged": round(whole / max(len(features), 1),
-                                                                                         4)}
+    return {"tokens_kept": round(kept / max(tokens, 1), 4),
+            "examples_unchanged": round(whole / max(len(features), 1), 4)}
 
 
 # ---------------------------------------------------------------------------- rewriting
