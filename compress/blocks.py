@@ -39,6 +39,11 @@ class BlockLayout:
     def ffn_width(self, layer) -> int:
         return self.ffn_linears(layer)[1].in_features
 
+    def heads_refusal(self) -> str | None:
+        """Why this model's head units cannot be removed, or None. (MPNet's can: its shared
+        position bias is handed to each layer for the heads it kept, fit_position_bias_.)"""
+        return None
+
     def neuron_cost(self) -> int:
         """Parameters one FFN neuron holds: a row (with bias) of each input Linear, a column out."""
         rows, out = self.ffn_linears(self.layers()[0])
@@ -82,14 +87,6 @@ class EncoderLayout(BlockLayout):
     def head_units(self, layer) -> int:
         return self.self_attention(layer).num_attention_heads
 
-    def heads_refusal(self) -> str | None:
-        """MPNet computes one relative position bias for all heads of all layers: removing heads
-        from one layer would no longer match it."""
-        if hasattr(self.model.base_model.encoder, "relative_attention_bias"):
-            return ("shares one relative position bias across all its heads, so heads cannot be removed; prune ffn "
-                    "and layers (or use max_parameters)")
-        return None
-
     def remove_heads_(self, removed: dict[int, list[int]]) -> None:
         """removed: layer → indices among its current heads (prune_heads takes original ids)."""
         layers, n_heads = self.layers(), self.model.config.num_attention_heads
@@ -98,6 +95,7 @@ class EncoderLayout(BlockLayout):
             remaining = sorted(set(range(n_heads)) - set(layers[i].attention.pruned_heads))
             original[i] = [remaining[h] for h in current]
         self.model.prune_heads(original)
+        fit_position_bias_(self.model)
 
     def head_cost(self) -> int:
         """Q, K, V rows with biases and output-projection columns of one head."""
@@ -122,6 +120,44 @@ class EncoderLayout(BlockLayout):
             "heads_per_layer": [self.head_units(layer) for layer in self.layers()],
             "ffn_per_layer": [self.ffn_width(layer) for layer in self.layers()],
         }
+
+
+def fit_position_bias_(model) -> None:
+    """MPNet's encoder computes one relative position bias for all the model's heads and hands
+    it to every layer; a layer whose heads were pruned (config.pruned_heads, re-applied by
+    transformers on load) must take the bias of the heads it kept. A forward pre-hook on each
+    such layer's attention selects them, so the model stays transformers' own class and its
+    checkpoint a plain one; compress.models.load_model calls this on every model it loads."""
+    import torch
+
+    encoder = getattr(model.base_model, "encoder", None)
+    if encoder is None or not hasattr(encoder, "relative_attention_bias"):
+        return
+    n_heads = model.config.num_attention_heads
+    for layer in encoder.layer:
+        attention = layer.attention
+        if not attention.pruned_heads:
+            continue
+        kept = [h for h in range(n_heads) if h not in attention.pruned_heads]
+        # a buffer, not a tensor built in the hook: a constant of the ONNX trace without a warning
+        device = encoder.relative_attention_bias.weight.device
+        attention.register_buffer("kept_heads", torch.tensor(kept, device=device), persistent=False)
+        if not getattr(attention, "_fits_position_bias", False):
+            attention.register_forward_pre_hook(_position_bias_of_kept_heads, with_kwargs=True)
+            attention._fits_position_bias = True
+
+
+def _position_bias_of_kept_heads(attention, args: tuple, kwargs: dict):
+    """MPNetAttention(hidden_states, attention_mask, head_mask, position_bias=...): the bias's
+    head axis cut to the heads this layer kept (a module-level function: deepcopy keeps it)."""
+    positional = len(args) > 3
+    bias = args[3] if positional else kwargs.get("position_bias")
+    if bias is None or bias.shape[1] == len(attention.kept_heads):
+        return None
+    bias = bias.index_select(1, attention.kept_heads)
+    if positional:
+        return (*args[:3], bias, *args[4:]), kwargs
+    return args, {**kwargs, "position_bias": bias}
 
 
 class DecoderLayout(BlockLayout):

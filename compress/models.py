@@ -186,6 +186,8 @@ def load_model(path: Path, head: str | None = None, label_names: list[str] | Non
     or a different one) for those labels."""
     import transformers
 
+    from compress.blocks import fit_position_bias_
+
     kwargs = {"trust_remote_code": trust_remote_code}
     if label_names is not None:
         kwargs.update(
@@ -202,6 +204,7 @@ def load_model(path: Path, head: str | None = None, label_names: list[str] | Non
             model = _load_with_ffn_widths(Path(path), model_class, kwargs)
         else:
             model = model_class.from_pretrained(path, **kwargs)
+        fit_position_bias_(model)
     except CompressError:
         raise
     except Exception as e:  # corrupt or truncated weights, broken config: the input's fault, not ours
@@ -238,6 +241,17 @@ def ffn_widths_of(path: Path) -> list[int] | None:
     except (OSError, ValueError):
         return None
     return cfg.get(FFN_WIDTHS_KEY) or None
+
+
+def needs_compress_loader(path: Path) -> bool:
+    """Whether a checkpoint only builds and runs right through load_model, not through another
+    library's from_pretrained: per-layer FFN widths (structured pruning), or an MPNet with
+    pruned heads (each layer must take its kept heads' share of the shared position bias)."""
+    try:
+        cfg = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return bool(cfg.get(FFN_WIDTHS_KEY)) or (cfg.get("model_type") == "mpnet" and bool(cfg.get("pruned_heads")))
 
 
 def resize_ffn_(model, widths: list[int]) -> None:

@@ -37,11 +37,11 @@ class ExportONNXStage(StageConfig):
 
 def export_to_onnx(model: TorchModel, out_dir: Path, opset: int | None, task: str = "text-classification") -> ONNXModel:
     """task: optimum's exporter task name (the Task's optimum_task)."""
-    from compress.models import ffn_widths_of
+    from compress.models import needs_compress_loader
     from compress.progress import spinner
 
-    # per-layer FFN widths (structured pruning): from_pretrained cannot build it, compress.models can
-    export = _export_loaded if ffn_widths_of(model.path) else _export_from_directory
+    # structurally pruned shapes that from_pretrained cannot build or run: compress.models can
+    export = _export_loaded if needs_compress_loader(model.path) else _export_from_directory
     try:
         # optimum reports no progress while it traces and writes: a spinner says the step is alive
         with spinner(f"export_onnx: exporting {model.path.name} (opset {opset})"):

@@ -142,3 +142,23 @@ def test_mpnet_fused_attention_quantizes_every_projection(tmp_path, tiny_mpnet_d
     assert int8_ops["MatMul"] == 0 and int8_ops["Attention"] == 4
     coverage = stage_json(run_dir, "03-ptq")["int8_coverage"]
     assert coverage["float_matmul_nodes"] == 4  # the attention products, inside the four Attention nodes
+
+
+def test_mpnet_with_pruned_heads_fuses_each_layer_with_its_own_heads(tmp_path, tiny_mpnet_dir):
+    """prune removes MPNet heads (each layer then takes its kept heads' columns of the shared
+    position bias); the exported graph still fuses into one ONNX Attention per layer, each with
+    its layer's head count, and the chain's parity checks hold through dynamic INT8."""
+    import onnx
+
+    run_dir = run_tiny(tmp_path, tiny_mpnet_dir, "\n  - kind: prune\n    heads: 0.4\n    recover: false"
+                       "\n  - kind: export_onnx\n  - kind: optimize_onnx\n  - kind: ptq\n")
+    heads = stage_json(run_dir, "01-prune")["structure_after"]["heads_per_layer"]
+    assert sum(heads) < 8 and min(heads) >= 1
+    record = stage_json(run_dir, "03-optimize_onnx")
+    assert record["fused_ops"]["Attention"] == 4 and record["parity"]["passed"]
+    attention = [n for n in onnx.load(run_dir / "03-optimize_onnx" / "model.onnx").graph.node
+                 if n.op_type == "Attention"]
+    assert [onnx.helper.get_attribute_value(next(a for a in n.attribute if a.name == "q_num_heads"))
+            for n in attention] == heads
+    ptq = stage_json(run_dir, "04-ptq")
+    assert ptq["int8_coverage"]["int8_matmul_nodes"] > 0 and ptq["labels_vs_input"]["agreement"] >= 0.9
