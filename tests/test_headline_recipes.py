@@ -31,3 +31,15 @@ def test_headline_full_chain_in_tiny_form(tmp_path, tiny_mpnet_dir):
     assert pruned["parameters"] < stage_json(run_dir, "01-distill")["parameters"]
     rows = [r for r in bench_rows(run_dir) if r["status"] == "ok"]
     assert {r["model"].split("/")[-1] for r in rows} >= {tiny_mpnet_dir.name, "04-optimize_onnx"}
+
+
+def test_headline_pruned_chain_in_tiny_form(tmp_path, tiny_mpnet_dir):
+    """The teacher pruned in place: layers, MPNet heads and FFN neurons go, then export, fusion
+    (one ONNX Attention per remaining layer) and dynamic INT8."""
+    run_dir = run_shipped_recipe("headline-pruned.yaml", tmp_path, tiny_mpnet_dir)
+    assert [s["status"] for s in manifest(run_dir)["stages"]] == ["completed"] * 4
+    after = stage_json(run_dir, "01-prune")["structure_after"]
+    assert after["layers"] == 2 and sum(after["heads_per_layer"]) == 2  # 4 layers x 2 heads: half of the 4 left
+    assert sum(after["ffn_per_layer"]) == 32  # a quarter of 2 x 64
+    assert stage_json(run_dir, "03-optimize_onnx")["fused_ops"]["Attention"] == 2
+    assert stage_json(run_dir, "04-ptq")["int8_coverage"]["int8_matmul_nodes"] > 0

@@ -5,7 +5,7 @@ through the CPU chain a trained student takes (export, fusion, dynamic INT8 per 
 that one `compress bench` run says which shapes are fast enough before any GPU time is spent
 on training them. Their accuracy means nothing: only their latency does.
 
-    .venv/bin/python benchmarks/headline/shapes/make_shapes.py
+    .venv/bin/python benchmarks/headline/shapes/make_shapes.py [NAME ...]   # default: every shape
     compress bench benchmarks/headline/shapes/bench.yaml --out benchmarks/results/headline/shapes
 """
 
@@ -18,12 +18,17 @@ ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
 CACHE = ROOT / "benchmarks/.cache"
 TEACHER = CACHE / "runs/teacher-mpnet/01-finetune"
-SHAPES = {  # name: (layers, FFN neurons per layer)
-    "mpnet4-ffn3072": (4, 3072),
-    "mpnet5-ffn3072": (5, 3072),
-    "mpnet6-ffn3072": (6, 3072),
-    "mpnet6-ffn1536": (6, 1536),
-    "mpnet8-ffn1536": (8, 1536),
+SHAPES = {  # name: (layers, FFN neurons per layer, heads per layer: 12, or fewer as prune leaves MPNet)
+    "mpnet4-ffn3072": (4, 3072, 12),
+    "mpnet5-ffn3072": (5, 3072, 12),
+    "mpnet6-ffn3072": (6, 3072, 12),
+    "mpnet6-ffn1536": (6, 1536, 12),
+    "mpnet8-ffn1536": (8, 1536, 12),
+    # heads removed as the prune stage removes them (each layer keeps its heads' position bias)
+    "mpnet6-ffn1536-h6": (6, 1536, 6),
+    "mpnet8-ffn1536-h6": (8, 1536, 6),
+    "mpnet10-ffn768-h6": (10, 768, 6),
+    "mpnet12-ffn768-h6": (12, 768, 6),
 }
 CHAIN = """name: shape-{name}
 model: {model}
@@ -48,19 +53,24 @@ measure:
 """
 
 
-def main() -> None:
+def main(names: list[str]) -> None:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    from compress.blocks import layout_of
     from compress.pipeline import run_recipe
     from compress.recipe import load_recipe
     from compress.stages.distill.student import student_from_config
 
     teacher = AutoModelForSequenceClassification.from_pretrained(TEACHER).eval()
     tokenizer = AutoTokenizer.from_pretrained(TEACHER)
-    for name, (layers, ffn) in SHAPES.items():
+    for name in names or SHAPES:
+        layers, ffn, heads = SHAPES[name]
         model_dir = CACHE / "shapes" / name
         if not (model_dir / "config.json").is_file():
             student, _ = student_from_config(teacher, None, layers, None, ffn)
+            if heads < student.config.num_attention_heads:
+                layout_of(student).remove_heads_({i: list(range(heads, student.config.num_attention_heads))
+                                                  for i in range(layers)})
             student.save_pretrained(model_dir)
             tokenizer.save_pretrained(model_dir)
         recipe = CACHE / "shapes" / f"{name}.yaml"
@@ -69,4 +79,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
