@@ -4,7 +4,7 @@ much of its matrix work runs in INT8."""
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 
 MATRIX_OPS = {"MatMul", "Gemm"}
@@ -12,6 +12,15 @@ FLOAT_MATRIX_OPS = MATRIX_OPS | {"Attention"}
 INT8_MATMUL_OPS = {
     "MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QAttention", "QGemm", "QLinearMatMul",
 }
+
+
+def consumers_of(nodes) -> dict[str, list]:
+    """The nodes reading each tensor name (a node reading a name twice is listed twice)."""
+    readers = defaultdict(list)
+    for node in nodes:
+        for name in node.input:
+            readers[name].append(node)
+    return readers
 
 
 def _is_qdq_fed(node, producers: dict) -> bool:

@@ -62,7 +62,8 @@ def pack_shared_input_matmuls(model) -> list[str]:
     import numpy as np
     from onnx import helper, numpy_helper
 
-    from compress.stages.optimize_onnx.rewrite import consumers_of, write_nodes
+    from compress.onnx_graph import consumers_of
+    from compress.stages.optimize_onnx.rewrite import write_nodes
 
     graph = model.graph
     initializers = {t.name: t for t in graph.initializer}

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from compress.onnx_graph import consumers_of
+
 
 def write_nodes(graph, nodes: list, new_initializers: list = ()) -> None:
     """Make `nodes` (the graph's own node messages and new ones, in order) the graph's nodes,
@@ -19,15 +21,6 @@ def write_nodes(graph, nodes: list, new_initializers: list = ()) -> None:
         if graph.initializer[i].name not in read:
             del graph.initializer[i]
     graph.initializer.extend(new_initializers)
-
-
-def consumers_of(nodes) -> dict[str, list]:
-    """The nodes reading each tensor name (a node reading a name twice is listed twice)."""
-    readers = defaultdict(list)
-    for node in nodes:
-        for name in node.input:
-            readers[name].append(node)
-    return readers
 
 
 def node_attribute(node, name: str, default=None):

@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from compress.onnx_graph import consumers_of
+
 log = logging.getLogger(__name__)
 
 ENCODER_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -184,12 +186,7 @@ def fold_weight_quantization(onnx_path: Path) -> int:
 
 def _index_graph(graph) -> tuple[dict, dict[str, list]]:
     """Initializers by name, and the nodes consuming each tensor name."""
-    inits = {t.name: t for t in graph.initializer}
-    consumers: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    return inits, consumers
+    return {t.name: t for t in graph.initializer}, consumers_of(graph.node)
 
 
 def gather_before_dequantize(onnx_path: Path) -> int:
